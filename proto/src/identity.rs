@@ -1,0 +1,237 @@
+//! mTLS identities: certificate files, tonic TLS configs, and SPIFFE ids read
+//! from the peer's certificate. Every hop between components is mTLS; the
+//! server side also checks that the caller's SPIFFE id is one allowed on that
+//! hop ([`SpiffeAuthorizer`]), and records it in the request extensions as a
+//! [`CallerId`].
+use std::path::{Path, PathBuf};
+
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::{Request, Status};
+
+/// Default SPIFFE trust domain of a Bulkhead cluster.
+pub const DEFAULT_TRUST_DOMAIN: &str = "bulkhead.local";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not a SPIFFE id: {0:?}")]
+    BadSpiffeId(String),
+}
+
+/// A parsed `spiffe://<trust-domain>/<path>` id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SpiffeId {
+    pub trust_domain: String,
+    pub path: String,
+}
+
+impl SpiffeId {
+    /// The id of a Bulkhead component: `spiffe://<td>/bulkhead/<component>`.
+    pub fn component(trust_domain: &str, component: &str) -> Self {
+        Self {
+            trust_domain: trust_domain.to_string(),
+            path: format!("/bulkhead/{component}"),
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, IdentityError> {
+        let bad = || IdentityError::BadSpiffeId(s.to_string());
+        let rest = s.strip_prefix("spiffe://").ok_or_else(bad)?;
+        let (td, path) = rest.split_once('/').ok_or_else(bad)?;
+        let td_ok = !td.is_empty()
+            && td
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+        let path_ok = !path.is_empty()
+            && path.split('/').all(|seg| {
+                !seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && seg
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            });
+        if !td_ok || !path_ok {
+            return Err(bad());
+        }
+        Ok(Self {
+            trust_domain: td.to_string(),
+            path: format!("/{path}"),
+        })
+    }
+
+    /// The last path segment, which names the component (`router`, `worker`, ...).
+    pub fn component_name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or("")
+    }
+}
+
+impl std::fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "spiffe://{}{}", self.trust_domain, self.path)
+    }
+}
+
+/// The verified identity of the caller, put into the request extensions by
+/// [`SpiffeAuthorizer`].
+#[derive(Clone, Debug)]
+pub struct CallerId(pub SpiffeId);
+
+/// Where a component finds its certificate files: `<dir>/ca.pem`,
+/// `<dir>/<component>.pem` and `<dir>/<component>.key`.
+#[derive(Clone, Debug)]
+pub struct CertPaths {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl CertPaths {
+    pub fn new(dir: &Path, component: &str) -> Self {
+        Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join(format!("{component}.pem")),
+            key: dir.join(format!("{component}.key")),
+        }
+    }
+
+    fn read(path: &Path) -> Result<Vec<u8>, IdentityError> {
+        std::fs::read(path).map_err(|source| IdentityError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    fn identity(&self) -> Result<Identity, IdentityError> {
+        Ok(Identity::from_pem(
+            Self::read(&self.cert)?,
+            Self::read(&self.key)?,
+        ))
+    }
+
+    fn ca(&self) -> Result<Certificate, IdentityError> {
+        Ok(Certificate::from_pem(Self::read(&self.ca)?))
+    }
+
+    /// Server side: present our certificate, require a client certificate
+    /// signed by the cluster CA.
+    pub fn server_tls(&self) -> Result<ServerTlsConfig, IdentityError> {
+        Ok(ServerTlsConfig::new()
+            .identity(self.identity()?)
+            .client_ca_root(self.ca()?))
+    }
+
+    /// Client side: trust only the cluster CA, present our certificate.
+    pub fn client_tls(&self) -> Result<ClientTlsConfig, IdentityError> {
+        Ok(ClientTlsConfig::new()
+            .ca_certificate(self.ca()?)
+            .identity(self.identity()?))
+    }
+}
+
+/// Installs ring as rustls' process-wide crypto provider (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The SPIFFE id in the URI SAN of the peer's leaf certificate, if any.
+pub fn peer_spiffe_id<T>(req: &Request<T>) -> Option<SpiffeId> {
+    let certs = req.peer_certs()?;
+    let leaf = certs.first()?;
+    spiffe_id_of_der(leaf.as_ref())
+}
+
+/// The SPIFFE id in the URI SAN of a DER certificate, if it has exactly one.
+pub fn spiffe_id_of_der(der: &[u8]) -> Option<SpiffeId> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let mut ids = san.value.general_names.iter().filter_map(|n| match n {
+        GeneralName::URI(u) if u.starts_with("spiffe://") => SpiffeId::parse(u).ok(),
+        _ => None,
+    });
+    let id = ids.next()?;
+    // A certificate with several SPIFFE ids is ambiguous: refuse it.
+    ids.next().is_none().then_some(id)
+}
+
+/// A tonic interceptor that admits only callers whose certificate carries a
+/// SPIFFE id of our trust domain naming one of the allowed components.
+#[derive(Clone, Debug)]
+pub struct SpiffeAuthorizer {
+    trust_domain: String,
+    allowed: Vec<String>,
+    hop: &'static str,
+}
+
+impl SpiffeAuthorizer {
+    /// `hop` names the server in log lines (e.g. "worker").
+    pub fn new(hop: &'static str, trust_domain: &str, allowed_components: &[&str]) -> Self {
+        Self {
+            trust_domain: trust_domain.to_string(),
+            allowed: allowed_components.iter().map(|s| s.to_string()).collect(),
+            hop,
+        }
+    }
+
+    /// Checks one request; returns the caller's id when allowed.
+    pub fn check<T>(&self, req: &Request<T>) -> Result<SpiffeId, Status> {
+        let Some(id) = peer_spiffe_id(req) else {
+            tracing::warn!(
+                hop = self.hop,
+                "refused a caller without a SPIFFE certificate"
+            );
+            return Err(Status::unauthenticated(
+                "a client certificate with a SPIFFE id is required",
+            ));
+        };
+        if id.trust_domain != self.trust_domain
+            || !self.allowed.iter().any(|c| c == id.component_name())
+        {
+            tracing::warn!(hop = self.hop, caller = %id, "refused a caller whose SPIFFE id is not allowed on this hop");
+            return Err(Status::permission_denied(format!(
+                "SPIFFE id {id} may not call the {}",
+                self.hop
+            )));
+        }
+        Ok(id)
+    }
+}
+
+impl tonic::service::Interceptor for SpiffeAuthorizer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let id = self.check(&req)?;
+        req.extensions_mut().insert(CallerId(id));
+        Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_spiffe_ids() {
+        let id = SpiffeId::parse("spiffe://bulkhead.local/bulkhead/router").unwrap();
+        assert_eq!(id.trust_domain, "bulkhead.local");
+        assert_eq!(id.component_name(), "router");
+        assert_eq!(id.to_string(), "spiffe://bulkhead.local/bulkhead/router");
+        assert_eq!(SpiffeId::component("bulkhead.local", "router"), id);
+        for bad in [
+            "http://x/y",
+            "spiffe://",
+            "spiffe://td",
+            "spiffe://td/",
+            "spiffe://TD/a",
+            "spiffe://td/a//b",
+            "spiffe://td/../a",
+            "spiffe://td/a b",
+        ] {
+            assert!(SpiffeId::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! Names shared between services: NATS buckets and subjects, certificate file
+//! names. One place, so a producer and its consumer cannot drift apart.
+
+/// JetStream KV bucket with one protobuf `Tenant` per tenant id.
+pub const TENANTS_BUCKET: &str = "bulkhead_tenants";
+/// JetStream KV bucket with one protobuf `ApiKeyRecord` per hex SHA-256 of a key.
+pub const API_KEYS_BUCKET: &str = "bulkhead_api_keys";
+/// JetStream stream that holds audit events.
+pub const AUDIT_STREAM: &str = "BULKHEAD_AUDIT";
+/// Subject prefix of audit events; the full subject is `bulkhead.audit.<tenant>`.
+pub const AUDIT_SUBJECT_PREFIX: &str = "bulkhead.audit";
+
+/// The audit subject of one tenant.
+pub fn audit_subject(tenant_id: &str) -> String {
+    format!("{AUDIT_SUBJECT_PREFIX}.{tenant_id}")
+}
+
+/// Tenant ids are used in NATS subjects, KV keys and file names, so they are
+/// restricted to a safe alphabet: 1-64 of `[a-z0-9-_]`, starting with a letter
+/// or digit.
+pub fn valid_tenant_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_ids() {
+        assert!(valid_tenant_id("acme"));
+        assert!(valid_tenant_id("team-7_b"));
+        for bad in ["", "-x", "Acme", "a.b", "a b", "a*", "a>", &"x".repeat(65)] {
+            assert!(!valid_tenant_id(bad), "{bad:?} accepted");
+        }
+    }
+}

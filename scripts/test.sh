@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs Bulkhead's whole test suite: unit, property and end-to-end tests.
+# The end-to-end tests start the real binaries and a real nats-server.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+BULKHEAD_NATS_SERVER="$(scripts/ensure-nats.sh)"
+export BULKHEAD_NATS_SERVER
+echo "using nats-server at $BULKHEAD_NATS_SERVER" >&2
+# The end-to-end tests run the binaries from target/debug: build them first.
+cargo build --workspace --bins
+cargo test --workspace "$@"
