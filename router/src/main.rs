@@ -1,1 +1,182 @@
-fn main() {}
+//! `bulkhead-router`: the stateless front door. See the crate docs.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bulkhead_proto::client::inference_server::InferenceServer;
+use bulkhead_proto::identity::install_crypto_provider;
+use bulkhead_router::audit::{AuditPublisher, ContentHasher};
+use bulkhead_router::directory::{self, Directory};
+use bulkhead_router::grpc::InferenceService;
+use bulkhead_router::http::{self, AppState};
+use bulkhead_router::pipeline::Pipeline;
+use bulkhead_router::workers::WorkerPool;
+use clap::Parser;
+use tokio::net::TcpListener;
+
+/// Bulkhead's router: authenticates tenants, validates their requests and
+/// streams them to workers over mTLS gRPC. Serves the OpenAI-compatible HTTP
+/// API and the Bulkhead gRPC API; publishes one audit event per request.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address of the OpenAI-compatible HTTP API (port 0 = any free port).
+    #[arg(
+        long,
+        env = "BULKHEAD_ROUTER_HTTP_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    http_listen: SocketAddr,
+    /// Address of the gRPC API (port 0 = any free port).
+    #[arg(
+        long,
+        env = "BULKHEAD_ROUTER_GRPC_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
+    grpc_listen: SocketAddr,
+    /// NATS server holding the tenant and key buckets and the audit stream.
+    #[arg(
+        long,
+        env = "BULKHEAD_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats_url: String,
+    /// Folder with ca.pem, router.pem and router.key (see `bulkhead certs init`).
+    #[arg(long, env = "BULKHEAD_CERTS_DIR")]
+    certs_dir: PathBuf,
+    /// Worker gRPC URLs, e.g. https://127.0.0.1:50061 (repeat or comma-separate).
+    #[arg(
+        long = "worker",
+        env = "BULKHEAD_ROUTER_WORKERS",
+        value_delimiter = ',',
+        required = true
+    )]
+    workers: Vec<String>,
+    /// File with the secret (64 hex characters) that keys the audit content
+    /// hashes; every router replica must use the same one.
+    #[arg(long, env = "BULKHEAD_ROUTER_HASH_SECRET_FILE")]
+    hash_secret_file: PathBuf,
+    /// How often to poll workers for health and capacity, in milliseconds.
+    #[arg(long, env = "BULKHEAD_ROUTER_POLL_MS", default_value_t = 1000)]
+    poll_ms: u64,
+    /// Once serving, write the bound addresses here as JSON.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "BULKHEAD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn read_secret(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the hash secret {}", path.display()))?;
+    let secret = hex::decode(text.trim()).context("the hash secret must be hex")?;
+    anyhow::ensure!(
+        secret.len() >= 32,
+        "the hash secret must be at least 32 bytes"
+    );
+    Ok(secret)
+}
+
+async fn shutdown_signal(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(&args.log_format);
+    install_crypto_provider();
+    let secret = read_secret(&args.hash_secret_file)?;
+
+    let nats = async_nats::connect(&args.nats_url)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
+    let js = async_nats::jetstream::new(nats);
+    let dir = Arc::new(Directory::default());
+    directory::sync(&js, dir.clone())
+        .await
+        .context("loading tenants and keys from NATS KV")?;
+    tracing::info!(
+        tenants = dir.tenant_count(),
+        "tenant directory loaded; watching for changes"
+    );
+    let audit = AuditPublisher::new(js.clone())
+        .await
+        .context("opening the audit stream")?;
+
+    let workers = Arc::new(WorkerPool::new(&args.workers, &args.certs_dir)?);
+    workers.poll_all().await;
+    workers.spawn_poller(Duration::from_millis(args.poll_ms.max(50)));
+    let pipeline = Arc::new(Pipeline::new(workers, audit, ContentHasher::new(secret)));
+    let state = AppState {
+        directory: dir,
+        pipeline,
+    };
+
+    let http_l = TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("binding {}", args.http_listen))?;
+    let grpc_l = TcpListener::bind(args.grpc_listen)
+        .await
+        .with_context(|| format!("binding {}", args.grpc_listen))?;
+    let (http_addr, grpc_addr) = (http_l.local_addr()?, grpc_l.local_addr()?);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let http_srv = axum::serve(
+        http_l,
+        http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal(stop_rx.clone()));
+    let grpc_srv = tonic::transport::Server::builder()
+        .add_service(
+            InferenceServer::new(InferenceService { state })
+                .max_decoding_message_size(http::MAX_BODY_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_l),
+            shutdown_signal(stop_rx),
+        );
+    tracing::info!(http = %http_addr, grpc = %grpc_addr, "router serving");
+    if let Some(path) = &args.ready_file {
+        let json =
+            serde_json::json!({"http": http_addr.to_string(), "grpc": grpc_addr.to_string()});
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, json.to_string())?;
+        std::fs::rename(&tmp, path)?;
+    }
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: finishing open streams");
+        let _ = stop_tx.send(true);
+    });
+    let (h, g) = tokio::join!(http_srv.into_future(), grpc_srv);
+    h?;
+    g?;
+    tracing::info!("router stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,1 +1,168 @@
+//! Test harness shared by Bulkhead's end-to-end and integration tests: a real
+//! nats-server on a free port, the real binaries as child processes, and the
+//! `--ready-file` handshake every Bulkhead binary supports.
+#![forbid(unsafe_code)]
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The nats-server binary: `$BULKHEAD_NATS_SERVER`, else the project's venv
+/// (installed by `scripts/ensure-nats.sh`), else `nats-server` on PATH.
+pub fn nats_server_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("BULKHEAD_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let venv = workspace_root().join(".bulkhead/venv/bin/nats-server");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("nats-server")
+}
+
+/// The workspace root (the folder with the top-level Cargo.toml).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A Bulkhead binary built by `cargo build --workspace --bins`
+/// (`$BULKHEAD_BIN_DIR`, default `target/debug`).
+pub fn bin_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("BULKHEAD_BIN_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(|t| PathBuf::from(t).join("debug")))
+        .unwrap_or_else(|| workspace_root().join("target/debug"));
+    dir.join(name)
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout/stderr appended to `<log_dir>/<name>.log`.
+    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Result<Self> {
+        let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
+        cmd.stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .stdin(Stdio::null());
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
+        Ok(Self {
+            name: name.to_string(),
+            child,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits up to `grace` for the process to exit.
+    pub fn terminate(&mut self, grace: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(Some(st));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(None)
+    }
+
+    /// Fails if the process has already exited.
+    pub fn ensure_running(&mut self) -> Result<()> {
+        if let Some(st) = self.child.try_wait()? {
+            bail!("{} exited early with {st}", self.name);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `path` holds a complete JSON document (written by a binary's
+/// `--ready-file`), failing early when `proc` exits.
+pub fn wait_ready_file(
+    path: &Path,
+    proc: &mut Proc,
+    timeout: Duration,
+) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            return Ok(v);
+        }
+        proc.ensure_running()?;
+        if Instant::now() > deadline {
+            bail!(
+                "{} did not write {} in {timeout:?}",
+                proc.name,
+                path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A real nats-server with JetStream, on a free loopback port, with its
+/// storage in a temporary folder. Stopped when dropped.
+pub struct NatsServer {
+    pub url: String,
+    pub proc: Proc,
+    pub store_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        Self::start_in(dir)
+    }
+
+    /// Starts a server whose JetStream storage lives in `dir` (reuse the same
+    /// folder to restart a server with its data).
+    pub fn start_in(dir: tempfile::TempDir) -> Result<Self> {
+        let store_dir = dir.path().join("js");
+        let ports_dir = dir.path().join(format!("ports-{}", std::process::id()));
+        std::fs::create_dir_all(&ports_dir)?;
+        let mut cmd = Command::new(nats_server_binary());
+        cmd.args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .arg(&store_dir)
+            .arg("--ports_file_dir")
+            .arg(&ports_dir);
+        let mut proc = Proc::spawn("nats-server", cmd, dir.path()).context(
+            "starting nats-server (run scripts/ensure-nats.sh or set BULKHEAD_NATS_SERVER)",
+        )?;
+        let ports_file = ports_dir.join(format!("nats-server_{}.ports", proc.pid()));
+        let ports = wait_ready_file(&ports_file, &mut proc, Duration::from_secs(20))?;
+        let url = ports["nats"][0]
+            .as_str()
+            .context("ports file has no nats url")?
+            .to_string();
+        Ok(Self {
+            url,
+            proc,
+            store_dir,
+            _dir: dir,
+        })
+    }
+}

@@ -1,0 +1,145 @@
+//! The router's error type. Every failure on a request path becomes one of
+//! these, and is classified once, at the edge, into an HTTP status with an
+//! OpenAI-shaped JSON body or into a gRPC status.
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{message}")]
+    InvalidArgument {
+        message: String,
+        param: Option<&'static str>,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn invalid_param(param: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            message: message.into(),
+            param: Some(param),
+        }
+    }
+
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            Self::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// OpenAI's error `type` and `code` for this error.
+    fn openai_kind(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::Unauthenticated(_) => ("authentication_error", "invalid_api_key"),
+            Self::PermissionDenied(_) => ("permission_error", "model_not_allowed"),
+            Self::InvalidArgument { .. } => ("invalid_request_error", "invalid_request"),
+            Self::NotFound(_) => ("not_found_error", "not_found"),
+            Self::PayloadTooLarge(_) => ("invalid_request_error", "payload_too_large"),
+            Self::Unavailable(_) => ("server_error", "unavailable"),
+            Self::Internal(_) => ("server_error", "internal_error"),
+        }
+    }
+
+    pub fn grpc_code(&self) -> tonic::Code {
+        match self {
+            Self::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            Self::PermissionDenied(_) => tonic::Code::PermissionDenied,
+            Self::InvalidArgument { .. } | Self::PayloadTooLarge(_) => tonic::Code::InvalidArgument,
+            Self::NotFound(_) => tonic::Code::NotFound,
+            Self::Unavailable(_) => tonic::Code::Unavailable,
+            Self::Internal(_) => tonic::Code::Internal,
+        }
+    }
+
+    /// The gRPC code's name, as recorded in audit events.
+    pub fn code_name(&self) -> String {
+        format!("{:?}", self.grpc_code())
+    }
+
+    pub fn to_status(&self) -> tonic::Status {
+        tonic::Status::new(self.grpc_code(), self.to_string())
+    }
+
+    /// The OpenAI error object: `{"error": {"message", "type", "param", "code"}}`.
+    pub fn body(&self) -> serde_json::Value {
+        let (kind, code) = self.openai_kind();
+        let param = match self {
+            Self::InvalidArgument { param, .. } => *param,
+            _ => None,
+        };
+        serde_json::json!({
+            "error": { "message": self.to_string(), "type": kind, "param": param, "code": code }
+        })
+    }
+
+    /// Maps a worker's status into the error the client sees. Argument errors
+    /// are the client's; anything else is the worker's fault.
+    pub fn from_worker(worker: &str, status: &tonic::Status) -> Self {
+        match status.code() {
+            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => {
+                Self::invalid(status.message().to_string())
+            }
+            tonic::Code::NotFound => Self::NotFound(status.message().to_string()),
+            tonic::Code::ResourceExhausted | tonic::Code::Unavailable => Self::Unavailable(
+                format!("worker {worker} is unavailable: {}", status.message()),
+            ),
+            _ => Self::Internal(format!("worker {worker} failed: {}", status.message())),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.http_status(), Json(self.body())).into_response();
+        if matches!(self, Self::Unauthenticated(_)) {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classified_once() {
+        let e = ApiError::invalid_param("max_tokens", "too many");
+        assert_eq!(e.http_status(), StatusCode::BAD_REQUEST);
+        assert_eq!(e.grpc_code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.body()["error"]["param"], "max_tokens");
+        assert_eq!(e.body()["error"]["type"], "invalid_request_error");
+        let e = ApiError::Unauthenticated("no".into());
+        assert_eq!(e.http_status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(e.code_name(), "Unauthenticated");
+        let e = ApiError::from_worker("w", &tonic::Status::internal("boom"));
+        assert_eq!(e.http_status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

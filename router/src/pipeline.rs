@@ -1,0 +1,297 @@
+//! The dispatch path: a [`ValidRequest`] goes to a worker over mTLS, tokens
+//! stream back as [`Event`]s, and one audit event is published when the
+//! request ends, however it ends.
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulkhead_proto::audit::AuditEvent;
+use bulkhead_proto::common::FinishReason;
+use bulkhead_proto::worker::worker_generate_response::Event as WorkerEvent;
+use bulkhead_proto::worker::{CancelRequest, WorkerGenerateRequest, WorkerGenerateResponse};
+use tokio::sync::mpsc;
+use tonic::Streaming;
+
+use crate::audit::{AuditPublisher, ContentHasher};
+use crate::directory::AuthContext;
+use crate::error::ApiError;
+use crate::validate::{Input, RequestMeta, ValidRequest};
+use crate::workers::{InFlight, WorkerHandle, WorkerPool};
+
+/// Events buffered between the worker stream and a slow client.
+const EVENT_BUFFER: usize = 64;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub cached_tokens: u32,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// Text produced since the previous event.
+    Text { text: String, token_ids: Vec<u32> },
+    /// The last event of a successful request.
+    Done { finish: FinishReason, usage: Usage },
+    /// The last event of a request that failed after it started.
+    Error(ApiError),
+}
+
+pub struct Pipeline {
+    workers: Arc<WorkerPool>,
+    audit: AuditPublisher,
+    hasher: ContentHasher,
+}
+
+/// What the audit event of a request needs to know about its outcome.
+#[derive(Default)]
+struct Outcome {
+    worker: String,
+    usage: Usage,
+    ttft: Option<Duration>,
+    response: String,
+    finish: Option<FinishReason>,
+    error: Option<ApiError>,
+    cancelled: bool,
+}
+
+impl Pipeline {
+    pub fn new(workers: Arc<WorkerPool>, audit: AuditPublisher, hasher: ContentHasher) -> Self {
+        Self {
+            workers,
+            audit,
+            hasher,
+        }
+    }
+
+    pub fn workers(&self) -> &WorkerPool {
+        &self.workers
+    }
+
+    /// Audits a request from a known tenant that was refused before dispatch.
+    pub fn refused(&self, auth: &AuthContext, meta: &RequestMeta, model: &str, err: &ApiError) {
+        let mut ev = base_event(meta, &auth.tenant.id, &auth.key_prefix, model);
+        ev.status = "refused".into();
+        ev.error_code = err.code_name();
+        self.audit.publish_detached(ev);
+    }
+
+    /// Dispatches the request. Returns once the worker has accepted it (so an
+    /// error here can still become a plain HTTP/gRPC error), with the number
+    /// of prompt tokens and a stream of events.
+    pub async fn start(
+        self: &Arc<Self>,
+        req: ValidRequest,
+    ) -> Result<(Usage, mpsc::Receiver<Event>), ApiError> {
+        let mut outcome = Outcome::default();
+        let started = self.dispatch(&req, &mut outcome).await;
+        let (worker, guard, stream, usage) = match started {
+            Ok(s) => s,
+            Err(e) => {
+                outcome.error = Some(e.clone());
+                self.audit.publish_detached(self.event(&req, outcome));
+                return Err(e);
+            }
+        };
+        outcome.usage = usage;
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            this.forward(&req, &worker, stream, tx, &mut outcome).await;
+            this.audit.publish_detached(this.event(&req, outcome));
+        });
+        Ok((usage, rx))
+    }
+
+    async fn dispatch(
+        &self,
+        req: &ValidRequest,
+        outcome: &mut Outcome,
+    ) -> Result<
+        (
+            Arc<WorkerHandle>,
+            InFlight,
+            Streaming<WorkerGenerateResponse>,
+            Usage,
+        ),
+        ApiError,
+    > {
+        let worker = self.workers.pick(&req.model)?;
+        outcome.worker = worker.name();
+        let guard = worker.begin();
+        let (prompt, messages) = match &req.input {
+            Input::Prompt(p) => (p.clone(), vec![]),
+            Input::Chat(ms) => (String::new(), ms.clone()),
+        };
+        let wreq = WorkerGenerateRequest {
+            request_id: req.request_id.clone(),
+            tenant_id: req.tenant.id.clone(),
+            model: req.model.clone(),
+            prompt,
+            messages,
+            max_tokens: req.max_tokens,
+            sampling: Some(req.sampling),
+            stop: req.stop.clone(),
+        };
+        let mut stream = match worker.client().generate(wreq).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown
+                ) {
+                    worker.mark_unhealthy();
+                }
+                return Err(ApiError::from_worker(&outcome.worker, &status));
+            }
+        };
+        match stream.message().await {
+            Ok(Some(WorkerGenerateResponse {
+                event: Some(WorkerEvent::Started(s)),
+            })) => {
+                let usage = Usage {
+                    prompt_tokens: s.prompt_tokens,
+                    completion_tokens: 0,
+                    cached_tokens: s.cached_tokens,
+                };
+                Ok((worker, guard, stream, usage))
+            }
+            Ok(_) => Err(ApiError::Internal(format!(
+                "worker {} did not start the stream properly",
+                outcome.worker
+            ))),
+            Err(status) => Err(ApiError::from_worker(&outcome.worker, &status)),
+        }
+    }
+
+    async fn forward(
+        &self,
+        req: &ValidRequest,
+        worker: &WorkerHandle,
+        mut stream: Streaming<WorkerGenerateResponse>,
+        tx: mpsc::Sender<Event>,
+        outcome: &mut Outcome,
+    ) {
+        loop {
+            let msg = match stream.message().await {
+                Ok(Some(m)) => m.event,
+                Ok(None) => {
+                    let e = ApiError::Internal(format!(
+                        "worker {} ended the stream without finishing",
+                        outcome.worker
+                    ));
+                    outcome.error = Some(e.clone());
+                    let _ = tx.send(Event::Error(e)).await;
+                    return;
+                }
+                Err(status) => {
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::Unknown
+                    ) {
+                        worker.mark_unhealthy();
+                    }
+                    let e = ApiError::from_worker(&outcome.worker, &status);
+                    outcome.error = Some(e.clone());
+                    let _ = tx.send(Event::Error(e)).await;
+                    return;
+                }
+            };
+            let event = match msg {
+                Some(WorkerEvent::Token(t)) => {
+                    outcome.ttft.get_or_insert_with(|| req.received.elapsed());
+                    outcome.usage.completion_tokens += 1;
+                    outcome.response.push_str(&t.text);
+                    Event::Text {
+                        text: t.text,
+                        token_ids: vec![t.id],
+                    }
+                }
+                Some(WorkerEvent::Finished(f)) => {
+                    outcome.usage.prompt_tokens = f.prompt_tokens;
+                    outcome.usage.completion_tokens = f.completion_tokens;
+                    let reason =
+                        FinishReason::try_from(f.reason).unwrap_or(FinishReason::Unspecified);
+                    outcome.finish = Some(reason);
+                    let ev = if reason == FinishReason::Error {
+                        let e = ApiError::Internal(format!(
+                            "worker {} failed the request: {}",
+                            outcome.worker, f.error
+                        ));
+                        outcome.error = Some(e.clone());
+                        Event::Error(e)
+                    } else {
+                        Event::Done {
+                            finish: reason,
+                            usage: outcome.usage,
+                        }
+                    };
+                    let _ = tx.send(ev).await;
+                    return;
+                }
+                Some(WorkerEvent::Started(_)) | None => continue,
+            };
+            if tx.send(event).await.is_err() {
+                // The client went away: free the worker's blocks now.
+                outcome.cancelled = true;
+                drop(stream);
+                let cancel = CancelRequest {
+                    request_id: req.request_id.clone(),
+                };
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), worker.client().cancel(cancel))
+                        .await;
+                return;
+            }
+        }
+    }
+
+    fn event(&self, req: &ValidRequest, o: Outcome) -> AuditEvent {
+        let meta = RequestMeta {
+            request_id: req.request_id.clone(),
+            received: req.received,
+            protocol: req.protocol,
+            source_addr: req.source_addr.clone(),
+        };
+        let tenant = &req.tenant.id;
+        let mut ev = base_event(&meta, tenant, &req.key_prefix, &req.model);
+        ev.prompt_hash = self.hasher.hash(tenant, &req.input.canonical_bytes());
+        ev.response_hash = self.hasher.hash(tenant, o.response.as_bytes());
+        ev.prompt_tokens = o.usage.prompt_tokens;
+        ev.completion_tokens = o.usage.completion_tokens;
+        ev.cached_tokens = o.usage.cached_tokens;
+        ev.ttft_us = o.ttft.map(|d| d.as_micros() as u64).unwrap_or(0);
+        ev.worker_id = o.worker;
+        ev.routing_decision = "most-free-slots".into();
+        ev.finish_reason = o
+            .finish
+            .map(|f| f.as_str_name().to_string())
+            .unwrap_or_default();
+        (ev.status, ev.error_code) = match (&o.error, o.cancelled) {
+            (Some(e), _) => ("error".into(), e.code_name()),
+            (None, true) => ("cancelled".into(), "Cancelled".into()),
+            (None, false) => ("ok".into(), String::new()),
+        };
+        ev
+    }
+}
+
+fn base_event(meta: &RequestMeta, tenant: &str, key_prefix: &str, model: &str) -> AuditEvent {
+    let latency = meta.received.elapsed();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    AuditEvent {
+        request_id: meta.request_id.clone(),
+        tenant_id: tenant.to_string(),
+        model: crate::validate::truncate(model, 128),
+        timestamp_unix_ms: now_ms - latency.as_millis() as i64,
+        latency_us: latency.as_micros() as u64,
+        source_addr: meta.source_addr.clone(),
+        api_key_prefix: key_prefix.to_string(),
+        protocol: meta.protocol.as_str().to_string(),
+        ..Default::default()
+    }
+}
