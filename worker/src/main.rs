@@ -1,1 +1,244 @@
-fn main() {}
+//! `bulkhead-worker`: serve a model over mTLS gRPC, or generate a test model.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use bulkhead_proto::identity::{CertPaths, DEFAULT_TRUST_DOMAIN, SpiffeAuthorizer};
+use bulkhead_proto::worker::worker_server::WorkerServer;
+use bulkhead_worker::LoadedModel;
+use bulkhead_worker::engine::{EngineConfig, EngineHandle};
+use bulkhead_worker::server::{MAX_REQUEST_BYTES, WorkerService};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_stream::wrappers::TcpListenerStream;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bulkhead-worker",
+    version,
+    about = "Bulkhead worker: serves a Llama-family model (CPU backend) over mTLS gRPC with continuous batching and a tenant-namespaced paged KV cache."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Serve a model directory over mTLS gRPC (only router certificates are admitted).
+    Serve(ServeArgs),
+    /// Write a small deterministic random Llama model (Hugging Face layout) for tests.
+    GenModel {
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the random weights; the same seed gives byte-identical files.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long, env = "BULKHEAD_WORKER_MODEL")]
+    model: PathBuf,
+    /// Model name clients ask for [default: the model directory's name].
+    #[arg(long, env = "BULKHEAD_WORKER_MODEL_NAME")]
+    model_name: Option<String>,
+    /// gRPC listen address (port 0 picks a free port; see --ready-file).
+    #[arg(
+        long,
+        env = "BULKHEAD_WORKER_LISTEN",
+        default_value = "127.0.0.1:50061"
+    )]
+    listen: SocketAddr,
+    /// Directory with ca.pem, worker.pem and worker.key.
+    #[arg(long, env = "BULKHEAD_CERTS_DIR")]
+    certs_dir: PathBuf,
+    /// SPIFFE trust domain of the cluster.
+    #[arg(long, env = "BULKHEAD_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Worker id reported by ModelInfo [default: worker-<hostname or random>].
+    #[arg(long, env = "BULKHEAD_WORKER_ID")]
+    worker_id: Option<String>,
+    /// Number of KV cache blocks.
+    #[arg(long, env = "BULKHEAD_WORKER_KV_BLOCKS", default_value_t = 1024)]
+    kv_blocks: usize,
+    /// Tokens per KV cache block.
+    #[arg(long, env = "BULKHEAD_WORKER_BLOCK_SIZE", default_value_t = 16)]
+    block_size: usize,
+    /// Maximum concurrently running sequences.
+    #[arg(long, env = "BULKHEAD_WORKER_MAX_SEQS", default_value_t = 16)]
+    max_seqs: usize,
+    /// Token budget per step for prompt prefill (chunked prefill).
+    #[arg(long, env = "BULKHEAD_WORKER_PREFILL_CHUNK", default_value_t = 256)]
+    prefill_chunk: usize,
+    /// After binding, write {"grpc","worker_id","model"} JSON here (atomically).
+    #[arg(long, env = "BULKHEAD_WORKER_READY_FILE")]
+    ready_file: Option<PathBuf>,
+    /// Log format (filter from RUST_LOG, default info).
+    #[arg(
+        long,
+        env = "BULKHEAD_WORKER_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()));
+    match host {
+        Some(h) => format!("worker-{h}"),
+        None => format!("worker-{:08x}", rand::random::<u32>()),
+    }
+}
+
+fn write_ready(path: &Path, json: &serde_json::Value) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, json.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    bulkhead_proto::identity::install_crypto_provider();
+    tracing::info!("device: cpu (no CUDA backend in this build)");
+    anyhow::ensure!(args.block_size > 0, "--block-size must be positive");
+    anyhow::ensure!(args.kv_blocks > 0, "--kv-blocks must be positive");
+    anyhow::ensure!(args.max_seqs > 0, "--max-seqs must be positive");
+    anyhow::ensure!(args.prefill_chunk > 0, "--prefill-chunk must be positive");
+    let model_name = match &args.model_name {
+        Some(n) => n.clone(),
+        None => args
+            .model
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+            .context("cannot derive a model name from --model; pass --model-name")?,
+    };
+    let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
+    let tls = CertPaths::new(&args.certs_dir, "worker")
+        .server_tls()
+        .context("loading the worker's TLS certificates")?;
+    let dir = args.model.clone();
+    let loaded = tokio::task::spawn_blocking(move || LoadedModel::load(&dir))
+        .await?
+        .with_context(|| format!("loading model from {}", args.model.display()))?;
+    let loaded = Arc::new(loaded);
+    tracing::info!(model = %model_name, layers = loaded.model.config.num_hidden_layers,
+        vocab = loaded.model.vocab_size(), max_context = loaded.model.max_context(), "model loaded");
+    let cfg = EngineConfig {
+        max_seqs: args.max_seqs,
+        prefill_chunk: args.prefill_chunk,
+        kv_blocks: args.kv_blocks,
+        block_size: args.block_size,
+    };
+    let engine = Arc::new(EngineHandle::start(loaded.clone(), cfg, None)?);
+    let service = WorkerService {
+        engine: engine.clone(),
+        model: loaded,
+        model_name: model_name.clone(),
+        worker_id: worker_id.clone(),
+        block_size: args.block_size as u32,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, worker_id = %worker_id, "listening (mTLS)");
+    if let Some(p) = &args.ready_file {
+        write_ready(
+            p,
+            &serde_json::json!({"grpc": addr.to_string(), "worker_id": worker_id, "model": model_name}),
+        )?;
+    }
+    let authorizer = SpiffeAuthorizer::new("worker", &args.trust_domain, &["router"]);
+    let svc = tonic::service::interceptor::InterceptedService::new(
+        WorkerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
+        authorizer,
+    );
+    let shutdown_engine = engine.clone();
+    let signal = async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: cancelling running requests");
+        // Cancel everything so open streams end promptly.
+        let e = shutdown_engine.clone();
+        let _ = tokio::task::spawn_blocking(move || e.shutdown()).await;
+    };
+    tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .add_service(svc)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .await?;
+    engine.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::GenModel { out, seed } => bulkhead_worker::genmodel::generate(&out, seed)
+            .map_err(anyhow::Error::from)
+            .map(|_| println!("wrote model to {}", out.display())),
+        Cmd::Serve(args) => {
+            init_logging(args.log_format);
+            match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt.block_on(serve(args)),
+                Err(e) => Err(e.into()),
+            }
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

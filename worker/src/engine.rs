@@ -1,0 +1,557 @@
+//! The continuous-batching engine. It runs on its own thread, owns the model's
+//! KV pool, admits requests while sequence slots and KV blocks allow, and runs
+//! one forward step at a time over all running sequences, mixing chunked
+//! prefill and decode. No network code here.
+use std::collections::VecDeque;
+use std::sync::mpsc as stdmpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::LoadedModel;
+use crate::kv::{BlockId, KvPool, TenantId};
+use crate::model::SeqInput;
+use crate::sampling::{Sampler, SamplingParams};
+use crate::tokenizer::Detokenizer;
+
+/// Engine sizing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    pub max_seqs: usize,
+    pub prefill_chunk: usize,
+    pub kv_blocks: usize,
+    pub block_size: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_seqs: 16,
+            prefill_chunk: 256,
+            kv_blocks: 1024,
+            block_size: 16,
+        }
+    }
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Length,
+    Stop,
+    Cancelled,
+    Error,
+}
+
+/// What the engine streams back for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineEvent {
+    Started {
+        prompt_tokens: u32,
+        cached_tokens: u32,
+    },
+    Token {
+        id: u32,
+        text: String,
+    },
+    Finished {
+        reason: FinishReason,
+        prompt_tokens: u32,
+        completion_tokens: u32,
+        error: Option<String>,
+    },
+}
+
+/// One request for the engine. `events` must have room for
+/// `max_tokens + 3` events (the engine never blocks on a slow client; a full
+/// or closed channel cancels the request).
+#[derive(Debug)]
+pub struct GenerateRequest {
+    pub request_id: String,
+    pub tenant: TenantId,
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub stop: Vec<String>,
+    pub max_tokens: u32,
+    pub events: mpsc::Sender<EngineEvent>,
+}
+
+/// Capacity as reported by the Capacity RPC.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capacity {
+    pub free_seq_slots: u32,
+    pub max_seqs: u32,
+    pub free_kv_blocks: u32,
+    pub total_kv_blocks: u32,
+    pub running: u32,
+    pub waiting: u32,
+}
+
+/// A view of one step, given to an optional observer (tests use it to check
+/// block ownership at every step).
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    /// Per scheduled sequence: its tenant, block table, and each block's
+    /// owner as the pool records it.
+    pub tables: Vec<(TenantId, Vec<BlockId>, Vec<Option<TenantId>>)>,
+}
+
+pub type StepObserver = Arc<dyn Fn(&StepReport) + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+enum Command {
+    Submit(GenerateRequest),
+    Cancel(String, oneshot::Sender<bool>),
+    Shutdown,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    capacity: Capacity,
+    guard_violations: u64,
+}
+
+/// Handle to the engine thread.
+pub struct EngineHandle {
+    tx: stdmpsc::Sender<Command>,
+    shared: Arc<Mutex<Shared>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl EngineHandle {
+    /// Starts the engine thread.
+    pub fn start(
+        model: Arc<LoadedModel>,
+        cfg: EngineConfig,
+        observer: Option<StepObserver>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = stdmpsc::channel();
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let pool = KvPool::new(model.model.kv_shape(cfg.kv_blocks, cfg.block_size));
+        let engine = Engine {
+            model,
+            cfg,
+            pool,
+            rx,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            shared: shared.clone(),
+            observer,
+        };
+        engine.publish();
+        let thread = std::thread::Builder::new()
+            .name("bulkhead-engine".into())
+            .spawn(move || engine.run())?;
+        Ok(Self {
+            tx,
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn submit(&self, req: GenerateRequest) -> Result<(), EngineError> {
+        self.tx
+            .send(Command::Submit(req))
+            .map_err(|_| EngineError::Stopped)
+    }
+
+    /// Cancels a request by id; true when it was waiting or running.
+    pub async fn cancel(&self, request_id: &str) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Command::Cancel(request_id.to_string(), tx))
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    pub fn capacity(&self) -> Capacity {
+        self.shared.lock().map(|s| s.capacity).unwrap_or_default()
+    }
+
+    /// How many times the KV ownership guard fired.
+    pub fn guard_violations(&self) -> u64 {
+        self.shared.lock().map(|s| s.guard_violations).unwrap_or(0)
+    }
+
+    /// Cancels every request and stops the thread (idempotent).
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown);
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Sequence {
+    req: GenerateRequest,
+    /// Prompt plus generated tokens (EOS excluded).
+    tokens: Vec<u32>,
+    /// Tokens whose K/V are in the cache.
+    computed: usize,
+    blocks: Vec<BlockId>,
+    sampler: Sampler,
+    detok: Detokenizer,
+    generated: u32,
+    done: Option<(FinishReason, Option<String>)>,
+}
+
+struct Engine {
+    model: Arc<LoadedModel>,
+    cfg: EngineConfig,
+    pool: KvPool,
+    rx: stdmpsc::Receiver<Command>,
+    waiting: VecDeque<GenerateRequest>,
+    running: Vec<Sequence>,
+    shared: Arc<Mutex<Shared>>,
+    observer: Option<StepObserver>,
+}
+
+fn finished(req: &GenerateRequest, reason: FinishReason, completion: u32, error: Option<String>) {
+    let _ = req.events.try_send(EngineEvent::Finished {
+        reason,
+        prompt_tokens: req.prompt.len() as u32,
+        completion_tokens: completion,
+        error,
+    });
+}
+
+impl Sequence {
+    fn send(&mut self, ev: EngineEvent) {
+        if self.req.events.try_send(ev).is_err() && self.done.is_none() {
+            self.done = Some((FinishReason::Cancelled, None));
+        }
+    }
+    fn fail(&mut self, msg: String) {
+        if self.done.is_none() {
+            self.done = Some((FinishReason::Error, Some(msg)));
+        }
+    }
+}
+
+impl Engine {
+    fn run(mut self) {
+        tracing::debug!("engine started");
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                // Idle: block until a command arrives.
+                match self.rx.recv() {
+                    Ok(c) => {
+                        if !self.handle(c) {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut stop = false;
+            loop {
+                match self.rx.try_recv() {
+                    Ok(c) => {
+                        if !self.handle(c) {
+                            stop = true;
+                            break;
+                        }
+                    }
+                    Err(stdmpsc::TryRecvError::Empty) => break,
+                    Err(stdmpsc::TryRecvError::Disconnected) => {
+                        stop = true;
+                        break;
+                    }
+                }
+            }
+            if stop {
+                break;
+            }
+            self.step();
+            self.publish();
+        }
+        // Shutting down: cancel everything still here.
+        for r in self.waiting.drain(..) {
+            finished(&r, FinishReason::Cancelled, 0, None);
+        }
+        for s in &mut self.running {
+            s.done.get_or_insert((FinishReason::Cancelled, None));
+        }
+        self.reap();
+        self.publish();
+        tracing::debug!("engine stopped");
+    }
+
+    /// Returns false on shutdown.
+    fn handle(&mut self, c: Command) -> bool {
+        match c {
+            Command::Submit(r) => {
+                let need = self.pool.blocks_for(r.prompt.len() + r.max_tokens as usize);
+                if need > self.pool.total_blocks() {
+                    finished(
+                        &r,
+                        FinishReason::Error,
+                        0,
+                        Some(format!(
+                            "request needs {need} KV blocks but this worker has only {}",
+                            self.pool.total_blocks()
+                        )),
+                    );
+                } else {
+                    self.waiting.push_back(r);
+                }
+            }
+            Command::Cancel(id, reply) => {
+                let mut found = false;
+                if let Some(i) = self.waiting.iter().position(|r| r.request_id == id) {
+                    if let Some(r) = self.waiting.remove(i) {
+                        finished(&r, FinishReason::Cancelled, 0, None);
+                    }
+                    found = true;
+                }
+                for s in self.running.iter_mut().filter(|s| s.req.request_id == id) {
+                    s.done.get_or_insert((FinishReason::Cancelled, None));
+                    found = true;
+                }
+                self.reap();
+                let _ = reply.send(found);
+            }
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn publish(&self) {
+        let cap = Capacity {
+            free_seq_slots: self.cfg.max_seqs.saturating_sub(self.running.len()) as u32,
+            max_seqs: self.cfg.max_seqs as u32,
+            free_kv_blocks: self.pool.free_blocks() as u32,
+            total_kv_blocks: self.pool.total_blocks() as u32,
+            running: self.running.len() as u32,
+            waiting: self.waiting.len() as u32,
+        };
+        if let Ok(mut s) = self.shared.lock() {
+            s.capacity = cap;
+            s.guard_violations = self.pool.guard_violations();
+        }
+    }
+
+    fn admit(&mut self) {
+        // Clients that went away while waiting.
+        self.waiting.retain(|r| !r.events.is_closed());
+        while self.running.len() < self.cfg.max_seqs {
+            let Some(r) = self.waiting.front() else { break };
+            if self.pool.free_blocks() < self.pool.blocks_for(r.prompt.len() + 1) {
+                break;
+            }
+            let Some(r) = self.waiting.pop_front() else {
+                break;
+            };
+            let n = self.pool.blocks_for(r.prompt.len());
+            let blocks = match self.pool.allocate(&r.tenant, n) {
+                Ok(b) => b,
+                Err(e) => {
+                    finished(&r, FinishReason::Error, 0, Some(e.to_string()));
+                    continue;
+                }
+            };
+            let mut seq = Sequence {
+                tokens: r.prompt.clone(),
+                computed: 0,
+                blocks,
+                sampler: Sampler::new(r.params),
+                detok: Detokenizer::new(r.stop.clone()),
+                generated: 0,
+                done: None,
+                req: r,
+            };
+            // Prefix caching is future work: nothing is ever cached.
+            seq.send(EngineEvent::Started {
+                prompt_tokens: seq.req.prompt.len() as u32,
+                cached_tokens: 0,
+            });
+            tracing::debug!(request_id = %seq.req.request_id, tenant = %seq.req.tenant,
+                prompt_tokens = seq.req.prompt.len(), "admitted");
+            self.running.push(seq);
+        }
+    }
+
+    /// Frees and reports finished sequences.
+    fn reap(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].done.is_none() && self.running[i].req.events.is_closed() {
+                self.running[i].done = Some((FinishReason::Cancelled, None));
+            }
+            if let Some((reason, error)) = self.running[i].done.clone() {
+                let s = self.running.swap_remove(i);
+                let skipped = self.pool.free(&s.req.tenant, &s.blocks);
+                if skipped > 0 {
+                    tracing::error!(request_id = %s.req.request_id, skipped, "sequence held blocks it did not own");
+                }
+                finished(&s.req, reason, s.generated, error);
+                tracing::debug!(request_id = %s.req.request_id, tenant = %s.req.tenant,
+                    completion_tokens = s.generated, ?reason, "finished");
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        self.reap();
+        self.admit();
+        if self.running.is_empty() {
+            return;
+        }
+        // Plan: decodes first (one token each), then prefill chunks within the
+        // token budget.
+        let mut plan: Vec<(usize, usize)> = Vec::new();
+        let mut budget = self.cfg.prefill_chunk.max(1);
+        for (i, s) in self.running.iter().enumerate() {
+            if s.tokens.len() - s.computed == 1 {
+                plan.push((i, 1));
+                budget = budget.saturating_sub(1);
+            }
+        }
+        for (i, s) in self.running.iter().enumerate() {
+            let rem = s.tokens.len() - s.computed;
+            if rem > 1 && budget > 0 {
+                let n = rem.min(budget);
+                plan.push((i, n));
+                budget -= n;
+            }
+        }
+        // Blocks, then the ownership guard, for every scheduled sequence.
+        plan.retain(|&(i, n)| {
+            let s = &mut self.running[i];
+            let need = self
+                .pool
+                .blocks_for(s.computed + n)
+                .saturating_sub(s.blocks.len());
+            if need > 0 {
+                match self.pool.allocate(&s.req.tenant, need) {
+                    Ok(b) => s.blocks.extend(b),
+                    Err(e) => {
+                        s.fail(format!("KV cache exhausted: {e}"));
+                        return false;
+                    }
+                }
+            }
+            if let Err(e) = self.pool.check_table(&s.req.tenant, &s.blocks) {
+                tracing::error!(request_id = %s.req.request_id, tenant = %s.req.tenant,
+                    error = %e, "KV ownership guard violation; failing the sequence");
+                s.fail("internal error: KV ownership guard violation".into());
+                return false;
+            }
+            true
+        });
+        if let Some(obs) = &self.observer {
+            let tables = plan
+                .iter()
+                .map(|&(i, _)| {
+                    let s = &self.running[i];
+                    let owners = s
+                        .blocks
+                        .iter()
+                        .map(|&b| self.pool.owner(b).cloned())
+                        .collect();
+                    (s.req.tenant.clone(), s.blocks.clone(), owners)
+                })
+                .collect();
+            obs(&StepReport { tables });
+        }
+        if plan.is_empty() {
+            self.reap();
+            return;
+        }
+        let inputs: Vec<SeqInput<'_>> = plan
+            .iter()
+            .map(|&(i, n)| {
+                let s = &self.running[i];
+                SeqInput {
+                    tokens: &s.tokens[s.computed..s.computed + n],
+                    start_pos: s.computed,
+                    blocks: &s.blocks,
+                    want_logits: s.computed + n == s.tokens.len(),
+                }
+            })
+            .collect();
+        let result = self.model.model.forward(&mut self.pool, &inputs);
+        drop(inputs);
+        match result {
+            Ok(logits) => {
+                for (&(i, n), l) in plan.iter().zip(logits) {
+                    self.running[i].computed += n;
+                    if let Some(l) = l {
+                        self.sample(i, &l);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "forward step failed");
+                for &(i, _) in &plan {
+                    self.running[i].fail(format!("internal error: {e}"));
+                }
+            }
+        }
+        self.reap();
+    }
+
+    fn sample(&mut self, i: usize, logits: &[f32]) {
+        let tok = &self.model.tokenizer;
+        let s = &mut self.running[i];
+        if s.done.is_some() {
+            return;
+        }
+        let id = s.sampler.sample(logits);
+        s.generated += 1;
+        if tok.eos_ids().contains(&id) {
+            let rest = s.detok.flush();
+            if !rest.is_empty() {
+                s.send(EngineEvent::Token { id, text: rest });
+            }
+            s.done.get_or_insert((FinishReason::Stop, None));
+            return;
+        }
+        s.tokens.push(id);
+        let delta = match s.detok.push(tok, id) {
+            Ok(d) => d,
+            Err(e) => {
+                s.fail(format!("internal error: {e}"));
+                return;
+            }
+        };
+        if delta.stopped {
+            if !delta.text.is_empty() {
+                s.send(EngineEvent::Token {
+                    id,
+                    text: delta.text,
+                });
+            }
+            s.done.get_or_insert((FinishReason::Stop, None));
+            return;
+        }
+        let mut text = delta.text;
+        let last = s.generated >= s.req.max_tokens;
+        if last {
+            text.push_str(&s.detok.flush());
+        }
+        s.send(EngineEvent::Token { id, text });
+        if last {
+            s.done.get_or_insert((FinishReason::Length, None));
+        }
+    }
+}

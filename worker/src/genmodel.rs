@@ -1,0 +1,173 @@
+//! `gen-model`: writes a small deterministic random Llama model as a Hugging
+//! Face directory (config, safetensors, tokenizer, tokenizer config).
+use std::collections::HashSet;
+use std::path::Path;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, Tokenizer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenError {
+    #[error("cannot write {0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("safetensors: {0}")]
+    Safetensors(String),
+}
+
+/// English text the BPE merges are trained on.
+const CORPUS: &str = "The quick brown fox jumps over the lazy dog. A worker serves a model to \
+many tenants, and each tenant keeps its own cache. The router sends the request to the worker, \
+the worker runs the model, and the answer streams back token by token. Hello, world! This is a \
+small test of the tokenizer: it learns the most common pairs of bytes in this paragraph, such as \
+th, he, in, er, an, re, on, at, en, nd, ti, es, or, te, of, ed, is, it, al, ar, st, to, nt, ng. \
+What is the capital of France? Paris is the capital of France. One, two, three, four, five.";
+
+/// Shape and little-endian f32 bytes.
+type RawTensor = (Vec<usize>, Vec<u8>);
+
+pub const HIDDEN: usize = 64;
+pub const INTERMEDIATE: usize = 128;
+pub const LAYERS: usize = 2;
+pub const HEADS: usize = 4;
+pub const KV_HEADS: usize = 2;
+pub const MAX_POS: usize = 512;
+pub const CHAT_TEMPLATE: &str =
+    "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}<|assistant|>\n";
+
+fn build_tokenizer() -> Result<Tokenizer, GenError> {
+    let terr = |e: tokenizers::Error| GenError::Tokenizer(e.to_string());
+    let mut tok = Tokenizer::new(BPE::default());
+    tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    tok.with_decoder(Some(ByteLevel::new(false, true, true)));
+    let alphabet: HashSet<char> = ByteLevel::alphabet().into_iter().collect();
+    let trainer = BpeTrainerBuilder::new()
+        .vocab_size(400)
+        .min_frequency(2)
+        .show_progress(false)
+        .initial_alphabet(alphabet)
+        .special_tokens(vec![
+            AddedToken::from("<s>", true),
+            AddedToken::from("</s>", true),
+        ])
+        .build();
+    let mut trainer = TrainerWrapper::BpeTrainer(trainer);
+    tok.train(&mut trainer, CORPUS.split(". ")).map_err(terr)?;
+    Ok(tok)
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), GenError> {
+    std::fs::write(path, bytes).map_err(|e| GenError::Io(path.display().to_string(), e))
+}
+
+/// Writes the model directory. Same seed ⇒ byte-identical files.
+pub fn generate(out: &Path, seed: u64) -> Result<(), GenError> {
+    std::fs::create_dir_all(out).map_err(|e| GenError::Io(out.display().to_string(), e))?;
+    let tok = build_tokenizer()?;
+    let vocab = tok.get_vocab_size(true);
+    let bos = tok.token_to_id("<s>").unwrap_or(0);
+    let eos = tok.token_to_id("</s>").unwrap_or(1);
+    let json = tok
+        .to_string(true)
+        .map_err(|e| GenError::Tokenizer(e.to_string()))?;
+    write(&out.join("tokenizer.json"), json.as_bytes())?;
+
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS,
+        "vocab_size": vocab,
+        "max_position_embeddings": MAX_POS,
+        "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": false,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "hidden_act": "silu",
+        "torch_dtype": "float32",
+    });
+    let tcfg = serde_json::json!({
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "add_bos_token": false,
+        "model_max_length": MAX_POS,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "chat_template": CHAT_TEMPLATE,
+    });
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    write(&out.join("config.json"), pretty(&config).as_bytes())?;
+    write(&out.join("tokenizer_config.json"), pretty(&tcfg).as_bytes())?;
+
+    let mut rng = StdRng::seed_from_u64(seed);
+    // Uniform with standard deviation 0.02.
+    let a = 0.02f32 * 3f32.sqrt();
+    let mut rand_t = |shape: &[usize]| -> (Vec<usize>, Vec<u8>) {
+        let n: usize = shape.iter().product();
+        let bytes = (0..n)
+            .flat_map(|_| rng.random_range(-a..a).to_le_bytes())
+            .collect();
+        (shape.to_vec(), bytes)
+    };
+    let ones = |n: usize| -> (Vec<usize>, Vec<u8>) {
+        (vec![n], (0..n).flat_map(|_| 1f32.to_le_bytes()).collect())
+    };
+    let hd = HIDDEN / HEADS;
+    let mut tensors: Vec<(String, RawTensor)> =
+        vec![("model.embed_tokens.weight".into(), rand_t(&[vocab, HIDDEN]))];
+    for l in 0..LAYERS {
+        let p = format!("model.layers.{l}");
+        tensors.push((format!("{p}.input_layernorm.weight"), ones(HIDDEN)));
+        tensors.push((format!("{p}.post_attention_layernorm.weight"), ones(HIDDEN)));
+        tensors.push((
+            format!("{p}.self_attn.q_proj.weight"),
+            rand_t(&[HEADS * hd, HIDDEN]),
+        ));
+        tensors.push((
+            format!("{p}.self_attn.k_proj.weight"),
+            rand_t(&[KV_HEADS * hd, HIDDEN]),
+        ));
+        tensors.push((
+            format!("{p}.self_attn.v_proj.weight"),
+            rand_t(&[KV_HEADS * hd, HIDDEN]),
+        ));
+        tensors.push((
+            format!("{p}.self_attn.o_proj.weight"),
+            rand_t(&[HIDDEN, HEADS * hd]),
+        ));
+        tensors.push((
+            format!("{p}.mlp.gate_proj.weight"),
+            rand_t(&[INTERMEDIATE, HIDDEN]),
+        ));
+        tensors.push((
+            format!("{p}.mlp.up_proj.weight"),
+            rand_t(&[INTERMEDIATE, HIDDEN]),
+        ));
+        tensors.push((
+            format!("{p}.mlp.down_proj.weight"),
+            rand_t(&[HIDDEN, INTERMEDIATE]),
+        ));
+    }
+    tensors.push(("model.norm.weight".into(), ones(HIDDEN)));
+    tensors.push(("lm_head.weight".into(), rand_t(&[vocab, HIDDEN])));
+    let views = tensors
+        .iter()
+        .map(|(name, (shape, data))| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| GenError::Safetensors(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bytes =
+        safetensors::serialize(views, None).map_err(|e| GenError::Safetensors(e.to_string()))?;
+    write(&out.join("model.safetensors"), &bytes)?;
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! The f32 CPU forward pass of a Llama-family decoder reading and writing
+//! K/V through the paged [`KvPool`]. Matrix products go through ndarray's
+//! `general_mat_mul`, which calls `matrixmultiply::sgemm` (safe wrapper, so
+//! this crate can keep `forbid(unsafe_code)`).
+use std::path::Path;
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+use crate::LoadError;
+use crate::config::ModelConfig;
+use crate::kv::{BlockId, KvPool, KvShape};
+use crate::weights::Weights;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("token id {0} is outside the vocabulary of {1}")]
+    BadToken(u32, usize),
+    #[error("position {0} exceeds the model's context of {1} tokens")]
+    BadPosition(usize, usize),
+    #[error("block table too short: position {pos} needs block #{idx}, table has {len}")]
+    ShortTable { pos: usize, idx: usize, len: usize },
+}
+
+/// A linear layer stored as HF does: `[out, in]` row-major.
+#[derive(Debug)]
+pub struct Linear {
+    w: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    out_dim: usize,
+    in_dim: usize,
+}
+
+impl Linear {
+    fn load(w: &mut Weights, name: &str, out_dim: usize, in_dim: usize) -> Result<Self, LoadError> {
+        let wt = w.take(&format!("{name}.weight"), &[out_dim, in_dim])?;
+        let bias = w.take_opt(&format!("{name}.bias"), &[out_dim])?;
+        Ok(Self {
+            w: wt,
+            bias,
+            out_dim,
+            in_dim,
+        })
+    }
+
+    /// `y[rows, out] = x[rows, in] · Wᵀ (+ b)`.
+    fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let mut y = vec![0.0f32; rows * self.out_dim];
+        if rows == 0 {
+            return y;
+        }
+        let xa = ArrayView2::from_shape((rows, self.in_dim), x).expect("input shape");
+        let wa =
+            ArrayView2::from_shape((self.out_dim, self.in_dim), &self.w).expect("weight shape");
+        let mut ya = ArrayViewMut2::from_shape((rows, self.out_dim), &mut y).expect("output shape");
+        general_mat_mul(1.0, &xa, &wa.t(), 0.0, &mut ya);
+        if let Some(b) = &self.bias {
+            for row in y.chunks_exact_mut(self.out_dim) {
+                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        }
+        y
+    }
+}
+
+#[derive(Debug)]
+struct Layer {
+    attn_norm: Vec<f32>,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    mlp_norm: Vec<f32>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// A loaded model (weights only; the tokenizer lives in [`crate::tokenizer`]).
+#[derive(Debug)]
+pub struct Model {
+    pub config: ModelConfig,
+    embed: Vec<f32>,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    /// `None` when tied to the embeddings.
+    lm_head: Option<Linear>,
+    inv_freq: Vec<f32>,
+}
+
+/// One sequence's share of a forward step.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqInput<'a> {
+    /// Tokens to process (a prefill chunk, or the one token to decode).
+    pub tokens: &'a [u32],
+    /// Position of `tokens[0]`; positions before it are already in the cache.
+    pub start_pos: usize,
+    /// The sequence's block table (must cover `start_pos + tokens.len()`).
+    pub blocks: &'a [BlockId],
+    /// Whether to return logits of the last token.
+    pub want_logits: bool,
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let ms = xr.iter().map(|v| v * v).sum::<f32>() / n as f32;
+        let s = 1.0 / (ms + eps).sqrt();
+        for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * s * g;
+        }
+    }
+}
+
+impl Model {
+    pub fn load(dir: &Path) -> Result<Self, LoadError> {
+        let config = ModelConfig::load(dir)?;
+        let weights = Weights::load(dir)?;
+        Self::from_weights(config, weights)
+    }
+
+    pub fn from_weights(config: ModelConfig, mut w: Weights) -> Result<Self, LoadError> {
+        let h = config.hidden_size;
+        let hd = config.head_dim();
+        let nh = config.num_attention_heads;
+        let nkv = config.num_kv_heads();
+        let inter = config.intermediate_size;
+        let vocab = config.vocab_size;
+        let embed = w.take("model.embed_tokens.weight", &[vocab, h])?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                attn_norm: w.take(&format!("{p}.input_layernorm.weight"), &[h])?,
+                q: Linear::load(&mut w, &format!("{p}.self_attn.q_proj"), nh * hd, h)?,
+                k: Linear::load(&mut w, &format!("{p}.self_attn.k_proj"), nkv * hd, h)?,
+                v: Linear::load(&mut w, &format!("{p}.self_attn.v_proj"), nkv * hd, h)?,
+                o: Linear::load(&mut w, &format!("{p}.self_attn.o_proj"), h, nh * hd)?,
+                mlp_norm: w.take(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                gate: Linear::load(&mut w, &format!("{p}.mlp.gate_proj"), inter, h)?,
+                up: Linear::load(&mut w, &format!("{p}.mlp.up_proj"), inter, h)?,
+                down: Linear::load(&mut w, &format!("{p}.mlp.down_proj"), h, inter)?,
+            });
+        }
+        let norm = w.take("model.norm.weight", &[h])?;
+        let lm_head = if w.contains("lm_head.weight") {
+            Some(Linear::load(&mut w, "lm_head", vocab, h)?)
+        } else if config.tie_word_embeddings {
+            None
+        } else {
+            return Err(LoadError::MissingTensor("lm_head.weight".into()));
+        };
+        let inv_freq = (0..hd / 2)
+            .map(|i| 1.0 / config.rope_theta.powf(2.0 * i as f32 / hd as f32))
+            .collect();
+        Ok(Self {
+            config,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+        })
+    }
+
+    /// The KV pool geometry this model needs.
+    pub fn kv_shape(&self, num_blocks: usize, block_size: usize) -> KvShape {
+        KvShape {
+            num_layers: self.config.num_hidden_layers,
+            num_blocks,
+            block_size,
+            num_kv_heads: self.config.num_kv_heads(),
+            head_dim: self.config.head_dim(),
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    pub fn max_context(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    fn rope(&self, x: &mut [f32], pos: usize) {
+        let hd = self.config.head_dim();
+        let half = hd / 2;
+        for head in x.chunks_exact_mut(hd) {
+            for i in 0..half {
+                let a = pos as f32 * self.inv_freq[i];
+                let (s, c) = a.sin_cos();
+                let (x1, x2) = (head[i], head[i + half]);
+                head[i] = x1 * c - x2 * s;
+                head[i + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+
+    /// One forward step over a batch. Writes K/V of every processed token into
+    /// the pool and returns, per sequence, the logits of its last token when
+    /// asked for. The caller must have run the ownership guard on each table.
+    pub fn forward(
+        &self,
+        pool: &mut KvPool,
+        batch: &[SeqInput<'_>],
+    ) -> Result<Vec<Option<Vec<f32>>>, ModelError> {
+        let cfg = &self.config;
+        let (h, hd, nh, nkv) = (
+            cfg.hidden_size,
+            cfg.head_dim(),
+            cfg.num_attention_heads,
+            cfg.num_kv_heads(),
+        );
+        let bs = pool.block_size();
+        // Flatten the batch: per token its sequence index and position.
+        let mut toks = Vec::new();
+        let mut meta = Vec::new();
+        for (si, s) in batch.iter().enumerate() {
+            for (j, &t) in s.tokens.iter().enumerate() {
+                let pos = s.start_pos + j;
+                if t as usize >= cfg.vocab_size {
+                    return Err(ModelError::BadToken(t, cfg.vocab_size));
+                }
+                if pos >= cfg.max_position_embeddings {
+                    return Err(ModelError::BadPosition(pos, cfg.max_position_embeddings));
+                }
+                let idx = pos / bs;
+                if idx >= s.blocks.len() {
+                    return Err(ModelError::ShortTable {
+                        pos,
+                        idx,
+                        len: s.blocks.len(),
+                    });
+                }
+                toks.push(t);
+                meta.push((si, pos));
+            }
+        }
+        let n = toks.len();
+        let mut x = vec![0.0f32; n * h];
+        for (row, &t) in x.chunks_exact_mut(h).zip(&toks) {
+            row.copy_from_slice(&self.embed[t as usize * h..(t as usize + 1) * h]);
+        }
+        let mut normed = vec![0.0f32; n * h];
+        let group = nh / nkv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (li, layer) in self.layers.iter().enumerate() {
+            rms_norm(&x, &layer.attn_norm, cfg.rms_norm_eps, &mut normed);
+            let mut q = layer.q.forward(&normed, n);
+            let mut k = layer.k.forward(&normed, n);
+            let v = layer.v.forward(&normed, n);
+            for (ti, &(si, pos)) in meta.iter().enumerate() {
+                self.rope(&mut q[ti * nh * hd..(ti + 1) * nh * hd], pos);
+                self.rope(&mut k[ti * nkv * hd..(ti + 1) * nkv * hd], pos);
+                let blocks = batch[si].blocks;
+                pool.write(
+                    li,
+                    blocks[pos / bs],
+                    pos % bs,
+                    &k[ti * nkv * hd..(ti + 1) * nkv * hd],
+                    &v[ti * nkv * hd..(ti + 1) * nkv * hd],
+                );
+            }
+            // Attention: each token attends to positions 0..=pos of its sequence.
+            let mut attn = vec![0.0f32; n * nh * hd];
+            let mut scores = Vec::new();
+            for (ti, &(si, pos)) in meta.iter().enumerate() {
+                let blocks = batch[si].blocks;
+                for head in 0..nh {
+                    let kvh = head / group;
+                    let qh = &q[(ti * nh + head) * hd..(ti * nh + head + 1) * hd];
+                    scores.clear();
+                    for p in 0..=pos {
+                        let ks = &pool.k_slot(li, blocks[p / bs], p % bs)[kvh * hd..(kvh + 1) * hd];
+                        scores.push(qh.iter().zip(ks).map(|(a, b)| a * b).sum::<f32>() * scale);
+                    }
+                    let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for s in scores.iter_mut() {
+                        *s = (*s - m).exp();
+                        sum += *s;
+                    }
+                    let out = &mut attn[(ti * nh + head) * hd..(ti * nh + head + 1) * hd];
+                    for (p, s) in scores.iter().enumerate() {
+                        let vs = &pool.v_slot(li, blocks[p / bs], p % bs)[kvh * hd..(kvh + 1) * hd];
+                        let w = s / sum;
+                        out.iter_mut().zip(vs).for_each(|(o, v)| *o += w * v);
+                    }
+                }
+            }
+            let o = layer.o.forward(&attn, n);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            rms_norm(&x, &layer.mlp_norm, cfg.rms_norm_eps, &mut normed);
+            let mut g = layer.gate.forward(&normed, n);
+            let u = layer.up.forward(&normed, n);
+            g.iter_mut()
+                .zip(&u)
+                .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+            let d = layer.down.forward(&g, n);
+            x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
+        }
+        // Logits of the last token of each sequence that wants them.
+        let mut out = Vec::with_capacity(batch.len());
+        let mut offset = 0;
+        for s in batch {
+            offset += s.tokens.len();
+            if !s.want_logits || s.tokens.is_empty() {
+                out.push(None);
+                continue;
+            }
+            let row = &x[(offset - 1) * h..offset * h];
+            let mut nrow = vec![0.0f32; h];
+            rms_norm(row, &self.norm, cfg.rms_norm_eps, &mut nrow);
+            let logits = match &self.lm_head {
+                Some(l) => l.forward(&nrow, 1),
+                None => {
+                    let e = ArrayView2::from_shape((cfg.vocab_size, h), &self.embed)
+                        .expect("embed shape");
+                    let xa = ArrayView2::from_shape((1, h), &nrow).expect("row shape");
+                    let mut y = vec![0.0f32; cfg.vocab_size];
+                    let mut ya = ArrayViewMut2::from_shape((1, cfg.vocab_size), &mut y)
+                        .expect("logit shape");
+                    general_mat_mul(1.0, &xa, &e.t(), 0.0, &mut ya);
+                    y
+                }
+            };
+            out.push(Some(logits));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,257 @@
+//! The model's tokenizer (`tokenizer.json`) and chat template
+//! (`tokenizer_config.json`), plus incremental detokenization with stop strings.
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::LoadError;
+
+/// One chat message to render with the chat template.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizeError {
+    #[error("tokenizer error: {0}")]
+    Tokenizer(String),
+    #[error("this model has no chat template")]
+    NoChatTemplate,
+    #[error("chat template error: {0}")]
+    Template(String),
+}
+
+/// Tokenizer plus the special tokens and chat template of a model.
+pub struct TextTokenizer {
+    tok: tokenizers::Tokenizer,
+    chat_template: Option<String>,
+    bos_token: String,
+    eos_token: String,
+    eos_ids: Vec<u32>,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("eos_ids", &self.eos_ids)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `bos_token` may be a string or `{"content": "..."}`.
+fn token_str(v: Option<&serde_json::Value>) -> Option<String> {
+    match v? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+impl TextTokenizer {
+    /// Loads `tokenizer.json` and (if present) `tokenizer_config.json`.
+    /// `config_eos` are the eos ids from `config.json`.
+    pub fn load(dir: &Path, config_eos: &[u32]) -> Result<Self, LoadError> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            return Err(LoadError::Io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+            ));
+        }
+        let tok = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| LoadError::Tokenizer(path.clone(), e.to_string()))?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: serde_json::Value = if cfg_path.exists() {
+            let text = std::fs::read_to_string(&cfg_path)
+                .map_err(|e| LoadError::Io(cfg_path.clone(), e))?;
+            serde_json::from_str(&text).map_err(|e| LoadError::Json(cfg_path.clone(), e))?
+        } else {
+            serde_json::Value::Null
+        };
+        let bos_token = token_str(cfg.get("bos_token")).unwrap_or_default();
+        let eos_token = token_str(cfg.get("eos_token")).unwrap_or_default();
+        let chat_template = match cfg.get("chat_template") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            // A list of named templates: use "default".
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+            _ => None,
+        };
+        let mut eos_ids = config_eos.to_vec();
+        if let Some(id) = tok.token_to_id(&eos_token)
+            && !eos_ids.contains(&id)
+        {
+            eos_ids.push(id);
+        }
+        Ok(Self {
+            tok,
+            chat_template,
+            bos_token,
+            eos_token,
+            eos_ids,
+        })
+    }
+
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.tok.get_vocab_size(true)
+    }
+
+    /// Tokenizes a raw prompt (with the tokenizer's own special tokens, e.g. BOS).
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, TokenizeError> {
+        self.encode(text, true)
+    }
+
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, TokenizeError> {
+        self.tok
+            .encode(text, add_special)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| TokenizeError::Tokenizer(e.to_string()))
+    }
+
+    /// Renders chat messages with the chat template and tokenizes the result
+    /// (special tokens come from the template, as in HF `apply_chat_template`).
+    pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, TokenizeError> {
+        let text = self.render_chat(messages)?;
+        self.encode(&text, false)
+    }
+
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, TokenizeError> {
+        let tpl = self
+            .chat_template
+            .as_deref()
+            .ok_or(TokenizeError::NoChatTemplate)?;
+        // As Hugging Face renders templates: trim_blocks and lstrip_blocks on,
+        // trailing newline dropped (jinja2's default).
+        let mut env = minijinja::Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        env.add_template("chat", tpl)
+            .map_err(|e| TokenizeError::Template(e.to_string()))?;
+        let t = env
+            .get_template("chat")
+            .map_err(|e| TokenizeError::Template(e.to_string()))?;
+        t.render(minijinja::context! {
+            messages => messages,
+            add_generation_prompt => true,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        })
+        .map_err(|e| TokenizeError::Template(e.to_string()))
+    }
+
+    /// Decodes ids, skipping special tokens.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizeError> {
+        self.tok
+            .decode(ids, true)
+            .map_err(|e| TokenizeError::Tokenizer(e.to_string()))
+    }
+}
+
+/// What one new token produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextDelta {
+    /// Text that may be emitted now (possibly empty).
+    pub text: String,
+    /// A stop string was completed; `text` holds only what precedes it.
+    pub stopped: bool,
+}
+
+/// Incremental detokenizer: decodes the generated ids and releases only the
+/// new suffix, holding back text while it ends in an incomplete UTF-8
+/// sequence (U+FFFD) or in a prefix of a stop string.
+#[derive(Debug, Default)]
+pub struct Detokenizer {
+    ids: Vec<u32>,
+    /// Bytes of the decoded text already released.
+    sent: usize,
+    stop: Vec<String>,
+    /// Last decoded text without a trailing incomplete sequence.
+    text: String,
+}
+
+impl Detokenizer {
+    pub fn new(stop: Vec<String>) -> Self {
+        Self {
+            stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds a token; returns the text that can be released.
+    pub fn push(&mut self, tok: &TextTokenizer, id: u32) -> Result<TextDelta, TokenizeError> {
+        self.ids.push(id);
+        let text = tok.decode(&self.ids)?;
+        if text.ends_with('\u{FFFD}') {
+            return Ok(TextDelta {
+                text: String::new(),
+                stopped: false,
+            });
+        }
+        self.text = text;
+        // Search for a stop string starting in the unreleased part (or
+        // overlapping it).
+        let max_stop = self.stop.iter().map(String::len).max().unwrap_or(0);
+        let mut from = self.sent.saturating_sub(max_stop);
+        while !self.text.is_char_boundary(from) {
+            from -= 1;
+        }
+        let hit = self
+            .stop
+            .iter()
+            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| i + from))
+            .min();
+        if let Some(at) = hit {
+            let out = self.text.get(self.sent..at).unwrap_or("").to_string();
+            self.sent = self.sent.max(at);
+            return Ok(TextDelta {
+                text: out,
+                stopped: true,
+            });
+        }
+        // Hold back the longest suffix that is a prefix of a stop string.
+        let mut end = self.text.len();
+        for s in &self.stop {
+            for l in (1..s.len()).rev() {
+                if s.is_char_boundary(l) && self.text.ends_with(&s[..l]) {
+                    end = end.min(self.text.len() - l);
+                    break;
+                }
+            }
+        }
+        Ok(self.release_to(end))
+    }
+
+    /// Releases everything held back (at the end of a generation).
+    pub fn flush(&mut self) -> String {
+        self.release_to(self.text.len()).text
+    }
+
+    fn release_to(&mut self, mut end: usize) -> TextDelta {
+        while end > self.sent && !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let out = self.text.get(self.sent..end).unwrap_or("").to_string();
+        self.sent = self.sent.max(end);
+        TextDelta {
+            text: out,
+            stopped: false,
+        }
+    }
+}
