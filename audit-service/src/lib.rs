@@ -1,0 +1,41 @@
+//! Bulkhead's audit-service: a durable JetStream consumer that stores each
+//! audit event exactly once in its tenant's append-only log, encrypted with
+//! the tenant's own AES-256-GCM data key and hash-chained; fsync, then ack.
+//! Serves tenant-scoped queries over mTLS.
+//!
+//! `store` and `keys` are pure storage (no network); `consumer` is the NATS
+//! side; `query` is the gRPC side.
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+
+pub mod consumer;
+pub mod keys;
+pub mod query;
+pub mod store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("master key: {0}")]
+    MasterKey(String),
+    #[error("{0}")]
+    Crypto(String),
+    #[error("audit log damaged: {0}")]
+    Corrupt(String),
+    #[error("invalid event: {0}")]
+    Invalid(String),
+}
+
+impl StoreError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! Per-tenant append-only audit logs (pure storage, no NATS).
+//!
+//! `<root>/tenants/<tenant>/key.wrapped` holds the tenant's data key, wrapped
+//! by the master key. `<root>/tenants/<tenant>/audit.log` is a sequence of
+//! frames: `[u32 len][u64 seq][32-byte prev_hash][12-byte nonce][ciphertext]`,
+//! big-endian, where `len` counts the bytes after itself, the plaintext is the
+//! protobuf `AuditEvent`, the associated data is `tenant || seq || prev_hash`,
+//! and `prev_hash` is the SHA-256 of the whole previous frame (zeros first):
+//! a hash chain, so a removed, reordered or altered record is detected.
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bulkhead_proto::Message;
+use bulkhead_proto::audit::AuditEvent;
+use bulkhead_proto::names::valid_tenant_id;
+use sha2::{Digest, Sha256};
+
+use crate::StoreError;
+use crate::keys::{DataKey, KeyWrapper};
+
+const HEADER: usize = 4 + 8 + 32 + 12;
+/// Largest frame accepted when reading (guards against a corrupt length).
+const MAX_FRAME: usize = 1 << 20;
+
+/// One decoded frame.
+pub struct Frame {
+    pub seq: u64,
+    pub event: AuditEvent,
+}
+
+/// The result of reading a log: its records, and where it stops being valid.
+pub struct LogRead {
+    pub frames: Vec<Frame>,
+    /// Index of the first record that failed (bad chain, tag or sequence).
+    pub first_bad: Option<(u64, String)>,
+    /// Bytes of a trailing partial frame (a crash mid-write), if any.
+    pub torn_tail: Option<u64>,
+    /// Length of the valid prefix, in bytes.
+    pub valid_len: u64,
+    pub last_hash: [u8; 32],
+}
+
+struct TenantLog {
+    file: File,
+    key: DataKey,
+    next_seq: u64,
+    last_hash: [u8; 32],
+    seen: HashSet<String>,
+    dirty: bool,
+}
+
+pub struct AuditStore {
+    root: PathBuf,
+    wrapper: Arc<dyn KeyWrapper>,
+    tenants: HashMap<String, TenantLog>,
+}
+
+fn aad(tenant: &str, seq: u64, prev: &[u8; 32]) -> Vec<u8> {
+    [tenant.as_bytes(), &seq.to_be_bytes(), prev].concat()
+}
+
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| StoreError::io(path, e))?;
+    f.write_all(bytes).map_err(|e| StoreError::io(path, e))?;
+    f.sync_all().map_err(|e| StoreError::io(path, e))
+}
+
+impl AuditStore {
+    /// Opens the store, loading every tenant's log (verifying its chain and
+    /// rebuilding the set of stored request ids). A torn final frame is cut
+    /// off with a warning; any other damage is an error.
+    pub fn open(root: &Path, wrapper: Arc<dyn KeyWrapper>) -> Result<Self, StoreError> {
+        let tdir = root.join("tenants");
+        std::fs::create_dir_all(&tdir).map_err(|e| StoreError::io(&tdir, e))?;
+        let mut store = Self {
+            root: root.to_path_buf(),
+            wrapper,
+            tenants: HashMap::new(),
+        };
+        let entries = std::fs::read_dir(&tdir).map_err(|e| StoreError::io(&tdir, e))?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if valid_tenant_id(&name) {
+                store.load(&name)?;
+            }
+        }
+        Ok(store)
+    }
+
+    /// A store for reading only (e.g. `verify`): loads nothing, so it can
+    /// read a damaged log that `open` would refuse to append to.
+    pub fn open_readonly(root: &Path, wrapper: Arc<dyn KeyWrapper>) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            wrapper,
+            tenants: HashMap::new(),
+        }
+    }
+
+    fn tenant_dir(&self, tenant: &str) -> PathBuf {
+        self.root.join("tenants").join(tenant)
+    }
+
+    fn data_key(&self, tenant: &str, create: bool) -> Result<Option<DataKey>, StoreError> {
+        let path = self.tenant_dir(tenant).join("key.wrapped");
+        match std::fs::read(&path) {
+            Ok(w) => Ok(Some(DataKey::new(&self.wrapper.unwrap_key(tenant, &w)?))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                let key: [u8; 32] = rand::random();
+                std::fs::create_dir_all(self.tenant_dir(tenant))
+                    .map_err(|e| StoreError::io(&path, e))?;
+                write_private(&path, &self.wrapper.wrap(tenant, &key)?)?;
+                Ok(Some(DataKey::new(&key)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(&path, e)),
+        }
+    }
+
+    /// Reads and checks a tenant's whole log.
+    pub fn read(&self, tenant: &str) -> Result<LogRead, StoreError> {
+        let Some(key) = self.data_key(tenant, false)? else {
+            return Ok(LogRead {
+                frames: vec![],
+                first_bad: None,
+                torn_tail: None,
+                valid_len: 0,
+                last_hash: [0; 32],
+            });
+        };
+        read_log(&self.tenant_dir(tenant).join("audit.log"), tenant, &key)
+    }
+
+    fn load(&mut self, tenant: &str) -> Result<(), StoreError> {
+        let path = self.tenant_dir(tenant).join("audit.log");
+        let key = self
+            .data_key(tenant, true)?
+            .ok_or_else(|| StoreError::Corrupt(format!("{tenant}: no data key")))?;
+        let log = read_log(&path, tenant, &key)?;
+        if let Some((idx, why)) = &log.first_bad {
+            return Err(StoreError::Corrupt(format!(
+                "{tenant}: record {idx} fails verification ({why}); refusing to append to a damaged log"
+            )));
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))?;
+        if let Some(torn) = log.torn_tail {
+            tracing::warn!(
+                tenant,
+                bytes = torn,
+                "cutting a torn final frame (crash during a write)"
+            );
+            file.set_len(log.valid_len)
+                .map_err(|e| StoreError::io(&path, e))?;
+            file.sync_all().map_err(|e| StoreError::io(&path, e))?;
+        }
+        let seen = log
+            .frames
+            .iter()
+            .map(|f| f.event.request_id.clone())
+            .collect();
+        self.tenants.insert(
+            tenant.to_string(),
+            TenantLog {
+                file,
+                key,
+                next_seq: log.frames.len() as u64,
+                last_hash: log.last_hash,
+                seen,
+                dirty: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Appends one event to its tenant's log (not yet synced). Returns false
+    /// when the request id is already stored (a redelivery).
+    pub fn append(&mut self, ev: &AuditEvent) -> Result<bool, StoreError> {
+        let tenant = ev.tenant_id.as_str();
+        if !valid_tenant_id(tenant) {
+            return Err(StoreError::Invalid(format!("invalid tenant id {tenant:?}")));
+        }
+        if ev.request_id.is_empty() || ev.request_id.len() > 128 {
+            return Err(StoreError::Invalid("request_id must be 1-128 bytes".into()));
+        }
+        if !self.tenants.contains_key(tenant) {
+            self.load(tenant)?;
+        }
+        let log = self.tenants.get_mut(tenant).expect("loaded above");
+        if log.seen.contains(&ev.request_id) {
+            return Ok(false);
+        }
+        let seq = log.next_seq;
+        let (nonce, ct) = log
+            .key
+            .seal(&aad(tenant, seq, &log.last_hash), &ev.encode_to_vec())?;
+        let len = (HEADER - 4 + ct.len()) as u32;
+        let frame = [
+            &len.to_be_bytes()[..],
+            &seq.to_be_bytes(),
+            &log.last_hash,
+            &nonce,
+            &ct,
+        ]
+        .concat();
+        log.file
+            .write_all(&frame)
+            .map_err(|e| StoreError::io(Path::new(tenant), e))?;
+        log.last_hash = Sha256::digest(&frame).into();
+        log.next_seq += 1;
+        log.seen.insert(ev.request_id.clone());
+        log.dirty = true;
+        Ok(true)
+    }
+
+    /// fsyncs every log written since the last sync.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        for (tenant, log) in self.tenants.iter_mut().filter(|(_, l)| l.dirty) {
+            log.file
+                .sync_data()
+                .map_err(|e| StoreError::io(Path::new(tenant), e))?;
+            log.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Number of records stored for a tenant.
+    pub fn count(&self, tenant: &str) -> u64 {
+        self.tenants.get(tenant).map(|l| l.next_seq).unwrap_or(0)
+    }
+}
+
+fn read_log(path: &Path, tenant: &str, key: &DataKey) -> Result<LogRead, StoreError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+        Err(e) => return Err(StoreError::io(path, e)),
+    };
+    let mut out = LogRead {
+        frames: vec![],
+        first_bad: None,
+        torn_tail: None,
+        valid_len: 0,
+        last_hash: [0; 32],
+    };
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let idx = out.frames.len() as u64;
+        let rest = &bytes[pos..];
+        if rest.len() < HEADER {
+            out.torn_tail = Some(rest.len() as u64);
+            break;
+        }
+        let len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        if !(HEADER - 4 + 16..=MAX_FRAME).contains(&len) {
+            out.first_bad = Some((idx, "impossible frame length".into()));
+            break;
+        }
+        if rest.len() < 4 + len {
+            out.torn_tail = Some(rest.len() as u64);
+            break;
+        }
+        let frame = &rest[..4 + len];
+        let seq = u64::from_be_bytes(frame[4..12].try_into().expect("8 bytes"));
+        let prev: [u8; 32] = frame[12..44].try_into().expect("32 bytes");
+        let nonce: [u8; 12] = frame[44..56].try_into().expect("12 bytes");
+        if seq != idx {
+            out.first_bad = Some((idx, format!("sequence {seq} where {idx} was expected")));
+            break;
+        }
+        if prev != out.last_hash {
+            out.first_bad = Some((
+                idx,
+                "hash chain broken (a record before it was removed or altered)".into(),
+            ));
+            break;
+        }
+        let Some(plain) = key.open(&nonce, &aad(tenant, seq, &prev), &frame[56..]) else {
+            out.first_bad = Some((idx, "authentication tag mismatch (record altered)".into()));
+            break;
+        };
+        let event = AuditEvent::decode(plain.as_slice())
+            .map_err(|_| StoreError::Corrupt(format!("{tenant}: record {idx} does not decode")))?;
+        out.frames.push(Frame { seq, event });
+        out.last_hash = Sha256::digest(frame).into();
+        pos += frame.len();
+        out.valid_len = pos as u64;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

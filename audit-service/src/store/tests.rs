@@ -1,0 +1,137 @@
+use super::*;
+use crate::keys::LocalMasterKey;
+
+fn ev(tenant: &str, id: &str) -> AuditEvent {
+    AuditEvent {
+        request_id: id.into(),
+        tenant_id: tenant.into(),
+        model: "model-xyzzy".into(),
+        prompt_tokens: 3,
+        ..Default::default()
+    }
+}
+
+fn master() -> Arc<dyn KeyWrapper> {
+    Arc::new(LocalMasterKey::from_bytes(&[9; 32]))
+}
+
+fn store_with(dir: &Path, n: usize) -> AuditStore {
+    let mut s = AuditStore::open(dir, master()).unwrap();
+    for i in 0..n {
+        assert!(s.append(&ev("acme", &format!("r{i}"))).unwrap());
+    }
+    s.sync().unwrap();
+    s
+}
+
+fn log_path(dir: &Path) -> PathBuf {
+    dir.join("tenants/acme/audit.log")
+}
+
+#[test]
+fn roundtrip_dedup_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store_with(dir.path(), 5);
+    assert!(!s.append(&ev("acme", "r3")).unwrap(), "duplicate stored");
+    assert!(s.append(&ev("globex", "r3")).unwrap(), "ids are per tenant");
+    s.sync().unwrap();
+    drop(s);
+    let mut s = AuditStore::open(dir.path(), master()).unwrap();
+    assert_eq!(s.count("acme"), 5);
+    assert!(
+        !s.append(&ev("acme", "r4")).unwrap(),
+        "dedup set rebuilt at start"
+    );
+    let read = s.read("acme").unwrap();
+    assert!(read.first_bad.is_none());
+    let ids: Vec<_> = read
+        .frames
+        .iter()
+        .map(|f| f.event.request_id.as_str())
+        .collect();
+    assert_eq!(ids, ["r0", "r1", "r2", "r3", "r4"]);
+    let bytes = std::fs::read(log_path(dir.path())).unwrap();
+    assert!(
+        !bytes.windows(11).any(|w| w == b"model-xyzzy"),
+        "plaintext on disk"
+    );
+}
+
+#[test]
+fn tenants_have_separate_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store_with(dir.path(), 1);
+    s.append(&ev("globex", "g")).unwrap();
+    s.sync().unwrap();
+    let m = LocalMasterKey::from_bytes(&[9; 32]);
+    let wa = std::fs::read(dir.path().join("tenants/acme/key.wrapped")).unwrap();
+    let wg = std::fs::read(dir.path().join("tenants/globex/key.wrapped")).unwrap();
+    let ka = DataKey::new(&m.unwrap_key("acme", &wa).unwrap());
+    let kg = m.unwrap_key("globex", &wg).unwrap();
+    assert_ne!(m.unwrap_key("acme", &wa).unwrap(), kg);
+    // globex's record does not open under acme's key.
+    let bytes = std::fs::read(dir.path().join("tenants/globex/audit.log")).unwrap();
+    let nonce: [u8; 12] = bytes[44..56].try_into().unwrap();
+    assert!(
+        ka.open(&nonce, &aad("globex", 0, &[0; 32]), &bytes[56..])
+            .is_none()
+    );
+}
+
+#[test]
+fn a_flipped_byte_names_its_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store_with(dir.path(), 4);
+    let path = log_path(dir.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let frame_len = bytes.len() / 4;
+    bytes[2 * frame_len + 70] ^= 1; // inside record 2's ciphertext
+    std::fs::write(&path, &bytes).unwrap();
+    let read = s.read("acme").unwrap();
+    assert_eq!(read.first_bad.as_ref().map(|b| b.0), Some(2));
+    assert_eq!(read.frames.len(), 2);
+    drop(s);
+    assert!(
+        AuditStore::open(dir.path(), master()).is_err(),
+        "appending to a damaged log"
+    );
+}
+
+#[test]
+fn a_removed_record_breaks_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store_with(dir.path(), 4);
+    let path = log_path(dir.path());
+    let bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len() / 4;
+    let cut = [&bytes[..n], &bytes[2 * n..]].concat();
+    std::fs::write(&path, cut).unwrap();
+    let read = s.read("acme").unwrap();
+    assert_eq!(read.first_bad.as_ref().map(|b| b.0), Some(1));
+}
+
+#[test]
+fn a_torn_tail_is_cut_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(store_with(dir.path(), 3));
+    let path = log_path(dir.path());
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(&[0, 0, 1, 0, 7, 7]).unwrap();
+    drop(f);
+    let mut s = AuditStore::open(dir.path(), master()).unwrap();
+    assert_eq!(s.count("acme"), 3);
+    assert!(s.append(&ev("acme", "r9")).unwrap());
+    s.sync().unwrap();
+    let read = s.read("acme").unwrap();
+    assert!(read.first_bad.is_none() && read.torn_tail.is_none());
+    assert_eq!(read.frames.len(), 4);
+}
+
+#[test]
+fn bad_events_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = AuditStore::open(dir.path(), master()).unwrap();
+    assert!(s.append(&ev("../etc", "x")).is_err());
+    assert!(s.append(&ev("acme", "")).is_err());
+    assert!(s.append(&ev("acme", &"x".repeat(500))).is_err());
+}
