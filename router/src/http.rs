@@ -222,6 +222,10 @@ fn sse(
                 return None;
             }
             match st.rx.recv().await {
+                Some(Event::Text { text, .. }) if text.is_empty() && !st.first => {
+                    // A token whose text is held back (partial UTF-8 or a
+                    // possible stop string): nothing to show yet.
+                }
                 Some(Event::Text { text, .. }) => {
                     let chunk = st.env.chunk(&text, None, st.first);
                     st.first = false;

@@ -1,0 +1,328 @@
+//! `bulkhead dev`: the whole stack on loopback for development and tests.
+//!
+//! Starts nats-server, the control-plane, the audit-service, one CPU worker
+//! with a generated model, and the router, each on a free port; creates demo
+//! tenants with keys; writes `<dir>/stack.json`; prints a curl command; and on
+//! Ctrl-C (or SIGTERM) stops every child, newest first.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+mod procs;
+mod tenants;
+
+use procs::Children;
+
+/// Arguments of `bulkhead dev`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DevArgs {
+    /// Folder for the stack's state: certificates, NATS data, audit logs,
+    /// the model, logs and stack.json.
+    #[arg(long, default_value = ".bulkhead/dev")]
+    pub dir: PathBuf,
+    /// The nats-server binary (>= 2.10; scripts/ensure-nats.sh installs one).
+    #[arg(long, env = "BULKHEAD_NATS_SERVER", default_value = "nats-server")]
+    pub nats_server: PathBuf,
+    /// Folder with the Bulkhead binaries (default: next to this one).
+    #[arg(long, env = "BULKHEAD_BIN_DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Demo tenants to create, each with one inference key.
+    #[arg(long, value_delimiter = ',', default_value = "acme,globex")]
+    pub tenants: Vec<String>,
+    /// Name under which the worker serves the generated model.
+    #[arg(long, default_value = "bulkhead-tiny")]
+    pub model_name: String,
+    /// Per-request token limit of the demo tenants.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: u32,
+}
+
+/// What `stack.json` holds.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
+pub struct StackInfo {
+    pub router_http: String,
+    pub router_grpc: String,
+    pub audit_grpc: String,
+    pub control_grpc: String,
+    pub worker_grpc: String,
+    pub nats_url: String,
+    pub ca_cert: PathBuf,
+    pub certs_dir: PathBuf,
+    pub model: String,
+    pub tenants: Vec<TenantInfo>,
+    pub logs_dir: PathBuf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
+pub struct TenantInfo {
+    pub id: String,
+    pub api_key: String,
+}
+
+fn ready_addr(v: &serde_json::Value, field: &str) -> Result<String> {
+    v[field]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("ready file has no {field:?}: {v}"))
+}
+
+/// Runs the dev stack until Ctrl-C / SIGTERM or until a child dies.
+pub async fn run(args: DevArgs) -> Result<()> {
+    let dir = absolute(&args.dir)?;
+    let run_dir = dir.join("run");
+    let logs = dir.join("logs");
+    for d in [&dir, &run_dir, &logs] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    for stale in std::fs::read_dir(&run_dir)? {
+        std::fs::remove_file(stale?.path()).ok();
+    }
+    std::fs::remove_file(dir.join("stack.json")).ok();
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the binary has no folder")?
+            .to_path_buf(),
+    };
+    let bin = |name: &str| bin_dir.join(name);
+    for b in [
+        "bulkhead",
+        "bulkhead-control",
+        "bulkhead-audit",
+        "bulkhead-worker",
+        "bulkhead-router",
+    ] {
+        if !bin(b).exists() {
+            bail!(
+                "{} is missing: build with `cargo build --workspace --bins`",
+                bin(b).display()
+            );
+        }
+    }
+    let mut kids = Children::new(logs.clone());
+    let result = start(&args, &dir, &run_dir, &bin, &mut kids).await;
+    let outcome = match result {
+        Ok(info) => {
+            print_welcome(&info);
+            kids.wait_for_signal_or_exit().await
+        }
+        Err(e) => Err(e),
+    };
+    println!("stopping the dev stack ...");
+    kids.stop_all(Duration::from_secs(10)).await;
+    std::fs::remove_file(dir.join("stack.json")).ok();
+    println!("stopped");
+    outcome
+}
+
+async fn start(
+    args: &DevArgs,
+    dir: &Path,
+    run_dir: &Path,
+    bin: &dyn Fn(&str) -> PathBuf,
+    kids: &mut Children,
+) -> Result<StackInfo> {
+    let certs = dir.join("certs");
+    if !certs.join("ca.pem").exists() {
+        println!(
+            "creating a CA and component certificates in {}",
+            certs.display()
+        );
+        let st = tokio::process::Command::new(bin("bulkhead"))
+            .args(["certs", "init", "--dir"])
+            .arg(&certs)
+            .status()
+            .await?;
+        anyhow::ensure!(st.success(), "`bulkhead certs init` failed");
+    }
+    let certs_s = certs.to_string_lossy().to_string();
+
+    // NATS
+    let nats_dir = dir.join("nats");
+    let mut cmd = tokio::process::Command::new(&args.nats_server);
+    cmd.args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+        .arg(&nats_dir)
+        .arg("--ports_file_dir")
+        .arg(run_dir);
+    let pid = kids.spawn("nats-server", cmd).with_context(|| {
+        format!(
+            "starting {} (run scripts/ensure-nats.sh, or pass --nats-server)",
+            args.nats_server.display()
+        )
+    })?;
+    let ports = kids
+        .wait_ready(&run_dir.join(format!("nats-server_{pid}.ports")))
+        .await?;
+    let nats_url = ports["nats"][0]
+        .as_str()
+        .context("nats-server wrote no client URL")?
+        .to_string();
+    println!("nats-server      {nats_url}");
+
+    // Control-plane
+    let ready = run_dir.join("control.json");
+    let mut cmd = tokio::process::Command::new(bin("bulkhead-control"));
+    cmd.args([
+        "--nats-url",
+        &nats_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--certs-dir",
+        &certs_s,
+    ])
+    .arg("--ready-file")
+    .arg(&ready);
+    kids.spawn("control", cmd)?;
+    let control_grpc = ready_addr(&kids.wait_ready(&ready).await?, "grpc")?;
+    println!("control-plane    {control_grpc}");
+
+    // Audit-service
+    let ready = run_dir.join("audit.json");
+    let mut cmd = tokio::process::Command::new(bin("bulkhead-audit"));
+    cmd.args([
+        "--nats-url",
+        &nats_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--certs-dir",
+        &certs_s,
+    ])
+    .arg("--data-dir")
+    .arg(dir.join("audit"))
+    .arg("--master-key-file")
+    .arg(dir.join("audit-master.key"))
+    .arg("--create-master-key")
+    .arg("--ready-file")
+    .arg(&ready);
+    kids.spawn("audit", cmd)?;
+    let audit_grpc = ready_addr(&kids.wait_ready(&ready).await?, "grpc")?;
+    println!("audit-service    {audit_grpc}");
+
+    // Worker with the generated model
+    let model_dir = dir.join("model");
+    if !model_dir.join("config.json").exists() {
+        println!(
+            "generating a small random Llama model in {}",
+            model_dir.display()
+        );
+        let st = tokio::process::Command::new(bin("bulkhead-worker"))
+            .arg("gen-model")
+            .arg("--out")
+            .arg(&model_dir)
+            .status()
+            .await?;
+        anyhow::ensure!(st.success(), "`bulkhead-worker gen-model` failed");
+    }
+    let ready = run_dir.join("worker.json");
+    let mut cmd = tokio::process::Command::new(bin("bulkhead-worker"));
+    cmd.arg("serve")
+        .arg("--model")
+        .arg(&model_dir)
+        .args(["--model-name", &args.model_name, "--listen", "127.0.0.1:0"])
+        .args(["--certs-dir", &certs_s, "--worker-id", "dev-worker-0"])
+        .arg("--ready-file")
+        .arg(&ready);
+    kids.spawn("worker", cmd)?;
+    let worker_grpc = ready_addr(&kids.wait_ready(&ready).await?, "grpc")?;
+    println!("worker           {worker_grpc}");
+
+    // Router
+    let secret = dir.join("router-hash.secret");
+    if !secret.exists() {
+        write_private(&secret, &hex::encode(rand::random::<[u8; 32]>()))?;
+    }
+    let ready = run_dir.join("router.json");
+    let mut cmd = tokio::process::Command::new(bin("bulkhead-router"));
+    cmd.args([
+        "--http-listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        "127.0.0.1:0",
+    ])
+    .args(["--nats-url", &nats_url, "--certs-dir", &certs_s])
+    .args(["--worker", &format!("https://{worker_grpc}")])
+    .arg("--hash-secret-file")
+    .arg(&secret)
+    .arg("--ready-file")
+    .arg(&ready);
+    kids.spawn("router", cmd)?;
+    let r = kids.wait_ready(&ready).await?;
+    let (router_http, router_grpc) = (ready_addr(&r, "http")?, ready_addr(&r, "grpc")?);
+    println!("router           http://{router_http}  grpc {router_grpc}");
+
+    let tenants = tenants::create_demo(
+        &format!("https://{control_grpc}"),
+        &certs,
+        &args.tenants,
+        &args.model_name,
+        args.max_tokens,
+    )
+    .await?;
+    tenants::wait_until_router_knows(&router_grpc, &tenants).await?;
+
+    let info = StackInfo {
+        router_http: format!("http://{router_http}"),
+        router_grpc,
+        audit_grpc,
+        control_grpc,
+        worker_grpc,
+        nats_url,
+        ca_cert: certs.join("ca.pem"),
+        certs_dir: certs.clone(),
+        model: args.model_name.clone(),
+        tenants,
+        logs_dir: kids.logs_dir().to_path_buf(),
+    };
+    let path = dir.join("stack.json");
+    let tmp = dir.join("stack.json.tmp");
+    write_private(&tmp, &serde_json::to_string_pretty(&info)?)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(info)
+}
+
+fn print_welcome(info: &StackInfo) {
+    let key = info
+        .tenants
+        .first()
+        .map(|t| t.api_key.as_str())
+        .unwrap_or("<key>");
+    println!();
+    println!(
+        "Bulkhead dev stack is up. Logs: {}",
+        info.logs_dir.display()
+    );
+    for t in &info.tenants {
+        println!("  tenant {:<10} key {}", t.id, t.api_key);
+    }
+    println!("\nTry:\n");
+    println!(
+        "curl -sN {}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n  -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}],\"max_tokens\":16,\"stream\":true}}'",
+        info.router_http, info.model
+    );
+    println!("\nPress Ctrl-C to stop every component.");
+}
+
+/// Writes a file readable by its owner only (it holds secrets).
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}

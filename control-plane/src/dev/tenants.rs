@@ -1,0 +1,80 @@
+//! Demo tenants for the dev stack, created through the control-plane's gRPC
+//! API with the operator certificate, exactly as an operator would.
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bulkhead_proto::client::ListModelsRequest;
+use bulkhead_proto::client::inference_client::InferenceClient;
+use bulkhead_proto::control::control_client::ControlClient;
+use bulkhead_proto::control::{CreateTenantRequest, IssueKeyRequest, KeyScope};
+use bulkhead_proto::identity::CertPaths;
+use tonic::transport::Endpoint;
+
+use super::TenantInfo;
+
+pub async fn create_demo(
+    control_url: &str,
+    certs: &Path,
+    ids: &[String],
+    model: &str,
+    max_tokens: u32,
+) -> Result<Vec<TenantInfo>> {
+    let channel = Endpoint::from_shared(control_url.to_string())?
+        .tls_config(CertPaths::new(certs, "operator").client_tls()?)?
+        .connect()
+        .await
+        .context("connecting to the control-plane")?;
+    let mut client = ControlClient::new(channel);
+    let mut out = vec![];
+    for id in ids {
+        let created = client
+            .create_tenant(CreateTenantRequest {
+                id: id.clone(),
+                weight: 1,
+                allowed_models: vec![model.to_string()],
+                max_tokens_per_request: max_tokens,
+                isolation: 0,
+            })
+            .await;
+        match created {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+            Err(s) => bail!("creating tenant {id}: {}", s.message()),
+        }
+        let key = client
+            .issue_key(IssueKeyRequest {
+                tenant_id: id.clone(),
+                scope: KeyScope::Inference as i32,
+            })
+            .await
+            .with_context(|| format!("issuing a key for {id}"))?
+            .into_inner();
+        out.push(TenantInfo {
+            id: id.clone(),
+            api_key: key.api_key,
+        });
+    }
+    Ok(out)
+}
+
+/// Waits until the router's watch has picked up every new key.
+pub async fn wait_until_router_knows(router_grpc: &str, tenants: &[TenantInfo]) -> Result<()> {
+    let mut client = InferenceClient::connect(format!("http://{router_grpc}")).await?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for t in tenants {
+        loop {
+            let mut req = tonic::Request::new(ListModelsRequest {});
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {}", t.api_key).parse()?);
+            match client.list_models(req).await {
+                Ok(_) => break,
+                Err(s) if Instant::now() > deadline => {
+                    bail!("the router never accepted {}'s key: {}", t.id, s.message())
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+    Ok(())
+}

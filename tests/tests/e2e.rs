@@ -1,0 +1,379 @@
+//! End to end: `bulkhead dev` starts the real binaries (nats-server,
+//! control-plane, audit-service, worker, router) on free loopback ports, and
+//! this test talks to them as a client and an operator would.
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use bulkhead_e2e::{Proc, bin_path, nats_server_binary};
+use bulkhead_proto::audit::AuditQueryRequest;
+use bulkhead_proto::audit::audit_query_client::AuditQueryClient;
+use bulkhead_proto::client::GenerateRequest;
+use bulkhead_proto::client::inference_client::InferenceClient;
+use bulkhead_proto::common::ChatMessage;
+use bulkhead_proto::identity::CertPaths;
+use serde_json::{Value, json};
+
+/// A prompt distinctive enough that finding it in a file means it leaked.
+const SECRET_PROMPT: &str = "zebra-quartz-7731 confidential merger plan for Initech";
+
+struct Stack {
+    info: Value,
+    dir: tempfile::TempDir,
+    dev: Proc,
+}
+
+impl Stack {
+    fn start() -> Result<Self> {
+        bulkhead_proto::identity::install_crypto_provider();
+        let dir = tempfile::tempdir()?;
+        let mut cmd = Command::new(bin_path("bulkhead"));
+        cmd.arg("dev")
+            .arg("--dir")
+            .arg(dir.path().join("stack"))
+            .arg("--nats-server")
+            .arg(nats_server_binary())
+            .arg("--bin-dir")
+            .arg(bin_path("bulkhead").parent().unwrap());
+        let mut dev = Proc::spawn("dev", cmd, dir.path())?;
+        let stack_json = dir.path().join("stack/stack.json");
+        let info = bulkhead_e2e::wait_ready_file(&stack_json, &mut dev, Duration::from_secs(120))
+            .with_context(|| log_of(dir.path(), "dev"))?;
+        Ok(Self { info, dir, dev })
+    }
+
+    fn s(&self, field: &str) -> String {
+        self.info[field].as_str().unwrap_or_default().to_string()
+    }
+
+    fn key(&self, i: usize) -> String {
+        self.info["tenants"][i]["api_key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn tenant(&self, i: usize) -> String {
+        self.info["tenants"][i]["id"].as_str().unwrap().to_string()
+    }
+}
+
+fn log_of(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+}
+
+async fn post(url: &str, key: Option<&str>, body: &Value) -> Result<(u16, String)> {
+    let mut req = reqwest::Client::new().post(url).json(body);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let resp = req.send().await?;
+    Ok((resp.status().as_u16(), resp.text().await?))
+}
+
+/// Parses an SSE body into its data payloads.
+fn sse_data(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+async fn http_checks(stack: &Stack, i: usize) -> Result<()> {
+    let base = stack.s("router_http");
+    let model = stack.s("model");
+    let key = stack.key(i);
+    // Streamed chat completion.
+    let body = json!({"model": model, "messages": [{"role": "user", "content": SECRET_PROMPT}],
+                      "max_tokens": 8, "stream": true, "temperature": 0,
+                      "stream_options": {"include_usage": true}});
+    let (status, text) = post(&format!("{base}/v1/chat/completions"), Some(&key), &body).await?;
+    ensure!(status == 200, "stream status {status}: {text}");
+    let data = sse_data(&text);
+    ensure!(
+        data.last().map(String::as_str) == Some("[DONE]"),
+        "no [DONE]: {text}"
+    );
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d))
+        .collect::<Result<_, _>>()?;
+    ensure!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk"),
+        "{text}"
+    );
+    let usage = chunks
+        .iter()
+        .find_map(|c| c.get("usage"))
+        .context("no usage chunk")?;
+    ensure!(
+        usage["completion_tokens"].as_u64().unwrap_or(0) >= 1,
+        "{usage}"
+    );
+    ensure!(usage["prompt_tokens"].as_u64().unwrap_or(0) >= 1, "{usage}");
+    let content_chunks = chunks
+        .iter()
+        .filter(|c| c["choices"][0]["delta"].get("content").is_some())
+        .count();
+    ensure!(content_chunks >= 1, "no streamed content: {text}");
+
+    // Non-streamed completion.
+    let body = json!({"model": model, "prompt": SECRET_PROMPT, "max_tokens": 5, "temperature": 0});
+    let (status, text) = post(&format!("{base}/v1/completions"), Some(&key), &body).await?;
+    ensure!(status == 200, "completion status {status}: {text}");
+    let v: Value = serde_json::from_str(&text)?;
+    ensure!(v["object"] == "text_completion", "{v}");
+    ensure!(
+        v["usage"]["completion_tokens"].as_u64().unwrap_or(0) >= 1,
+        "{v}"
+    );
+    ensure!(
+        v["usage"]["completion_tokens"].as_u64().unwrap_or(99) <= 5,
+        "{v}"
+    );
+    Ok(())
+}
+
+async fn grpc_checks(stack: &Stack, i: usize) -> Result<()> {
+    let mut client = InferenceClient::connect(format!("http://{}", stack.s("router_grpc"))).await?;
+    let mut req = tonic::Request::new(GenerateRequest {
+        model: stack.s("model"),
+        messages: vec![ChatMessage {
+            role: "user".into(),
+            content: SECRET_PROMPT.into(),
+        }],
+        max_tokens: 6,
+        temperature: Some(0.0),
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {}", stack.key(i)).parse()?);
+    let mut stream = client.generate(req).await?.into_inner();
+    let (mut pieces, mut usage) = (0, None);
+    while let Some(msg) = stream.message().await? {
+        if msg.usage.is_some() {
+            usage = msg.usage;
+        } else {
+            pieces += 1;
+        }
+    }
+    let usage = usage.context("no final message with usage")?;
+    ensure!(
+        pieces >= 1 && usage.completion_tokens >= 1,
+        "{pieces} pieces, {usage:?}"
+    );
+    ensure!(usage.completion_tokens <= 6, "{usage:?}");
+
+    // A bad key over gRPC.
+    let mut req = tonic::Request::new(GenerateRequest {
+        model: stack.s("model"),
+        prompt: "hi".into(),
+        ..Default::default()
+    });
+    req.metadata_mut().insert(
+        "authorization",
+        "Bearer bh_notarealkey000000000000000000000".parse()?,
+    );
+    let err = client.generate(req).await.expect_err("bad key accepted");
+    ensure!(err.code() == tonic::Code::Unauthenticated, "{err:?}");
+    Ok(())
+}
+
+async fn refusal_checks(stack: &Stack) -> Result<()> {
+    let base = stack.s("router_http");
+    let url = format!("{base}/v1/chat/completions");
+    let ok = json!({"model": stack.s("model"), "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+    let cases: Vec<(&str, Option<String>, Value, u16, &str)> = vec![
+        ("no key", None, ok.clone(), 401, "authentication_error"),
+        (
+            "bad key",
+            Some("bh_wrongwrongwrongwrongwrongwrong00".into()),
+            ok.clone(),
+            401,
+            "authentication_error",
+        ),
+        (
+            "not a key",
+            Some("sk-123".into()),
+            ok.clone(),
+            401,
+            "authentication_error",
+        ),
+        (
+            "other model",
+            Some(stack.key(0)),
+            json!({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}),
+            403,
+            "permission_error",
+        ),
+        (
+            "max_tokens",
+            Some(stack.key(0)),
+            json!({"model": stack.s("model"), "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            "wrong type",
+            Some(stack.key(0)),
+            json!({"model": stack.s("model"), "messages": "hi"}),
+            400,
+            "invalid_request_error",
+        ),
+    ];
+    for (name, key, body, want, kind) in cases {
+        let (status, text) = post(&url, key.as_deref(), &body).await?;
+        ensure!(
+            status == want,
+            "{name}: status {status}, want {want}: {text}"
+        );
+        let v: Value = serde_json::from_str(&text).with_context(|| format!("{name}: {text}"))?;
+        ensure!(v["error"]["type"] == kind, "{name}: {v}");
+        ensure!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{name}"
+        );
+    }
+    // Malformed JSON.
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(stack.key(0))
+        .header("content-type", "application/json")
+        .body("{\"model\": ")
+        .send()
+        .await?;
+    ensure!(
+        resp.status().as_u16() == 400,
+        "malformed JSON: {}",
+        resp.status()
+    );
+    Ok(())
+}
+
+/// Waits until the audit-service holds `want` records for the tenant, and
+/// returns them.
+async fn audit_records(
+    stack: &Stack,
+    tenant: &str,
+    want: usize,
+) -> Result<Vec<bulkhead_proto::audit::AuditEvent>> {
+    let certs = Path::new(stack.info["certs_dir"].as_str().unwrap()).to_path_buf();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("https://{}", stack.s("audit_grpc")))?
+            .tls_config(CertPaths::new(&certs, "operator").client_tls()?)?
+            .connect()
+            .await?;
+    let mut client = AuditQueryClient::new(channel);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let recs = client
+            .query(AuditQueryRequest {
+                tenant_id: tenant.into(),
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .records;
+        if recs.len() >= want || Instant::now() > deadline {
+            return Ok(recs);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn files_containing(dir: &Path, needle: &[u8], out: &mut Vec<String>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files_containing(&p, needle, out);
+        } else if let Ok(bytes) = std::fs::read(&p)
+            && bytes.windows(needle.len()).any(|w| w == needle)
+        {
+            out.push(p.display().to_string());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_end_to_end() -> Result<()> {
+    let mut stack = Stack::start()?;
+    let run = async {
+        for i in 0..2 {
+            http_checks(&stack, i)
+                .await
+                .with_context(|| format!("HTTP, tenant {i}"))?;
+            grpc_checks(&stack, i)
+                .await
+                .with_context(|| format!("gRPC, tenant {i}"))?;
+        }
+        refusal_checks(&stack).await.context("refusals")?;
+
+        // Each tenant made 3 successful requests with the same secret prompt
+        // (plus tenant 0 made refused ones). Their records are separate.
+        let (a, b) = (stack.tenant(0), stack.tenant(1));
+        let ra = audit_records(&stack, &a, 3).await?;
+        let rb = audit_records(&stack, &b, 3).await?;
+        ensure!(
+            ra.iter().filter(|r| r.status == "ok").count() == 3,
+            "{ra:#?}"
+        );
+        ensure!(
+            rb.iter().filter(|r| r.status == "ok").count() == 3,
+            "{rb:#?}"
+        );
+        ensure!(ra.iter().all(|r| r.tenant_id == a) && rb.iter().all(|r| r.tenant_id == b));
+        ensure!(
+            ra.iter().any(|r| r.status == "refused"),
+            "refused requests are audited too"
+        );
+        // The same prompt hashes differently per tenant (keyed hashes).
+        let ha: Vec<_> = ra.iter().map(|r| r.prompt_hash.clone()).collect();
+        ensure!(
+            rb.iter().all(|r| !ha.contains(&r.prompt_hash)),
+            "hash shared across tenants"
+        );
+
+        let root = stack.dir.path().join("stack");
+        let log_a = root.join(format!("audit/tenants/{a}/audit.log"));
+        let log_b = root.join(format!("audit/tenants/{b}/audit.log"));
+        ensure!(log_a.exists() && log_b.exists(), "per-tenant logs missing");
+        let ka = std::fs::read(root.join(format!("audit/tenants/{a}/key.wrapped")))?;
+        let kb = std::fs::read(root.join(format!("audit/tenants/{b}/key.wrapped")))?;
+        ensure!(ka != kb, "tenants share a data key");
+
+        let mut leaks = vec![];
+        files_containing(stack.dir.path(), SECRET_PROMPT.as_bytes(), &mut leaks);
+        files_containing(stack.dir.path(), b"zebra-quartz-7731", &mut leaks);
+        ensure!(leaks.is_empty(), "prompt text found in {leaks:?}");
+        Ok::<(), anyhow::Error>(())
+    };
+    let result = run.await;
+    if let Err(e) = &result {
+        let logs = stack.dir.path().join("stack/logs");
+        for n in ["router", "worker", "audit", "control"] {
+            eprintln!("----- {n}.log -----\n{}", log_of(&logs, n));
+        }
+        eprintln!("----- dev.log -----\n{}", log_of(stack.dir.path(), "dev"));
+        eprintln!("error: {e:?}");
+    }
+    // Ctrl-C equivalent: the dev stack stops every child and exits cleanly.
+    let st = stack.dev.terminate(Duration::from_secs(30))?;
+    result?;
+    let st = st.context("bulkhead dev did not stop within 30 s")?;
+    ensure!(st.success(), "bulkhead dev exited with {st}");
+    let out = log_of(stack.dir.path(), "dev");
+    ensure!(
+        out.contains("router stopped") || out.contains("stopped"),
+        "{out}"
+    );
+    Ok(())
+}
