@@ -55,9 +55,11 @@ fn write(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
 }
 
 fn validity(params: &mut CertificateParams, days: i64) {
+    // A non-positive `days` makes a certificate that has already expired
+    // (for tests of expiry handling).
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - Duration::minutes(5);
     params.not_after = now + Duration::days(days);
+    params.not_before = (now - Duration::minutes(5)).min(params.not_after - Duration::hours(1));
 }
 
 fn ca_params(trust_domain: &str) -> CertificateParams {
