@@ -166,3 +166,72 @@ impl NatsServer {
         })
     }
 }
+
+/// The whole stack, started by `bulkhead dev` in a temporary folder, with
+/// its `stack.json` parsed. Stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct DevStack {
+    pub info: serde_json::Value,
+    pub dir: tempfile::TempDir,
+    pub dev: Proc,
+}
+
+impl DevStack {
+    /// Starts `bulkhead dev` with extra arguments.
+    pub fn start(extra: &[&str]) -> Result<Self> {
+        bulkhead_proto::identity::install_crypto_provider();
+        let dir = tempfile::tempdir()?;
+        let mut cmd = Command::new(bin_path("bulkhead"));
+        cmd.arg("dev")
+            .arg("--dir")
+            .arg(dir.path().join("stack"))
+            .arg("--nats-server")
+            .arg(nats_server_binary())
+            .arg("--bin-dir")
+            .arg(bin_path("bulkhead").parent().expect("bin dir"))
+            .args(extra);
+        let mut dev = Proc::spawn("dev", cmd, dir.path())?;
+        let stack_json = dir.path().join("stack/stack.json");
+        let info = wait_ready_file(&stack_json, &mut dev, Duration::from_secs(120))
+            .with_context(|| read_log(dir.path(), "dev"))?;
+        Ok(Self { info, dir, dev })
+    }
+
+    /// A string field of stack.json.
+    pub fn s(&self, field: &str) -> String {
+        self.info[field].as_str().unwrap_or_default().to_string()
+    }
+
+    /// The API key of the i-th demo tenant.
+    pub fn key(&self, i: usize) -> String {
+        self.info["tenants"][i]["api_key"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The id of the i-th demo tenant.
+    pub fn tenant(&self, i: usize) -> String {
+        self.info["tenants"][i]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The log of one component (`router`, `worker`, `audit`, `control`).
+    pub fn log(&self, name: &str) -> String {
+        read_log(&self.dir.path().join("stack/logs"), name)
+    }
+
+    /// Prints every component's log (for a failing test).
+    pub fn dump_logs(&self) {
+        for n in ["router", "worker", "audit", "control"] {
+            eprintln!("----- {n}.log -----\n{}", self.log(n));
+        }
+        eprintln!("----- dev.log -----\n{}", read_log(self.dir.path(), "dev"));
+    }
+}
+
+/// `<dir>/<name>.log`, or an empty string.
+pub fn read_log(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+}

@@ -2,11 +2,10 @@
 //! control-plane, audit-service, worker, router) on free loopback ports, and
 //! this test talks to them as a client and an operator would.
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use bulkhead_e2e::{Proc, bin_path, nats_server_binary};
+use bulkhead_e2e::DevStack;
 use bulkhead_proto::audit::AuditQueryRequest;
 use bulkhead_proto::audit::audit_query_client::AuditQueryClient;
 use bulkhead_proto::client::GenerateRequest;
@@ -18,49 +17,10 @@ use serde_json::{Value, json};
 /// A prompt distinctive enough that finding it in a file means it leaked.
 const SECRET_PROMPT: &str = "zebra-quartz-7731 confidential merger plan for Initech";
 
-struct Stack {
-    info: Value,
-    dir: tempfile::TempDir,
-    dev: Proc,
-}
-
-impl Stack {
-    fn start() -> Result<Self> {
-        bulkhead_proto::identity::install_crypto_provider();
-        let dir = tempfile::tempdir()?;
-        let mut cmd = Command::new(bin_path("bulkhead"));
-        cmd.arg("dev")
-            .arg("--dir")
-            .arg(dir.path().join("stack"))
-            .arg("--nats-server")
-            .arg(nats_server_binary())
-            .arg("--bin-dir")
-            .arg(bin_path("bulkhead").parent().unwrap());
-        let mut dev = Proc::spawn("dev", cmd, dir.path())?;
-        let stack_json = dir.path().join("stack/stack.json");
-        let info = bulkhead_e2e::wait_ready_file(&stack_json, &mut dev, Duration::from_secs(120))
-            .with_context(|| log_of(dir.path(), "dev"))?;
-        Ok(Self { info, dir, dev })
-    }
-
-    fn s(&self, field: &str) -> String {
-        self.info[field].as_str().unwrap_or_default().to_string()
-    }
-
-    fn key(&self, i: usize) -> String {
-        self.info["tenants"][i]["api_key"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    fn tenant(&self, i: usize) -> String {
-        self.info["tenants"][i]["id"].as_str().unwrap().to_string()
-    }
-}
+type Stack = DevStack;
 
 fn log_of(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+    bulkhead_e2e::read_log(dir, name)
 }
 
 async fn post(url: &str, key: Option<&str>, body: &Value) -> Result<(u16, String)> {
@@ -305,7 +265,7 @@ fn files_containing(dir: &Path, needle: &[u8], out: &mut Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tenants_end_to_end() -> Result<()> {
-    let mut stack = Stack::start()?;
+    let mut stack = Stack::start(&[])?;
     let run = async {
         for i in 0..2 {
             http_checks(&stack, i)
@@ -358,11 +318,7 @@ async fn two_tenants_end_to_end() -> Result<()> {
     };
     let result = run.await;
     if let Err(e) = &result {
-        let logs = stack.dir.path().join("stack/logs");
-        for n in ["router", "worker", "audit", "control"] {
-            eprintln!("----- {n}.log -----\n{}", log_of(&logs, n));
-        }
-        eprintln!("----- dev.log -----\n{}", log_of(stack.dir.path(), "dev"));
+        stack.dump_logs();
         eprintln!("error: {e:?}");
     }
     // Ctrl-C equivalent: the dev stack stops every child and exits cleanly.
