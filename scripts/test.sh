@@ -6,7 +6,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 BULKHEAD_NATS_SERVER="$(scripts/ensure-nats.sh)"
 export BULKHEAD_NATS_SERVER
-echo "using nats-server at $BULKHEAD_NATS_SERVER" >&2
+BULKHEAD_PYTHON="$(scripts/ensure-python.sh)"
+export BULKHEAD_PYTHON
+echo "using nats-server at $BULKHEAD_NATS_SERVER, python at $BULKHEAD_PYTHON" >&2
 # The end-to-end tests run the binaries from target/debug: build them first.
 cargo build --workspace --bins
 cargo test --workspace "$@"
