@@ -6,36 +6,56 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
+use bulkhead_proto::Message;
 use bulkhead_proto::audit::AuditEvent;
-use bulkhead_proto::{Message, names};
+use bulkhead_proto::names::{self, valid_tenant_id};
 use futures::StreamExt;
 
+use crate::StoreError;
 use crate::store::AuditStore;
 
+/// Durable name of the audit-service's consumer.
 pub const CONSUMER_NAME: &str = "bulkhead-audit";
-const BATCH: usize = 500;
+/// Most messages fetched (and fsynced together) per batch.
+pub const BATCH: usize = 500;
 
-/// The audit stream, created with the same settings the router uses.
-pub async fn ensure_stream(js: &jetstream::Context) -> anyhow::Result<jetstream::stream::Stream> {
-    Ok(js
-        .get_or_create_stream(jetstream::stream::Config {
-            name: names::AUDIT_STREAM.to_string(),
-            subjects: vec![format!("{}.>", names::AUDIT_SUBJECT_PREFIX)],
-            storage: jetstream::stream::StorageType::File,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await?)
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("NATS JetStream: {0}")]
+    Nats(String),
+    /// A storage failure stops the consumer: the batch stays unacknowledged
+    /// and is redelivered after a restart, which also cuts any torn frame.
+    #[error("storing audit events: {0}")]
+    Store(#[from] StoreError),
+    #[error("storage task failed: {0}")]
+    Task(String),
 }
 
-/// Consumes until `stop` turns true.
-pub async fn run(
-    js: jetstream::Context,
-    store: Arc<Mutex<AuditStore>>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let stream = ensure_stream(&js).await?;
-    let consumer = stream
+fn nats(e: impl std::fmt::Display) -> ConsumerError {
+    ConsumerError::Nats(e.to_string())
+}
+
+/// The audit stream, created with the same settings the router uses.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+) -> Result<jetstream::stream::Stream, ConsumerError> {
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: names::AUDIT_STREAM.to_string(),
+        subjects: vec![format!("{}.>", names::AUDIT_SUBJECT_PREFIX)],
+        storage: jetstream::stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(nats)
+}
+
+/// Gets or creates the durable pull consumer.
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, ConsumerError> {
+    ensure_stream(js)
+        .await?
         .get_or_create_consumer(
             CONSUMER_NAME,
             pull::Config {
@@ -46,8 +66,20 @@ pub async fn run(
                 ..Default::default()
             },
         )
-        .await?;
-    tracing::info!("consuming audit events");
+        .await
+        .map_err(nats)
+}
+
+/// Consumes until `stop` turns true (finishing the batch in hand). Returns an
+/// error only for a storage failure or when the consumer cannot be set up;
+/// fetch errors (NATS restarting) are retried.
+pub async fn run(
+    js: jetstream::Context,
+    store: Arc<Mutex<AuditStore>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ConsumerError> {
+    let consumer = ensure_consumer(&js).await?;
+    tracing::info!(consumer = CONSUMER_NAME, "consuming audit events");
     while !*stop.borrow() {
         let fetch = consumer
             .fetch()
@@ -75,7 +107,11 @@ pub async fn run(
         if msgs.is_empty() {
             continue;
         }
-        let verdicts = store_batch(&store, &msgs)?;
+        let events: Vec<Option<AuditEvent>> = msgs.iter().map(check).collect();
+        let store = store.clone();
+        let verdicts = tokio::task::spawn_blocking(move || store_batch(&store, events))
+            .await
+            .map_err(|e| ConsumerError::Task(e.to_string()))??;
         for (m, ok) in msgs.iter().zip(verdicts) {
             let r = if ok {
                 m.ack().await
@@ -88,7 +124,26 @@ pub async fn run(
             }
         }
     }
+    tracing::info!("audit consumer stopped");
     Ok(())
+}
+
+/// Decodes one message; None when it must be terminated (never stored).
+fn check(m: &jetstream::Message) -> Option<AuditEvent> {
+    let Ok(ev) = AuditEvent::decode(m.payload.as_ref()) else {
+        tracing::error!(subject = %m.subject, "dropping an undecodable audit message (terminated)");
+        return None;
+    };
+    if !valid_tenant_id(&ev.tenant_id) {
+        tracing::error!(subject = %m.subject, "dropping an audit event with an invalid tenant id (terminated)");
+        return None;
+    }
+    if m.subject.as_str() != names::audit_subject(&ev.tenant_id) {
+        tracing::error!(subject = %m.subject, tenant = %ev.tenant_id,
+            "dropping an audit event whose tenant does not match its subject (terminated)");
+        return None;
+    }
+    Some(ev)
 }
 
 /// Appends a batch and fsyncs. Returns, per message, whether to ack (true)
@@ -96,31 +151,25 @@ pub async fn run(
 /// whole batch unacknowledged.
 fn store_batch(
     store: &Mutex<AuditStore>,
-    msgs: &[jetstream::Message],
-) -> anyhow::Result<Vec<bool>> {
+    events: Vec<Option<AuditEvent>>,
+) -> Result<Vec<bool>, StoreError> {
     let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
-    let mut verdicts = Vec::with_capacity(msgs.len());
+    let mut verdicts = Vec::with_capacity(events.len());
     let (mut stored, mut dups) = (0, 0);
-    for m in msgs {
-        let Ok(ev) = AuditEvent::decode(m.payload.as_ref()) else {
-            tracing::error!(subject = %m.subject, "dropping an undecodable audit message (terminated)");
+    for ev in events {
+        let Some(ev) = ev else {
             verdicts.push(false);
             continue;
         };
-        if m.subject.as_str() != names::audit_subject(&ev.tenant_id) {
-            tracing::error!(subject = %m.subject, "dropping an audit event whose tenant does not match its subject");
-            verdicts.push(false);
-            continue;
-        }
         match store.append(&ev) {
             Ok(true) => stored += 1,
             Ok(false) => dups += 1,
-            Err(crate::StoreError::Invalid(why)) => {
+            Err(StoreError::Invalid(why)) => {
                 tracing::error!(%why, "dropping an invalid audit event (terminated)");
                 verdicts.push(false);
                 continue;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
         verdicts.push(true);
     }

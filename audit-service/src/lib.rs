@@ -4,7 +4,8 @@
 //! Serves tenant-scoped queries over mTLS.
 //!
 //! `store` and `keys` are pure storage (no network); `consumer` is the NATS
-//! side; `query` is the gRPC side.
+//! side; `query` is the gRPC side; `server::serve` runs both (the entry the
+//! binary and in-process tests use); `runtime` is process plumbing.
 #![forbid(unsafe_code)]
 
 use std::path::Path;
@@ -12,7 +13,11 @@ use std::path::Path;
 pub mod consumer;
 pub mod keys;
 pub mod query;
+pub mod runtime;
+pub mod server;
 pub mod store;
+
+pub use server::{ServeError, ServeOptions, serve};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -3,14 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 use bulkhead_audit::keys::{KeyWrapper, LocalMasterKey};
-use bulkhead_audit::query::QueryService;
+use bulkhead_audit::runtime::{self, LogFormat};
+use bulkhead_audit::server::{self, ServeOptions};
 use bulkhead_audit::store::AuditStore;
-use bulkhead_proto::audit::audit_query_server::AuditQueryServer;
-use bulkhead_proto::identity::{CertPaths, DEFAULT_TRUST_DOMAIN, SpiffeAuthorizer};
+use bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN;
 use clap::{Args, Parser, Subcommand};
 
 /// Bulkhead's audit-service: consumes audit events from NATS JetStream and
@@ -27,6 +27,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Consume audit events and serve queries (the default when no
+    /// subcommand is given).
+    Serve(ServeArgs),
     /// Check every tenant's log (or one) and name the first bad record.
     Verify(VerifyArgs),
 }
@@ -69,12 +72,12 @@ struct ServeArgs {
     /// SPIFFE trust domain of the cluster.
     #[arg(long, env = "BULKHEAD_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
-    /// Once serving, write the bound address here as JSON.
+    /// Once the listener is bound, write {"grpc":"<addr>"} here (atomically).
     #[arg(long)]
     ready_file: Option<PathBuf>,
-    /// Log format.
-    #[arg(long, env = "BULKHEAD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    /// Log format on stderr (RUST_LOG sets the filter, default "info").
+    #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
 }
 
 #[derive(Args, Debug)]
@@ -98,17 +101,6 @@ fn master_key(k: &KeyArgs) -> anyhow::Result<Arc<dyn KeyWrapper>> {
         }
     };
     Ok(Arc::new(key))
-}
-
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
-        b.json().init();
-    } else {
-        b.init();
-    }
 }
 
 fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
@@ -150,76 +142,40 @@ fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_tracing(&args.log_format);
+    runtime::init_tracing(args.log_format);
     bulkhead_proto::identity::install_crypto_provider();
     let certs_dir = args
         .certs_dir
         .clone()
         .context("--certs-dir (or BULKHEAD_CERTS_DIR) is required")?;
     let wrapper = master_key(&args.keys)?;
-    let store = AuditStore::open(&args.keys.data_dir, wrapper).with_context(|| {
-        format!(
-            "opening the audit store in {}",
-            args.keys.data_dir.display()
-        )
-    })?;
-    let store = Arc::new(Mutex::new(store));
-    let nats = async_nats::connect(&args.nats_url)
-        .await
-        .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
-    let js = async_nats::jetstream::new(nats);
-    bulkhead_audit::consumer::ensure_stream(&js).await?;
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let consumer = tokio::spawn(bulkhead_audit::consumer::run(
-        js,
-        store.clone(),
-        stop_rx.clone(),
-    ));
-
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let authz = SpiffeAuthorizer::new(
-        "audit query API",
-        &args.trust_domain,
-        &["router", "control", "operator"],
-    );
-    let mut rx = stop_rx.clone();
-    let server = tonic::transport::Server::builder()
-        .tls_config(CertPaths::new(&certs_dir, "audit").server_tls()?)?
-        .add_service(AuditQueryServer::with_interceptor(
-            QueryService { store },
-            authz,
-        ))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            },
-        );
-    tracing::info!(grpc = %addr, "audit-service serving");
-    if let Some(path) = &args.ready_file {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::json!({"grpc": addr.to_string()}).to_string(),
-        )?;
-        std::fs::rename(&tmp, path)?;
-    }
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    let opts = ServeOptions {
+        nats_url: args.nats_url,
+        data_dir: args.keys.data_dir,
+        certs_dir,
+        trust_domain: args.trust_domain,
+    };
+    let ready_file = args.ready_file.clone();
+    let on_ready = move || {
+        if let Some(path) = &ready_file {
+            runtime::write_ready_file(path, &serde_json::json!({"grpc": addr.to_string()}))
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
         }
-        tracing::info!("shutting down after the current batch");
-        let _ = stop_tx.send(true);
-    });
-    server.await?;
-    consumer.await??;
+        tracing::info!(grpc = %addr, "audit-service serving");
+        Ok(())
+    };
+    server::serve_with_ready(
+        &opts,
+        wrapper,
+        listener,
+        runtime::shutdown_signal(),
+        on_ready,
+    )
+    .await?;
     tracing::info!("audit-service stopped");
     Ok(())
 }
@@ -229,6 +185,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Some(Cmd::Verify(v)) => verify(v).map(|ok| if ok { 0 } else { 2 }),
+        Some(Cmd::Serve(s)) => serve(s).await.map(|_| 0),
         None => serve(cli.serve).await.map(|_| 0),
     };
     match result {

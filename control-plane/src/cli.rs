@@ -1,19 +1,16 @@
 //! The operator CLI's commands. Everything that changes the cluster goes
 //! through the control-plane's gRPC API over mTLS with the operator
 //! certificate; nothing writes NATS directly.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use bulkhead_proto::audit::AuditQueryRequest;
-use bulkhead_proto::audit::audit_query_client::AuditQueryClient;
+use anyhow::Result;
+use bulkhead_proto::audit::{AuditEvent, AuditQueryRequest};
 use bulkhead_proto::common::Isolation;
-use bulkhead_proto::control::control_client::ControlClient;
-use bulkhead_proto::control::{
-    CreateTenantRequest, IssueKeyRequest, KeyScope, ListTenantsRequest, Tenant,
-};
-use bulkhead_proto::identity::{CertPaths, DEFAULT_TRUST_DOMAIN};
+use bulkhead_proto::control::{CreateTenantRequest, KeyScope, Tenant};
+use bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN;
 use clap::{Args, Subcommand, ValueEnum};
-use tonic::transport::{Channel, Endpoint};
+
+use crate::client::{AuditClient, ControlClient};
 
 /// Flags every remote command shares.
 #[derive(Args, Debug, Clone)]
@@ -51,8 +48,10 @@ pub struct Remote {
 pub enum CertsCmd {
     /// Create a CA and a certificate per component (SPIFFE ids).
     Init {
+        /// Folder for ca.pem, ca.key and <component>.pem/.key.
         #[arg(long, default_value = ".bulkhead/dev/certs")]
         dir: PathBuf,
+        /// SPIFFE trust domain of the cluster.
         #[arg(long, env = "BULKHEAD_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
         /// Components to issue certificates for.
@@ -71,12 +70,17 @@ pub enum CertsCmd {
     },
     /// Issue (or re-issue) one component's certificate from the existing CA.
     Issue {
+        /// Folder with ca.pem and ca.key; the new files are written there.
         #[arg(long, default_value = ".bulkhead/dev/certs")]
         dir: PathBuf,
+        /// Component name ([a-z0-9-]); its SPIFFE id is
+        /// spiffe://<trust-domain>/bulkhead/<component>.
         #[arg(long)]
         component: String,
+        /// SPIFFE trust domain of the cluster.
         #[arg(long, env = "BULKHEAD_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
+        /// Validity in days (0 or less makes an already-expired certificate, for tests).
         #[arg(long, default_value_t = 365)]
         days: i64,
     },
@@ -94,6 +98,7 @@ pub enum IsolationArg {
 pub enum TenantsCmd {
     /// Create a tenant.
     Create {
+        /// Tenant id: 1-64 of [a-z0-9-_], starting with a letter or digit.
         #[arg(long)]
         id: String,
         /// Share of the fleet under contention (weighted fair queuing).
@@ -105,6 +110,7 @@ pub enum TenantsCmd {
         /// Largest max_tokens a request may ask for.
         #[arg(long, default_value_t = 256)]
         max_tokens: u32,
+        /// Isolation tier (see DESIGN.md).
         #[arg(long, value_enum, default_value = "shared")]
         isolation: IsolationArg,
     },
@@ -122,8 +128,10 @@ pub enum ScopeArg {
 pub enum KeysCmd {
     /// Issue an API key; it is printed once and cannot be shown again.
     Issue {
+        /// The tenant the key belongs to.
         #[arg(long)]
         tenant: String,
+        /// What the key may do.
         #[arg(long, value_enum, default_value = "inference")]
         scope: ScopeArg,
     },
@@ -133,27 +141,25 @@ pub enum KeysCmd {
 pub enum AuditCmd {
     /// A tenant's audit records (hashes and figures, never content).
     Query {
+        /// The tenant whose records to show.
         #[arg(long)]
         tenant: String,
+        /// Only records at or after this time (Unix ms).
         #[arg(long, default_value_t = 0)]
         from_ms: i64,
+        /// Only records at or before this time (Unix ms; 0 = now).
         #[arg(long, default_value_t = 0)]
         to_ms: i64,
+        /// Records per page (the service caps it at 1000).
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Continue from a previous page (printed as `next page: ...`).
+        #[arg(long, default_value = "")]
+        page_token: String,
     },
 }
 
-async fn channel(url: &str, certs: &Path) -> Result<Channel> {
-    Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("bad URL {url:?}"))?
-        .tls_config(CertPaths::new(certs, "operator").client_tls()?)?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {url}"))
-}
-
-pub fn certs(cmd: CertsCmd) -> Result<()> {
+pub fn certs(cmd: CertsCmd, r: &Remote) -> Result<()> {
     match cmd {
         CertsCmd::Init {
             dir,
@@ -164,11 +170,18 @@ pub fn certs(cmd: CertsCmd) -> Result<()> {
         } => {
             let comps: Vec<&str> = components.iter().map(String::as_str).collect();
             crate::pki::init(&dir, &trust_domain, &comps, days, force)?;
-            println!(
-                "CA and certificates for {} written to {}",
-                components.join(", "),
-                dir.display()
-            );
+            if r.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"dir": dir, "trust_domain": trust_domain, "components": components})
+                );
+            } else {
+                println!(
+                    "CA and certificates for {} written to {}",
+                    components.join(", "),
+                    dir.display()
+                );
+            }
         }
         CertsCmd::Issue {
             dir,
@@ -177,7 +190,14 @@ pub fn certs(cmd: CertsCmd) -> Result<()> {
             days,
         } => {
             crate::pki::issue(&dir, &trust_domain, &component, days)?;
-            println!("certificate for {component} written to {}", dir.display());
+            if r.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"dir": dir, "trust_domain": trust_domain, "component": component})
+                );
+            } else {
+                println!("certificate for {component} written to {}", dir.display());
+            }
         }
     }
     Ok(())
@@ -193,7 +213,7 @@ fn tenant_json(t: &Tenant) -> serde_json::Value {
 }
 
 pub async fn tenants(cmd: TenantsCmd, r: &Remote) -> Result<()> {
-    let mut c = ControlClient::new(channel(&r.control, &r.certs_dir).await?);
+    let mut c = ControlClient::connect(&r.control, &r.certs_dir).await?;
     match cmd {
         TenantsCmd::Create {
             id,
@@ -216,9 +236,7 @@ pub async fn tenants(cmd: TenantsCmd, r: &Remote) -> Result<()> {
                     max_tokens_per_request: max_tokens,
                     isolation,
                 })
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                .into_inner();
+                .await?;
             if r.json {
                 println!("{}", tenant_json(&t));
             } else {
@@ -226,12 +244,7 @@ pub async fn tenants(cmd: TenantsCmd, r: &Remote) -> Result<()> {
             }
         }
         TenantsCmd::List => {
-            let ts = c
-                .list_tenants(ListTenantsRequest {})
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                .into_inner()
-                .tenants;
+            let ts = c.list_tenants().await?;
             if r.json {
                 println!(
                     "{}",
@@ -239,15 +252,23 @@ pub async fn tenants(cmd: TenantsCmd, r: &Remote) -> Result<()> {
                 );
             } else {
                 println!(
-                    "{:<24} {:>6} {:>10}  models",
-                    "tenant", "weight", "max_tokens"
+                    "{:<24} {:>6} {:>10}  {:<10} models",
+                    "tenant", "weight", "max_tokens", "isolation"
                 );
                 for t in ts {
+                    let iso = Isolation::try_from(t.isolation)
+                        .map(|i| {
+                            i.as_str_name()
+                                .trim_start_matches("ISOLATION_")
+                                .to_lowercase()
+                        })
+                        .unwrap_or_else(|_| "?".into());
                     println!(
-                        "{:<24} {:>6} {:>10}  {}",
+                        "{:<24} {:>6} {:>10}  {:<10} {}",
                         t.id,
                         t.weight,
                         t.max_tokens_per_request,
+                        iso,
                         t.allowed_models.join(",")
                     );
                 }
@@ -258,25 +279,19 @@ pub async fn tenants(cmd: TenantsCmd, r: &Remote) -> Result<()> {
 }
 
 pub async fn keys(cmd: KeysCmd, r: &Remote) -> Result<()> {
-    let mut c = ControlClient::new(channel(&r.control, &r.certs_dir).await?);
+    let mut c = ControlClient::connect(&r.control, &r.certs_dir).await?;
     match cmd {
         KeysCmd::Issue { tenant, scope } => {
             let scope = match scope {
                 ScopeArg::Inference => KeyScope::Inference,
                 ScopeArg::TenantAdmin => KeyScope::TenantAdmin,
             };
-            let k = c
-                .issue_key(IssueKeyRequest {
-                    tenant_id: tenant.clone(),
-                    scope: scope as i32,
-                })
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                .into_inner();
+            let k = c.issue_key(&tenant, scope).await?;
             if r.json {
                 println!(
                     "{}",
-                    serde_json::json!({"tenant": tenant, "prefix": k.prefix, "api_key": k.api_key})
+                    serde_json::json!({"tenant": tenant, "prefix": k.prefix, "api_key": k.api_key,
+                        "note": "shown once; Bulkhead keeps only its hash"})
                 );
             } else {
                 println!("{}", k.api_key);
@@ -290,51 +305,62 @@ pub async fn keys(cmd: KeysCmd, r: &Remote) -> Result<()> {
     Ok(())
 }
 
+fn event_json(e: &AuditEvent) -> serde_json::Value {
+    serde_json::json!({
+        "request_id": e.request_id, "tenant_id": e.tenant_id, "model": e.model,
+        "timestamp_unix_ms": e.timestamp_unix_ms, "status": e.status, "error_code": e.error_code,
+        "prompt_tokens": e.prompt_tokens, "completion_tokens": e.completion_tokens,
+        "cached_tokens": e.cached_tokens, "ttft_us": e.ttft_us, "latency_us": e.latency_us,
+        "worker_id": e.worker_id, "routing_decision": e.routing_decision,
+        "prompt_hash": e.prompt_hash, "response_hash": e.response_hash,
+        "api_key_prefix": e.api_key_prefix, "protocol": e.protocol,
+        "finish_reason": e.finish_reason, "source_addr": e.source_addr,
+    })
+}
+
 pub async fn audit(cmd: AuditCmd, r: &Remote) -> Result<()> {
-    let mut c = AuditQueryClient::new(channel(&r.audit, &r.certs_dir).await?);
+    let mut c = AuditClient::connect(&r.audit, &r.certs_dir).await?;
     match cmd {
         AuditCmd::Query {
             tenant,
             from_ms,
             to_ms,
             limit,
+            page_token,
         } => {
-            let recs = c
+            let resp = c
                 .query(AuditQueryRequest {
                     tenant_id: tenant,
                     from_unix_ms: from_ms,
                     to_unix_ms: to_ms,
                     page_size: limit,
-                    page_token: String::new(),
+                    page_token,
                 })
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                .into_inner()
-                .records;
-            for e in recs {
-                if r.json {
-                    println!(
-                        "{}",
-                        serde_json::json!({
-                            "request_id": e.request_id, "tenant_id": e.tenant_id, "model": e.model,
-                            "timestamp_unix_ms": e.timestamp_unix_ms, "status": e.status, "error_code": e.error_code,
-                            "prompt_tokens": e.prompt_tokens, "completion_tokens": e.completion_tokens,
-                            "ttft_us": e.ttft_us, "latency_us": e.latency_us, "worker_id": e.worker_id,
-                            "prompt_hash": e.prompt_hash, "response_hash": e.response_hash, "api_key_prefix": e.api_key_prefix,
-                        })
-                    );
-                } else {
-                    println!(
-                        "{} {} {:<8} {:>5}+{:<5} ttft {:>7}us  {}",
-                        e.timestamp_unix_ms,
-                        e.request_id,
-                        e.status,
-                        e.prompt_tokens,
-                        e.completion_tokens,
-                        e.ttft_us,
-                        e.model
-                    );
-                }
+                .await?;
+            if r.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "records": resp.records.iter().map(event_json).collect::<Vec<_>>(),
+                        "next_page_token": resp.next_page_token,
+                    })
+                );
+                return Ok(());
+            }
+            for e in &resp.records {
+                println!(
+                    "{} {} {:<8} {:>5}+{:<5} ttft {:>7}us  {}",
+                    e.timestamp_unix_ms,
+                    e.request_id,
+                    e.status,
+                    e.prompt_tokens,
+                    e.completion_tokens,
+                    e.ttft_us,
+                    e.model
+                );
+            }
+            if !resp.next_page_token.is_empty() {
+                println!("next page: --page-token {}", resp.next_page_token);
             }
         }
     }

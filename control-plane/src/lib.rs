@@ -1,10 +1,17 @@
 //! Bulkhead's control-plane: the tenant and API-key registry in NATS KV
-//! (`registry`), its operator gRPC API (`service`), the PKI (`pki`), the
-//! operator CLI's commands (`cli`), and the loopback dev stack (`dev`).
+//! (`registry`), its operator gRPC API (`service`, served by `server`), Rust
+//! clients of the operator APIs (`client`), the PKI (`pki`), the operator
+//! CLI's commands (`cli`), process plumbing (`runtime`), and the loopback
+//! dev stack (`dev`).
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod client;
 pub mod dev;
 pub mod pki;
 pub mod registry;
+pub mod runtime;
+pub mod server;
 pub mod service;
+
+pub use client::{AuditClient, ClientError, ControlClient};

@@ -173,6 +173,17 @@ mod tests {
             Err(PkiError::Exists(_))
         ));
         assert!(issue(dir.path(), "example.org", "../x", 30).is_err());
+        issue(dir.path(), "example.org", "extra-1", 30).unwrap();
+        assert_eq!(
+            bulkhead_proto::identity::spiffe_id_of_der(&der(&dir.path().join("extra-1.pem"))),
+            Some(SpiffeId::component("example.org", "extra-1"))
+        );
+        // issue() without a CA is a clear error, not a panic.
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            issue(empty.path(), "example.org", "router", 30),
+            Err(PkiError::Io { .. })
+        ));
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join("ca.key"))
             .unwrap()

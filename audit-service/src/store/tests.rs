@@ -89,6 +89,9 @@ fn a_flipped_byte_names_its_record() {
     std::fs::write(&path, &bytes).unwrap();
     let read = s.read("acme").unwrap();
     assert_eq!(read.first_bad.as_ref().map(|b| b.0), Some(2));
+    assert_eq!(s.verify("acme").unwrap(), Some(2));
+    assert_eq!(s.verify("nobody").unwrap(), None);
+    assert!(s.verify("../x").is_err());
     assert_eq!(read.frames.len(), 2);
     drop(s);
     assert!(
@@ -108,6 +111,7 @@ fn a_removed_record_breaks_the_chain() {
     std::fs::write(&path, cut).unwrap();
     let read = s.read("acme").unwrap();
     assert_eq!(read.first_bad.as_ref().map(|b| b.0), Some(1));
+    assert_eq!(s.verify("acme").unwrap(), Some(1));
 }
 
 #[test]

@@ -1,0 +1,135 @@
+//! The audit-service as a library: the consumer and the query API together,
+//! on a listener the caller has bound, until a shutdown future resolves or
+//! the consumer fails.
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bulkhead_proto::audit::audit_query_server::AuditQueryServer;
+use bulkhead_proto::identity::{CertPaths, IdentityError, SpiffeAuthorizer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::StoreError;
+use crate::consumer::{self, ConsumerError};
+use crate::keys::KeyWrapper;
+use crate::query::QueryService;
+use crate::store::AuditStore;
+
+/// SPIFFE components allowed to call the query API. Scoping a query to the
+/// tenant of a tenant-admin API key is a later issue; until then only these
+/// cluster components (which enforce tenancy themselves) are admitted.
+pub const ALLOWED_CALLERS: &[&str] = &["router", "control", "operator"];
+/// The component name whose certificate the audit-service presents.
+pub const COMPONENT: &str = "audit";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Nats { url: String, reason: String },
+    #[error("opening the audit store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Consumer(#[from] ConsumerError),
+    #[error("TLS set-up: {0}")]
+    Identity(#[from] IdentityError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("announcing readiness: {0}")]
+    Ready(String),
+    #[error("internal: {0}")]
+    Task(String),
+}
+
+/// Everything `serve` needs besides the master key and the listener.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub nats_url: String,
+    pub data_dir: PathBuf,
+    pub certs_dir: PathBuf,
+    pub trust_domain: String,
+}
+
+/// Opens the store (verifying every log, cutting torn tails), connects to
+/// NATS, then consumes audit events and serves queries on `listener` until
+/// `shutdown` resolves (the batch in hand is finished first). Returns an
+/// error if the consumer stops on a storage failure.
+pub async fn serve(
+    opts: &ServeOptions,
+    wrapper: Arc<dyn KeyWrapper>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    serve_with_ready(opts, wrapper, listener, shutdown, || Ok(())).await
+}
+
+/// [`serve`], calling `on_ready` once the store is open, NATS is reachable
+/// and the consumer exists (e.g. to write a `--ready-file`); an error from
+/// it stops the service.
+pub async fn serve_with_ready(
+    opts: &ServeOptions,
+    wrapper: Arc<dyn KeyWrapper>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    on_ready: impl FnOnce() -> Result<(), String> + Send,
+) -> Result<(), ServeError> {
+    bulkhead_proto::identity::install_crypto_provider();
+    let tls = CertPaths::new(&opts.certs_dir, COMPONENT).server_tls()?;
+    let data_dir = opts.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || AuditStore::open(&data_dir, wrapper))
+        .await
+        .map_err(|e| ServeError::Task(e.to_string()))??;
+    let store = Arc::new(Mutex::new(store));
+    let nats = async_nats::connect(&opts.nats_url)
+        .await
+        .map_err(|e| ServeError::Nats {
+            url: opts.nats_url.clone(),
+            reason: e.to_string(),
+        })?;
+    let js = async_nats::jetstream::new(nats);
+    consumer::ensure_consumer(&js).await?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut consumer_task = tokio::spawn(consumer::run(js, store.clone(), stop_rx.clone()));
+    let authz = SpiffeAuthorizer::new("audit query API", &opts.trust_domain, ALLOWED_CALLERS);
+    let mut rx = stop_rx;
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .add_service(AuditQueryServer::with_interceptor(
+            QueryService { store },
+            authz,
+        ))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = rx.wait_for(|s| *s).await;
+        });
+    let mut server_task = tokio::spawn(server);
+    if let Err(e) = on_ready() {
+        let _ = stop_tx.send(true);
+        let _ = consumer_task.await;
+        let _ = server_task.await;
+        return Err(ServeError::Ready(e));
+    }
+    tokio::pin!(shutdown);
+    let consumer_result = tokio::select! {
+        _ = &mut shutdown => {
+            tracing::info!("shutting down after the current batch");
+            let _ = stop_tx.send(true);
+            consumer_task.await
+        }
+        r = &mut consumer_task => {
+            let _ = stop_tx.send(true);
+            r
+        }
+        r = &mut server_task => {
+            // The gRPC server ended on its own: stop consuming too.
+            let _ = stop_tx.send(true);
+            let _ = consumer_task.await;
+            r.map_err(|e| ServeError::Task(e.to_string()))??;
+            return Ok(());
+        }
+    };
+    let server_result = server_task.await;
+    consumer_result.map_err(|e| ServeError::Task(e.to_string()))??;
+    server_result.map_err(|e| ServeError::Task(e.to_string()))??;
+    Ok(())
+}

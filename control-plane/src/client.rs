@@ -1,0 +1,160 @@
+//! Rust clients of the operator APIs (control-plane and audit query), over
+//! mTLS with a component certificate from the cluster PKI — `operator` for
+//! the CLI and the dev stack.
+use std::path::Path;
+
+use bulkhead_proto::audit::audit_query_client::AuditQueryClient;
+use bulkhead_proto::audit::{AuditQueryRequest, AuditQueryResponse};
+use bulkhead_proto::control::control_client::ControlClient as RawControlClient;
+use bulkhead_proto::control::{
+    CreateTenantRequest, IssueKeyRequest, IssueKeyResponse, KeyScope, ListTenantsRequest, Tenant,
+};
+use bulkhead_proto::identity::{CertPaths, IdentityError};
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("loading the client certificate: {0}")]
+    Identity(#[from] IdentityError),
+    #[error("cannot connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
+    /// The server answered with an error status (code and message).
+    #[error("{:?}: {}", .0.code(), .0.message())]
+    Rpc(tonic::Status),
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        Self::Rpc(s)
+    }
+}
+
+impl ClientError {
+    /// The gRPC status code, when the server answered with an error.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Self::Rpc(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+/// An mTLS channel to `url` presenting `<certs_dir>/<component>.pem`.
+pub async fn mtls_channel(
+    url: &str,
+    certs_dir: &Path,
+    component: &str,
+) -> Result<Channel, ClientError> {
+    bulkhead_proto::identity::install_crypto_provider();
+    let tls = CertPaths::new(certs_dir, component).client_tls()?;
+    let connect_err = |e: tonic::transport::Error| ClientError::Connect {
+        url: url.to_string(),
+        reason: error_chain(&e),
+    };
+    Endpoint::from_shared(url.to_string())
+        .map_err(|e| ClientError::BadUrl {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .tls_config(tls)
+        .map_err(connect_err)?
+        .connect()
+        .await
+        .map_err(connect_err)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// The control-plane's operator API.
+#[derive(Clone, Debug)]
+pub struct ControlClient {
+    inner: RawControlClient<Channel>,
+}
+
+impl ControlClient {
+    /// Connects with the `operator` certificate from `certs_dir`.
+    pub async fn connect(url: &str, certs_dir: &Path) -> Result<Self, ClientError> {
+        Self::connect_as(url, certs_dir, "operator").await
+    }
+
+    /// Connects with another component's certificate (tests of the
+    /// authorization: only `operator` is admitted).
+    pub async fn connect_as(
+        url: &str,
+        certs_dir: &Path,
+        component: &str,
+    ) -> Result<Self, ClientError> {
+        Ok(Self::from_channel(
+            mtls_channel(url, certs_dir, component).await?,
+        ))
+    }
+
+    pub fn from_channel(channel: Channel) -> Self {
+        Self {
+            inner: RawControlClient::new(channel),
+        }
+    }
+
+    pub async fn create_tenant(&mut self, req: CreateTenantRequest) -> Result<Tenant, ClientError> {
+        Ok(self.inner.create_tenant(req).await?.into_inner())
+    }
+
+    pub async fn list_tenants(&mut self) -> Result<Vec<Tenant>, ClientError> {
+        Ok(self
+            .inner
+            .list_tenants(ListTenantsRequest {})
+            .await?
+            .into_inner()
+            .tenants)
+    }
+
+    /// Issues a key. The reply is the only place its text ever appears.
+    pub async fn issue_key(
+        &mut self,
+        tenant_id: &str,
+        scope: KeyScope,
+    ) -> Result<IssueKeyResponse, ClientError> {
+        Ok(self
+            .inner
+            .issue_key(IssueKeyRequest {
+                tenant_id: tenant_id.to_string(),
+                scope: scope as i32,
+            })
+            .await?
+            .into_inner())
+    }
+}
+
+/// The audit-service's query API.
+#[derive(Clone, Debug)]
+pub struct AuditClient {
+    inner: AuditQueryClient<Channel>,
+}
+
+impl AuditClient {
+    /// Connects with the `operator` certificate from `certs_dir`.
+    pub async fn connect(url: &str, certs_dir: &Path) -> Result<Self, ClientError> {
+        Ok(Self {
+            inner: AuditQueryClient::new(mtls_channel(url, certs_dir, "operator").await?),
+        })
+    }
+
+    pub async fn query(
+        &mut self,
+        req: AuditQueryRequest,
+    ) -> Result<AuditQueryResponse, ClientError> {
+        Ok(self.inner.query(req).await?.into_inner())
+    }
+}

@@ -1,0 +1,68 @@
+//! The control-plane server as a library: the operator gRPC API over mTLS on
+//! a listener the caller has bound (so `127.0.0.1:0` works and tests can run
+//! it in-process). Only the SPIFFE component `operator` is admitted.
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use bulkhead_proto::control::control_server::ControlServer;
+use bulkhead_proto::identity::{CertPaths, IdentityError, SpiffeAuthorizer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::registry::{ControlError, Registry};
+use crate::service::ControlService;
+
+/// SPIFFE components allowed to call the control API.
+pub const ALLOWED_CALLERS: &[&str] = &["operator"];
+/// The component name whose certificate the control-plane presents.
+pub const COMPONENT: &str = "control";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Nats { url: String, reason: String },
+    #[error(transparent)]
+    Registry(#[from] ControlError),
+    #[error("TLS set-up: {0}")]
+    Identity(#[from] IdentityError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Where the server finds its certificate and which trust domain it admits.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub certs_dir: PathBuf,
+    pub trust_domain: String,
+}
+
+/// Connects to NATS and opens (creating if missing) the KV buckets.
+pub async fn open_registry(nats_url: &str) -> Result<Registry, ServeError> {
+    let nats = async_nats::connect(nats_url)
+        .await
+        .map_err(|e| ServeError::Nats {
+            url: nats_url.to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok(Registry::open(&async_nats::jetstream::new(nats)).await?)
+}
+
+/// Serves the Control API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    registry: Registry,
+    listener: TcpListener,
+    opts: &ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let tls = CertPaths::new(Path::new(&opts.certs_dir), COMPONENT).server_tls()?;
+    let authz = SpiffeAuthorizer::new("control-plane", &opts.trust_domain, ALLOWED_CALLERS);
+    tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .add_service(ControlServer::with_interceptor(
+            ControlService { registry },
+            authz,
+        ))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
