@@ -149,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
                 .max_decoding_message_size(http::MAX_BODY_BYTES),
         )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_l),
+            bulkhead_telemetry::incoming_nodelay(grpc_l),
             shutdown_signal(stop_rx),
         );
     tracing::info!(http = %http_addr, grpc = %grpc_addr, "router serving");

@@ -140,3 +140,18 @@ pub fn write_ready_file(path: &std::path::Path, json: &serde_json::Value) -> std
     std::fs::write(&tmp, json.to_string())?;
     std::fs::rename(&tmp, path)
 }
+
+/// Connections accepted from `listener` with Nagle's algorithm off. tonic
+/// sets TCP_NODELAY only on sockets it accepts itself; servers that bind
+/// their own listener (for port 0 and ready files) must do it here, or small
+/// streamed messages wait ~40 ms for delayed ACKs.
+pub fn incoming_nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        let s = s?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    })
+}
