@@ -5,6 +5,7 @@
 //! dev stack (`dev`).
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod dev;

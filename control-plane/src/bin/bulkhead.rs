@@ -49,6 +49,9 @@ enum Cmd {
     // Other engineers' subcommands go below, each backed by its own module.
     /// Start the whole stack on loopback (Ctrl-C stops it).
     Dev(DevArgs),
+    /// Benchmarks against a running stack.
+    #[command(subcommand)]
+    Bench(bulkhead_control::bench::BenchCmd),
 }
 
 #[tokio::main]
@@ -62,6 +65,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Keys(c) => cli::keys(c, &cli.remote).await,
         Cmd::Audit(c) => cli::audit(c, &cli.remote).await,
         Cmd::Dev(a) => dev::run(a).await,
+        Cmd::Bench(b) => bulkhead_control::bench::run(b).await,
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
