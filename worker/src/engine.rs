@@ -10,10 +10,13 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::LoadedModel;
-use crate::kv::{BlockId, KvPool, TenantId};
+use crate::kv::{BlockHash, BlockId, KvPool, KvQuota, PrefixSecret, TenantId};
 use crate::model::SeqInput;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::Detokenizer;
+
+mod sched;
+use sched::Pending;
 
 /// Engine sizing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +25,10 @@ pub struct EngineConfig {
     pub prefill_chunk: usize,
     pub kv_blocks: usize,
     pub block_size: usize,
+    /// Per-tenant KV quota (guaranteed and burst blocks).
+    pub kv_quota: KvQuota,
+    /// Secret the per-tenant prefix-cache salts are derived from.
+    pub prefix_secret: PrefixSecret,
 }
 
 impl Default for EngineConfig {
@@ -31,6 +38,8 @@ impl Default for EngineConfig {
             prefill_chunk: 256,
             kv_blocks: 1024,
             block_size: 16,
+            kv_quota: KvQuota::UNLIMITED,
+            prefix_secret: PrefixSecret::random(),
         }
     }
 }
@@ -115,6 +124,8 @@ enum Command {
 struct Shared {
     capacity: Capacity,
     guard_violations: u64,
+    preemptions: u64,
+    cache_hit_blocks: u64,
 }
 
 /// Handle to the engine thread.
@@ -133,7 +144,10 @@ impl EngineHandle {
     ) -> std::io::Result<Self> {
         let (tx, rx) = stdmpsc::channel();
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let pool = KvPool::new(model.model.kv_shape(cfg.kv_blocks, cfg.block_size));
+        let pool = KvPool::with_quota(
+            model.model.kv_shape(cfg.kv_blocks, cfg.block_size),
+            cfg.kv_quota,
+        );
         let engine = Engine {
             model,
             cfg,
@@ -141,6 +155,8 @@ impl EngineHandle {
             rx,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            admissions: 0,
+            preemptions: 0,
             shared: shared.clone(),
             observer,
         };
@@ -183,6 +199,16 @@ impl EngineHandle {
         self.shared.lock().map(|s| s.guard_violations).unwrap_or(0)
     }
 
+    /// How many times a sequence was preempted (to be recomputed).
+    pub fn preemptions(&self) -> u64 {
+        self.shared.lock().map(|s| s.preemptions).unwrap_or(0)
+    }
+
+    /// How many KV blocks were reused from the prefix cache.
+    pub fn cache_hit_blocks(&self) -> u64 {
+        self.shared.lock().map(|s| s.cache_hit_blocks).unwrap_or(0)
+    }
+
     /// Cancels every request and stops the thread (idempotent).
     pub fn shutdown(&self) {
         let _ = self.tx.send(Command::Shutdown);
@@ -206,6 +232,15 @@ struct Sequence {
     /// Tokens whose K/V are in the cache.
     computed: usize,
     blocks: Vec<BlockId>,
+    /// Prefix-cache keys of the full blocks of the prompt as admitted
+    /// (after a preemption: prompt + generated tokens).
+    hashes: Vec<BlockHash>,
+    /// Leading blocks already in the prefix cache.
+    registered: usize,
+    /// Admission order (the newest running sequence is preempted first).
+    admitted: u64,
+    /// Released its blocks; goes back to the waiting queue after this step.
+    preempted: bool,
     sampler: Sampler,
     detok: Detokenizer,
     generated: u32,
@@ -217,8 +252,10 @@ struct Engine {
     cfg: EngineConfig,
     pool: KvPool,
     rx: stdmpsc::Receiver<Command>,
-    waiting: VecDeque<GenerateRequest>,
+    waiting: VecDeque<Pending>,
     running: Vec<Sequence>,
+    admissions: u64,
+    preemptions: u64,
     shared: Arc<Mutex<Shared>>,
     observer: Option<StepObserver>,
 }
@@ -281,10 +318,23 @@ impl Engine {
             }
             self.step();
             self.publish();
+            if self.running.is_empty() && !self.waiting.is_empty() {
+                // Nothing admissible right now: wait for a command briefly
+                // instead of spinning.
+                match self.rx.recv_timeout(std::time::Duration::from_millis(5)) {
+                    Ok(c) => {
+                        if !self.handle(c) {
+                            break;
+                        }
+                    }
+                    Err(stdmpsc::RecvTimeoutError::Timeout) => {}
+                    Err(stdmpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
         }
         // Shutting down: cancel everything still here.
-        for r in self.waiting.drain(..) {
-            finished(&r, FinishReason::Cancelled, 0, None);
+        for p in self.waiting.drain(..) {
+            p.cancel();
         }
         for s in &mut self.running {
             s.done.get_or_insert((FinishReason::Cancelled, None));
@@ -299,6 +349,7 @@ impl Engine {
         match c {
             Command::Submit(r) => {
                 let need = self.pool.blocks_for(r.prompt.len() + r.max_tokens as usize);
+                let burst = self.pool.quota().burst;
                 if need > self.pool.total_blocks() {
                     finished(
                         &r,
@@ -309,15 +360,24 @@ impl Engine {
                             self.pool.total_blocks()
                         )),
                     );
+                } else if need > burst {
+                    finished(
+                        &r,
+                        FinishReason::Error,
+                        0,
+                        Some(format!(
+                            "request needs {need} KV blocks but a tenant may hold at most {burst} on this worker"
+                        )),
+                    );
                 } else {
-                    self.waiting.push_back(r);
+                    self.waiting.push_back(Pending::New(r));
                 }
             }
             Command::Cancel(id, reply) => {
                 let mut found = false;
-                if let Some(i) = self.waiting.iter().position(|r| r.request_id == id) {
-                    if let Some(r) = self.waiting.remove(i) {
-                        finished(&r, FinishReason::Cancelled, 0, None);
+                if let Some(i) = self.waiting.iter().position(|p| p.req().request_id == id) {
+                    if let Some(p) = self.waiting.remove(i) {
+                        p.cancel();
                     }
                     found = true;
                 }
@@ -337,7 +397,8 @@ impl Engine {
         let cap = Capacity {
             free_seq_slots: self.cfg.max_seqs.saturating_sub(self.running.len()) as u32,
             max_seqs: self.cfg.max_seqs as u32,
-            free_kv_blocks: self.pool.free_blocks() as u32,
+            // Cached blocks are reclaimable, so they count as free here.
+            free_kv_blocks: (self.pool.free_blocks() + self.pool.cached_blocks()) as u32,
             total_kv_blocks: self.pool.total_blocks() as u32,
             running: self.running.len() as u32,
             waiting: self.waiting.len() as u32,
@@ -345,46 +406,8 @@ impl Engine {
         if let Ok(mut s) = self.shared.lock() {
             s.capacity = cap;
             s.guard_violations = self.pool.guard_violations();
-        }
-    }
-
-    fn admit(&mut self) {
-        // Clients that went away while waiting.
-        self.waiting.retain(|r| !r.events.is_closed());
-        while self.running.len() < self.cfg.max_seqs {
-            let Some(r) = self.waiting.front() else { break };
-            if self.pool.free_blocks() < self.pool.blocks_for(r.prompt.len() + 1) {
-                break;
-            }
-            let Some(r) = self.waiting.pop_front() else {
-                break;
-            };
-            let n = self.pool.blocks_for(r.prompt.len());
-            let blocks = match self.pool.allocate(&r.tenant, n) {
-                Ok(b) => b,
-                Err(e) => {
-                    finished(&r, FinishReason::Error, 0, Some(e.to_string()));
-                    continue;
-                }
-            };
-            let mut seq = Sequence {
-                tokens: r.prompt.clone(),
-                computed: 0,
-                blocks,
-                sampler: Sampler::new(r.params),
-                detok: Detokenizer::new(r.stop.clone()),
-                generated: 0,
-                done: None,
-                req: r,
-            };
-            // Prefix caching is future work: nothing is ever cached.
-            seq.send(EngineEvent::Started {
-                prompt_tokens: seq.req.prompt.len() as u32,
-                cached_tokens: 0,
-            });
-            tracing::debug!(request_id = %seq.req.request_id, tenant = %seq.req.tenant,
-                prompt_tokens = seq.req.prompt.len(), "admitted");
-            self.running.push(seq);
+            s.preemptions = self.preemptions;
+            s.cache_hit_blocks = self.pool.cache_hit_blocks();
         }
     }
 
@@ -435,21 +458,10 @@ impl Engine {
             }
         }
         // Blocks, then the ownership guard, for every scheduled sequence.
-        plan.retain(|&(i, n)| {
+        // Out of blocks: preempt (recompute later) rather than fail.
+        self.reserve_blocks(&mut plan);
+        plan.retain(|&(i, _)| {
             let s = &mut self.running[i];
-            let need = self
-                .pool
-                .blocks_for(s.computed + n)
-                .saturating_sub(s.blocks.len());
-            if need > 0 {
-                match self.pool.allocate(&s.req.tenant, need) {
-                    Ok(b) => s.blocks.extend(b),
-                    Err(e) => {
-                        s.fail(format!("KV cache exhausted: {e}"));
-                        return false;
-                    }
-                }
-            }
             if let Err(e) = self.pool.check_table(&s.req.tenant, &s.blocks) {
                 tracing::error!(request_id = %s.req.request_id, tenant = %s.req.tenant,
                     error = %e, "KV ownership guard violation; failing the sequence");
@@ -474,6 +486,7 @@ impl Engine {
             obs(&StepReport { tables });
         }
         if plan.is_empty() {
+            self.requeue_preempted();
             self.reap();
             return;
         }
@@ -493,8 +506,16 @@ impl Engine {
         drop(inputs);
         match result {
             Ok(logits) => {
+                let bs = self.pool.block_size();
                 for (&(i, n), l) in plan.iter().zip(logits) {
-                    self.running[i].computed += n;
+                    let s = &mut self.running[i];
+                    s.computed += n;
+                    // Full, computed prompt blocks enter the prefix cache.
+                    while s.registered < s.hashes.len() && (s.registered + 1) * bs <= s.computed {
+                        let (b, h) = (s.blocks[s.registered], s.hashes[s.registered]);
+                        self.pool.register(&s.req.tenant, b, h);
+                        s.registered += 1;
+                    }
                     if let Some(l) = l {
                         self.sample(i, &l);
                     }
@@ -507,6 +528,7 @@ impl Engine {
                 }
             }
         }
+        self.requeue_preempted();
         self.reap();
     }
 

@@ -10,9 +10,9 @@ use bulkhead_proto::identity::{CertPaths, DEFAULT_TRUST_DOMAIN, SpiffeAuthorizer
 use bulkhead_proto::worker::worker_server::WorkerServer;
 use bulkhead_worker::LoadedModel;
 use bulkhead_worker::engine::{EngineConfig, EngineHandle};
+use bulkhead_worker::kv::{KvQuota, PrefixSecret};
 use bulkhead_worker::server::{MAX_REQUEST_BYTES, WorkerService};
 use clap::{Parser, Subcommand, ValueEnum};
-use tokio_stream::wrappers::TcpListenerStream;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Serve a model directory over mTLS gRPC (only router certificates are admitted).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write a small deterministic random Llama model (Hugging Face layout) for tests.
     GenModel {
         /// Output directory (created if missing).
@@ -76,6 +76,20 @@ struct ServeArgs {
     /// Tokens per KV cache block.
     #[arg(long, env = "BULKHEAD_WORKER_BLOCK_SIZE", default_value_t = 16)]
     block_size: usize,
+    /// KV blocks kept available for each active tenant.
+    #[arg(
+        long,
+        env = "BULKHEAD_WORKER_KV_GUARANTEED_BLOCKS",
+        default_value_t = 0
+    )]
+    kv_guaranteed_blocks: usize,
+    /// The most KV blocks one tenant may hold [default: all of them].
+    #[arg(long, env = "BULKHEAD_WORKER_KV_BURST_BLOCKS")]
+    kv_burst_blocks: Option<usize>,
+    /// File with the prefix-cache secret (>= 16 bytes) that per-tenant salts
+    /// are derived from [default: random per process].
+    #[arg(long, env = "BULKHEAD_WORKER_PREFIX_CACHE_SECRET_FILE")]
+    prefix_cache_secret_file: Option<PathBuf>,
     /// Maximum concurrently running sequences.
     #[arg(long, env = "BULKHEAD_WORKER_MAX_SEQS", default_value_t = 16)]
     max_seqs: usize,
@@ -152,6 +166,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.kv_blocks > 0, "--kv-blocks must be positive");
     anyhow::ensure!(args.max_seqs > 0, "--max-seqs must be positive");
     anyhow::ensure!(args.prefill_chunk > 0, "--prefill-chunk must be positive");
+    let burst = args.kv_burst_blocks.unwrap_or(args.kv_blocks);
+    anyhow::ensure!(
+        burst > 0 && burst <= args.kv_blocks,
+        "--kv-burst-blocks must be between 1 and --kv-blocks ({})",
+        args.kv_blocks
+    );
+    anyhow::ensure!(
+        args.kv_guaranteed_blocks <= burst,
+        "--kv-guaranteed-blocks must not exceed --kv-burst-blocks ({burst})"
+    );
+    let prefix_secret = match &args.prefix_cache_secret_file {
+        Some(p) => PrefixSecret::from_file(p).map_err(anyhow::Error::msg)?,
+        None => PrefixSecret::random(),
+    };
     let model_name = match &args.model_name {
         Some(n) => n.clone(),
         None => args
@@ -177,6 +205,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         prefill_chunk: args.prefill_chunk,
         kv_blocks: args.kv_blocks,
         block_size: args.block_size,
+        kv_quota: KvQuota {
+            guaranteed: args.kv_guaranteed_blocks,
+            burst,
+        },
+        prefix_secret,
     };
     let engine = Arc::new(EngineHandle::start(loaded.clone(), cfg, None)?);
     let service = WorkerService {
@@ -213,7 +246,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tonic::transport::Server::builder()
         .tls_config(tls)?
         .add_service(svc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .serve_with_incoming_shutdown(bulkhead_telemetry::incoming_nodelay(listener), signal)
         .await?;
     engine.shutdown();
     tracing::info!("stopped");
@@ -229,7 +262,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Serve(args) => {
             init_logging(args.log_format);
             match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt.block_on(serve(args)),
+                Ok(rt) => rt.block_on(serve(*args)),
                 Err(e) => Err(e.into()),
             }
         }

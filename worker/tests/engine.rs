@@ -23,6 +23,7 @@ fn cfg(kv_blocks: usize) -> EngineConfig {
         prefill_chunk: 8,
         kv_blocks,
         block_size: 4,
+        ..EngineConfig::default()
     }
 }
 
@@ -48,20 +49,30 @@ fn request(
 }
 
 /// Collects events until Finished; returns token ids and the final event.
-fn collect(mut rx: mpsc::Receiver<EngineEvent>) -> (Vec<u32>, EngineEvent) {
+fn collect(rx: mpsc::Receiver<EngineEvent>) -> (Vec<u32>, EngineEvent) {
+    let (ids, fin, cached) = collect_cached(rx);
+    assert_eq!(cached, 0);
+    (ids, fin)
+}
+
+/// Like [`collect`], also returning `cached_tokens` of the Started event.
+fn collect_cached(mut rx: mpsc::Receiver<EngineEvent>) -> (Vec<u32>, EngineEvent, u32) {
     let mut ids = Vec::new();
-    let mut started = false;
+    let mut started = None;
     while let Some(ev) = rx.blocking_recv() {
         match ev {
             EngineEvent::Started { cached_tokens, .. } => {
-                assert_eq!(cached_tokens, 0);
-                started = true;
+                assert!(started.is_none(), "Started twice");
+                started = Some(cached_tokens);
             }
             EngineEvent::Token { id, .. } => ids.push(id),
-            fin @ EngineEvent::Finished { .. } => return (ids, fin),
+            fin @ EngineEvent::Finished { .. } => {
+                // A request refused or cancelled before admission has no Started.
+                return (ids, fin, started.unwrap_or(0));
+            }
         }
     }
-    panic!("stream ended without Finished (started: {started})");
+    panic!("stream ended without Finished (started: {started:?})");
 }
 
 #[test]
@@ -89,10 +100,12 @@ fn two_tenants_run_concurrently_with_their_own_blocks() {
     });
     let engine = EngineHandle::start(m.clone(), cfg(64), Some(obs)).unwrap();
     let greedy = SamplingParams::default();
+    // B is long enough (200 tokens) that A, submitted right after it,
+    // overlaps it even on a loaded machine.
     let (ra, rxa) = request(&m, "a1", "acme", "Tenant A asks about the fox.", 12, greedy);
-    let (rb, rxb) = request(&m, "b1", "globex", "Tenant B asks about Paris.", 12, greedy);
-    engine.submit(ra).unwrap();
+    let (rb, rxb) = request(&m, "b1", "globex", "Tenant B asks about Paris.", 200, greedy);
     engine.submit(rb).unwrap();
+    engine.submit(ra).unwrap();
     let (ta, fa) = collect(rxa);
     let (tb, fb) = collect(rxb);
     for (t, f) in [(&ta, &fa), (&tb, &fb)] {
@@ -118,7 +131,15 @@ fn two_tenants_run_concurrently_with_their_own_blocks() {
         "never batched together"
     );
     assert_eq!(engine.guard_violations(), 0);
-    let cap = engine.capacity();
+    // Capacity is published after the step that finished the requests.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut cap = engine.capacity();
+    while (cap.free_kv_blocks != cap.total_kv_blocks || cap.running != 0)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        cap = engine.capacity();
+    }
     assert_eq!(cap.free_kv_blocks, cap.total_kv_blocks, "blocks leaked");
     assert_eq!(cap.running, 0);
 }
@@ -130,7 +151,8 @@ fn greedy_is_deterministic_and_seeded_sampling_reproducible() {
     let run = |id: &str, p: SamplingParams| {
         let (r, rx) = request(&m, id, "acme", "Once upon a time", 10, p);
         engine.submit(r).unwrap();
-        collect(rx).0
+        // The second run of a prompt reuses the first's cached blocks.
+        collect_cached(rx).0
     };
     let g = SamplingParams::default();
     assert_eq!(run("g1", g), run("g2", g));
@@ -201,4 +223,92 @@ fn too_large_for_the_pool_is_an_error_not_a_hang() {
         }
         _ => unreachable!(),
     }
+}
+
+#[test]
+fn prefix_cache_is_reused_within_a_tenant_only() {
+    let (_d, m) = load();
+    let engine = EngineHandle::start(m.clone(), cfg(64), None).unwrap();
+    let prompt = "The same long prompt, sent by two different tenants.";
+    let run = |id: &str, tenant: &str| {
+        let (r, rx) = request(&m, id, tenant, prompt, 6, SamplingParams::default());
+        assert!(r.prompt.len() > 8);
+        engine.submit(r).unwrap();
+        collect_cached(rx)
+    };
+    let (a1, _, c_a1) = run("a1", "acme");
+    let (b1, _, c_b1) = run("b1", "globex");
+    assert_eq!(
+        (c_a1, c_b1),
+        (0, 0),
+        "identical prompt of another tenant shares nothing"
+    );
+    assert_eq!(engine.cache_hit_blocks(), 0);
+    let (a2, _, c_a2) = run("a2", "acme");
+    assert!(c_a2 >= 8 && c_a2 % 4 == 0, "cached_tokens {c_a2}");
+    assert_eq!(a1, a2, "cached prefix changed the output");
+    assert_eq!(a1, b1);
+    assert!(engine.cache_hit_blocks() > 0);
+    let (_, _, c_b2) = run("b2", "globex");
+    assert!(c_b2 > 0);
+    assert_eq!(engine.guard_violations(), 0);
+}
+
+#[test]
+fn out_of_blocks_mid_decode_preempts_and_recomputes() {
+    let (_d, m) = load();
+    let greedy = SamplingParams::default();
+    let prompts = [
+        ("p1", "acme", "First tenant prompt."),
+        ("p2", "globex", "Second one here."),
+    ];
+    // Alone, with room to spare: the reference outputs.
+    let roomy = EngineHandle::start(m.clone(), cfg(64), None).unwrap();
+    let mut want = Vec::new();
+    for (id, tenant, p) in prompts {
+        let (r, rx) = request(&m, id, tenant, p, 24, greedy);
+        roomy.submit(r).unwrap();
+        want.push(collect(rx).0);
+    }
+    // Each needs ceil((prompt + 24) / 4) blocks; together they do not fit.
+    let (r1, rx1) = request(&m, "p1", "acme", prompts[0].2, 24, greedy);
+    let (r2, rx2) = request(&m, "p2", "globex", prompts[1].2, 24, greedy);
+    let total = r1.prompt.len().div_ceil(4).max(r2.prompt.len().div_ceil(4)) + 6 + 1;
+    let tight = EngineHandle::start(m.clone(), cfg(total), None).unwrap();
+    tight.submit(r1).unwrap();
+    tight.submit(r2).unwrap();
+    let got = [collect_cached(rx1), collect_cached(rx2)];
+    for (i, (ids, fin, _)) in got.iter().enumerate() {
+        match fin {
+            EngineEvent::Finished {
+                reason,
+                error,
+                completion_tokens,
+                ..
+            } => {
+                assert!(
+                    matches!(reason, FinishReason::Length | FinishReason::Stop),
+                    "{reason:?} {error:?}"
+                );
+                assert_eq!(*completion_tokens as usize, want[i].len().max(ids.len()));
+            }
+            _ => unreachable!(),
+        }
+        assert_eq!(ids, &want[i], "sequence {i} changed after preemption");
+    }
+    assert!(
+        tight.preemptions() > 0,
+        "no preemption happened (pool of {total} blocks)"
+    );
+    assert_eq!(tight.guard_violations(), 0);
+    // Capacity is published after the step that finished them.
+    let mut cap = tight.capacity();
+    for _ in 0..200 {
+        if cap.running == 0 && cap.free_kv_blocks == cap.total_kv_blocks {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        cap = tight.capacity();
+    }
+    assert_eq!(cap.free_kv_blocks, cap.total_kv_blocks, "{cap:?}");
 }

@@ -97,7 +97,10 @@ fn forward_matches_the_numpy_reference() {
     let spread = ref_logits.iter().cloned().fold(f64::MIN, f64::max)
         - ref_logits.iter().cloned().fold(f64::MAX, f64::min);
     println!("max |logit difference| = {max_diff:e} (logit spread {spread:.3})");
-    assert!(spread > 1e-3, "degenerate logits: the comparison would prove nothing");
+    assert!(
+        spread > 1e-3,
+        "degenerate logits: the comparison would prove nothing"
+    );
     assert!(max_diff < 1e-4, "logits differ by {max_diff}");
 
     let mut seq = ids.clone();
@@ -107,5 +110,8 @@ fn forward_matches_the_numpy_reference() {
         greedy.push(next);
         seq.push(next);
     }
-    assert_eq!(greedy, ref_greedy, "greedy decoding differs from the reference");
+    assert_eq!(
+        greedy, ref_greedy,
+        "greedy decoding differs from the reference"
+    );
 }

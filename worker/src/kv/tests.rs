@@ -1,5 +1,4 @@
 use super::*;
-use proptest::prelude::*;
 
 fn shape(blocks: usize) -> KvShape {
     KvShape {
@@ -106,77 +105,179 @@ fn free_ignores_blocks_of_other_tenants() {
     assert_eq!(p.owner(ba[0]).map(|o| &**o), Some("a"));
 }
 
-#[derive(Debug, Clone)]
-enum Op {
-    Alloc(usize, usize),
-    Free(usize, usize),
-    Check(usize, usize),
+fn q(guaranteed: usize, burst: usize) -> KvQuota {
+    KvQuota { guaranteed, burst }
 }
 
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        (0..3usize, 1..4usize).prop_map(|(t, n)| Op::Alloc(t, n)),
-        (0..3usize, 0..8usize).prop_map(|(t, i)| Op::Free(t, i)),
-        (0..3usize, 0..3usize).prop_map(|(t, o)| Op::Check(t, o)),
-    ]
+fn hashes(tenant: &str, tokens: &[u32]) -> Vec<BlockHash> {
+    PrefixSecret::from_bytes([7; 32])
+        .tenant_salt(tenant)
+        .block_hashes(tokens, 4)
 }
 
-proptest! {
-    #[test]
-    fn pool_invariants(ops in proptest::collection::vec(op(), 1..60)) {
-        let tenants = [t("t0"), t("t1"), t("t2")];
-        let mut p = KvPool::new(shape(10));
-        // What each tenant holds, as the test tracks it.
-        let mut held: Vec<Vec<BlockId>> = vec![vec![]; 3];
-        let mut last: Vec<Option<usize>> = vec![None; 10];
-        for op in ops {
-            match op {
-                Op::Alloc(ti, n) => {
-                    let free_before = p.free_blocks();
-                    match p.allocate(&tenants[ti], n) {
-                        Ok(bs) => {
-                            for &b in &bs {
-                                if last[b as usize].is_some_and(|l| l != ti) {
-                                    prop_assert!(p.block_is_zero(b), "re-owned block not zeroed");
-                                }
-                                last[b as usize] = Some(ti);
-                                // Write this tenant's marker into the block.
-                                fill(&mut p, b, (ti + 1) as f32);
-                            }
-                            held[ti].extend(bs);
-                        }
-                        Err(KvError::OutOfBlocks { .. }) => prop_assert!(n > free_before),
-                        Err(e) => prop_assert!(false, "unexpected {e}"),
-                    }
-                }
-                Op::Free(ti, i) => {
-                    if !held[ti].is_empty() {
-                        let idx = i % held[ti].len();
-                        let b = held[ti].remove(idx);
-                        prop_assert_eq!(p.free(&tenants[ti], &[b]), 0);
-                    }
-                }
-                Op::Check(ti, other) => {
-                    prop_assert!(p.check_table(&tenants[ti], &held[ti]).is_ok());
-                    if other != ti && !held[other].is_empty() {
-                        let mut table = held[ti].clone();
-                        table.push(held[other][0]);
-                        let before = p.guard_violations();
-                        prop_assert!(p.check_table(&tenants[ti], &table).is_err());
-                        prop_assert_eq!(p.guard_violations(), before + 1);
-                    }
-                }
-            }
-            // No block owned twice; free + used = total; per-tenant counts agree.
-            let mut seen = std::collections::HashSet::new();
-            for (ti, bs) in held.iter().enumerate() {
-                for &b in bs {
-                    prop_assert!(seen.insert(b), "block {} owned twice", b);
-                    prop_assert_eq!(p.owner(b).map(|o| &**o), Some(&*tenants[ti]));
-                }
-                prop_assert_eq!(p.used_by(&tenants[ti]), bs.len());
-            }
-            prop_assert_eq!(p.free_blocks() + seen.len(), p.total_blocks());
+#[test]
+fn burst_is_a_hard_cap_with_a_clear_error() {
+    let mut p = KvPool::with_quota(shape(16), q(2, 5));
+    let a = t("a");
+    let blocks = p.allocate(&a, 4).unwrap();
+    let err = p.allocate(&a, 2).unwrap_err();
+    assert!(matches!(
+        err,
+        KvError::QuotaExceeded {
+            requested: 2,
+            in_use: 4,
+            max: 5,
+            ..
         }
+    ));
+    assert!(err.to_string().contains("over its KV quota"), "{err}");
+    // Refused even though the pool has plenty free: nothing changed.
+    assert_eq!(p.free_blocks(), 12);
+    assert_eq!(p.used_by("a"), 4);
+    p.allocate(&a, 1).unwrap();
+    p.free(&a, &blocks);
+    p.audit().unwrap();
+}
+
+#[test]
+fn free_blocks_reserved_for_other_active_tenants_guarantee() {
+    // 10 blocks, guarantee 4, burst 10.
+    let mut p = KvPool::with_quota(shape(10), q(4, 10));
+    let (a, b) = (t("a"), t("b"));
+    p.allocate(&b, 1).unwrap(); // b active with deficit 3
+    assert_eq!(p.reserved_for_others("a"), 3);
+    // a may take 9 - 3 = 6 free blocks, not 7.
+    assert!(matches!(
+        p.allocate(&a, 7),
+        Err(KvError::OutOfBlocks { .. })
+    ));
+    p.allocate(&a, 6).unwrap();
+    // b can still reach its guarantee.
+    p.allocate(&b, 3).unwrap();
+    assert_eq!(p.free_blocks(), 0);
+    p.audit().unwrap();
+}
+
+#[test]
+fn prefix_reuse_is_same_tenant_only_and_refcounted() {
+    let mut p = KvPool::new(shape(16));
+    let (a, b) = (t("a"), t("b"));
+    let toks: Vec<u32> = (0..10).collect();
+    let (ha, hb) = (hashes("a", &toks), hashes("b", &toks));
+    let blocks = p.allocate(&a, 3).unwrap();
+    fill(&mut p, blocks[0], 5.0);
+    assert!(p.register("a", blocks[0], ha[0]));
+    assert!(p.register("a", blocks[1], ha[1]));
+    assert!(
+        !p.register("b", blocks[2], hb[0]),
+        "b cannot register a's block"
+    );
+    assert!(!p.register("a", blocks[2], ha[0]), "hash already cached");
+    // Identical prompt, other tenant: nothing to reuse.
+    assert_eq!(p.lookup_prefix("b", &hb), 0);
+    assert_eq!(
+        p.lookup_prefix("b", &ha),
+        0,
+        "even a's own keys do not resolve for b"
+    );
+    assert!(p.acquire_prefix(&b, &hb).is_empty());
+    // Same tenant: shared while the first sequence still runs.
+    let shared = p.acquire_prefix(&a, &ha);
+    assert_eq!(shared, blocks[..2]);
+    assert_eq!(
+        p.state(blocks[0]),
+        Some(BlockState::InUse { owner: &a, refs: 2 })
+    );
+    p.free(&a, &blocks);
+    assert_eq!(p.free_blocks(), 16 - 2);
+    p.free(&a, &shared);
+    assert_eq!(p.cached_blocks(), 2);
+    assert_eq!(p.used_by("a"), 2);
+    p.audit().unwrap();
+    // Cached: reused later with its content intact.
+    let again = p.acquire_prefix(&a, &ha[..1]);
+    assert_eq!(again, vec![blocks[0]]);
+    assert!(!p.block_is_zero(blocks[0]));
+    p.free(&a, &again);
+    assert_eq!(p.cache_hit_blocks(), 3);
+}
+
+#[test]
+fn eviction_order_own_lru_then_tenants_above_guarantee() {
+    let mut p = KvPool::with_quota(shape(9), q(2, 9));
+    let (a, b, c) = (t("a"), t("b"), t("c"));
+    let toks: Vec<u32> = (0..32).collect();
+    let cache = |p: &mut KvPool, who: &TenantId, n: usize| {
+        let hs = hashes(who, &toks);
+        let bs = p.allocate(who, n).unwrap();
+        for (blk, h) in bs.iter().zip(&hs) {
+            fill(p, *blk, 1.0);
+            assert!(p.register(who, *blk, *h));
+        }
+        p.free(who, &bs);
+        bs
+    };
+    let b_cached = cache(&mut p, &b, 3);
+    let a_cached = cache(&mut p, &a, 2);
+    let c_cached = cache(&mut p, &c, 2);
+    // b and c stay active with one block in use each (b: 4 held > 2; c: 3 > 2).
+    let b_run = p.allocate(&b, 1).unwrap();
+    let c_run = p.allocate(&c, 1).unwrap();
+    assert_eq!(p.free_blocks(), 0);
+    // a needs 3: its own 2 cached blocks (LRU) first, then b's oldest cached.
+    let got = p.allocate(&a, 3).unwrap();
+    assert_eq!(got[..2], a_cached[..]);
+    assert_eq!(got[2], b_cached[0]);
+    assert!(p.block_is_zero(b_cached[0]), "re-owned block zeroed");
+    assert!(!p.block_is_zero(a_cached[0]), "own block not scrubbed");
+    // Next: b's second cached block (b holds 3 > 2), then c (3 > 2), then nothing:
+    // both are at their guarantee.
+    let more = p.allocate(&a, 2).unwrap();
+    assert_eq!(more, vec![b_cached[1], c_cached[0]]);
+    assert!(matches!(
+        p.allocate(&a, 1),
+        Err(KvError::OutOfBlocks { .. })
+    ));
+    assert_eq!(p.used_by("b"), 2);
+    assert_eq!(p.used_by("c"), 2);
+    // Once b is idle, its cache is fair game (after the block b freed).
+    p.free(&b, &b_run);
+    assert_eq!(p.allocate(&a, 2).unwrap(), vec![b_run[0], b_cached[2]]);
+    p.free(&c, &c_run);
+    assert_eq!(p.evicted_blocks(), 6);
+    p.audit().unwrap();
+}
+
+#[test]
+fn burst_reclaims_own_cache_first() {
+    let mut p = KvPool::with_quota(shape(8), q(0, 3));
+    let a = t("a");
+    let hs = hashes("a", &(0..12).collect::<Vec<_>>());
+    let bs = p.allocate(&a, 3).unwrap();
+    for (b, h) in bs.iter().zip(&hs) {
+        p.register("a", *b, *h);
     }
+    p.free(&a, &bs);
+    assert_eq!(p.cached_by("a"), 3);
+    // Plenty free, but a may hold at most 3: its own cached blocks go.
+    let got = p.allocate(&a, 2).unwrap();
+    assert_eq!(got, bs[..2]);
+    assert_eq!(p.used_by("a"), 3);
+    assert_eq!(p.evict_cached(5), 1);
+    p.audit().unwrap();
+}
+
+#[test]
+fn fork_shares_only_blocks_in_use_by_the_same_tenant() {
+    let mut p = KvPool::new(shape(4));
+    let (a, b) = (t("a"), t("b"));
+    let ba = p.allocate(&a, 2).unwrap();
+    assert!(p.fork("b", &ba).is_err());
+    p.fork("a", &ba).unwrap();
+    p.free(&a, &ba);
+    assert_eq!(p.used_by("a"), 2);
+    p.free(&a, &ba);
+    assert_eq!(p.free_blocks(), 4);
+    let _ = b;
+    p.audit().unwrap();
 }
