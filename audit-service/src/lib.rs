@@ -10,12 +10,17 @@
 
 use std::path::Path;
 
+pub mod access;
+pub mod checkpoint;
 pub mod consumer;
 pub mod keys;
 pub mod query;
+pub mod report;
 pub mod runtime;
 pub mod server;
+pub mod shred;
 pub mod store;
+pub mod verify;
 
 pub use server::{ServeError, ServeOptions, serve};
 
@@ -34,6 +39,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("invalid event: {0}")]
     Invalid(String),
+    #[error("the audit records of tenant {0} were crypto-shredded (data key destroyed)")]
+    Shredded(String),
 }
 
 impl StoreError {

@@ -6,9 +6,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use bulkhead_audit::checkpoint;
 use bulkhead_audit::keys::{KeyWrapper, LocalMasterKey};
 use bulkhead_audit::runtime::{self, LogFormat};
 use bulkhead_audit::server::{self, ServeOptions};
+use bulkhead_audit::shred::Shredded;
 use bulkhead_audit::store::AuditStore;
 use bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN;
 use clap::{Args, Parser, Subcommand};
@@ -32,6 +34,24 @@ enum Cmd {
     Serve(ServeArgs),
     /// Check every tenant's log (or one) and name the first bad record.
     Verify(VerifyArgs),
+    /// Crypto-shred a tenant: destroy its data key so its records can never
+    /// be decrypted again (the chain still verifies). Offline: stop the
+    /// audit-service first. Irreversible.
+    Shred(ShredArgs),
+}
+
+#[derive(Args, Debug)]
+struct ShredArgs {
+    /// Folder of the per-tenant logs.
+    #[arg(
+        long,
+        env = "BULKHEAD_AUDIT_DATA_DIR",
+        default_value = ".bulkhead/audit"
+    )]
+    data_dir: PathBuf,
+    /// The tenant whose records to make unrecoverable.
+    #[arg(long)]
+    tenant: String,
 }
 
 #[derive(Args, Debug)]
@@ -78,6 +98,15 @@ struct ServeArgs {
     /// Log format on stderr (RUST_LOG sets the filter, default "info").
     #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Explicit operator override: a caller with the `operator` certificate
+    /// and no tenant-admin key may read any tenant's records. Off by default
+    /// (then every read needs the tenant's own tenant-admin key).
+    #[arg(long, env = "BULKHEAD_AUDIT_OPERATOR_READS_ANY_TENANT")]
+    operator_reads_any_tenant: bool,
+    /// Records between two Ed25519-signed checkpoints of a tenant's log (one
+    /// is also written at every clean shutdown).
+    #[arg(long, env = "BULKHEAD_AUDIT_CHECKPOINT_EVERY", default_value_t = bulkhead_audit::store::DEFAULT_CHECKPOINT_EVERY)]
+    checkpoint_every: u64,
 }
 
 #[derive(Args, Debug)]
@@ -87,6 +116,11 @@ struct VerifyArgs {
     /// Only this tenant.
     #[arg(long)]
     tenant: Option<String>,
+    /// Checkpoint public key (64 hex characters); default: the
+    /// checkpoint.pub file in the data folder. Pass the key kept elsewhere to
+    /// detect a rewritten log together with re-signed checkpoints.
+    #[arg(long)]
+    checkpoint_public_key: Option<String>,
 }
 
 fn master_key(k: &KeyArgs) -> anyhow::Result<Arc<dyn KeyWrapper>> {
@@ -104,41 +138,45 @@ fn master_key(k: &KeyArgs) -> anyhow::Result<Arc<dyn KeyWrapper>> {
 }
 
 fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
-    let wrapper = master_key(&args.keys)?;
-    let tdir = args.keys.data_dir.join("tenants");
-    let tenants: Vec<String> = match args.tenant {
+    let root = &args.keys.data_dir;
+    let tenants = match args.tenant {
         Some(t) => vec![t],
-        None => {
-            let mut v: Vec<String> = std::fs::read_dir(&tdir)
-                .with_context(|| format!("reading {}", tdir.display()))?
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .collect();
-            v.sort();
-            v
-        }
+        None => bulkhead_audit::verify::tenants(root)?,
+    };
+    // A shredded tenant needs no master key; only ask for one if needed.
+    let all_shredded = tenants
+        .iter()
+        .all(|t| bulkhead_audit::shred::is_shredded(root, t));
+    let wrapper: Arc<dyn KeyWrapper> = if all_shredded {
+        Arc::new(LocalMasterKey::from_bytes(&[0; 32]))
+    } else {
+        master_key(&args.keys)?
+    };
+    let vk = match &args.checkpoint_public_key {
+        Some(hex) => Some(checkpoint::parse_public_key(hex).map_err(anyhow::Error::msg)?),
+        None => checkpoint::load_public_key(root)?,
     };
     // Read-only: a store opened without loading (open() would refuse damage).
-    let store = AuditStore::open_readonly(&args.keys.data_dir, wrapper);
+    let store = AuditStore::open_readonly(root, wrapper);
     let mut ok = true;
     for t in tenants {
-        let r = store.read(&t)?;
-        match (&r.first_bad, r.torn_tail) {
-            (Some((idx, why)), _) => {
-                ok = false;
-                println!(
-                    "{t}: FAILED at record {idx}: {why} ({} records before it verify)",
-                    r.frames.len()
-                );
-            }
-            (None, Some(b)) => println!(
-                "{t}: ok, {} records; a torn final frame of {b} bytes (crash mid-write) will be cut at start",
-                r.frames.len()
-            ),
-            (None, None) => println!("{t}: ok, {} records, chain intact", r.frames.len()),
-        }
+        let v = bulkhead_audit::verify::tenant(&store, vk.as_ref(), &t)
+            .with_context(|| format!("verifying {t}"))?;
+        ok &= v.ok;
+        println!("{}", v.line);
     }
     Ok(ok)
+}
+
+fn shred(args: ShredArgs) -> anyhow::Result<()> {
+    match bulkhead_audit::shred::shred(&args.data_dir, &args.tenant)? {
+        Shredded::Now => println!(
+            "{}: data key destroyed; its audit records are now unrecoverable (the chain still verifies)",
+            args.tenant
+        ),
+        Shredded::Already => println!("{}: already shredded", args.tenant),
+    }
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -154,10 +192,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     let opts = ServeOptions {
-        nats_url: args.nats_url,
-        data_dir: args.keys.data_dir,
-        certs_dir,
-        trust_domain: args.trust_domain,
+        operator_reads_any_tenant: args.operator_reads_any_tenant,
+        checkpoint_every: args.checkpoint_every.max(1),
+        ..ServeOptions::new(
+            &args.nats_url,
+            args.keys.data_dir,
+            certs_dir,
+            &args.trust_domain,
+        )
     };
     let ready_file = args.ready_file.clone();
     let on_ready = move || {
@@ -185,6 +227,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Some(Cmd::Verify(v)) => verify(v).map(|ok| if ok { 0 } else { 2 }),
+        Some(Cmd::Shred(a)) => shred(a).map(|_| 0),
         Some(Cmd::Serve(s)) => serve(s).await.map(|_| 0),
         None => serve(cli.serve).await.map(|_| 0),
     };

@@ -1,23 +1,137 @@
-//! The tenant-scoped audit query API over mTLS. Callers are admitted by
-//! SPIFFE id (router, control-plane, operator — see `server::ALLOWED_CALLERS`).
-//! A query returns only the named tenant's records, decrypted with that
-//! tenant's key. Scoping a caller to one tenant by a tenant-admin API key is
-//! a later issue and not built yet: any admitted component may read any
-//! tenant's records. The page token is the index of the next record.
+//! The tenant-scoped audit query API over mTLS. Callers are first admitted by
+//! SPIFFE id (router, control-plane, operator — see `server::ALLOWED_CALLERS`);
+//! then every tenant-scoped read needs `authorization: Bearer <tenant-admin
+//! key>` (see `access`) and is served only for that key's own tenant.
+//!
+//! - no / malformed / unknown / revoked / expired key → UNAUTHENTICATED;
+//! - an inference key → PERMISSION_DENIED;
+//! - another tenant's id → PERMISSION_DENIED, and the attempt is appended
+//!   (and fsynced) to the *caller's* tenant log as a record with status
+//!   `denied`, error code `PermissionDenied` and a fresh request id.
+//!
+//! Operator override (explicit, off by default): with
+//! `ServeOptions::operator_reads_any_tenant`, a caller presenting the
+//! `operator` SPIFFE certificate and *no* key may read any tenant (logged).
+//! A key, when sent, is always enforced. The page token is the index of the
+//! next record.
 use std::sync::{Arc, Mutex};
 
 use bulkhead_proto::audit::audit_query_server::AuditQuery;
-use bulkhead_proto::audit::{AuditQueryRequest, AuditQueryResponse};
+use bulkhead_proto::audit::{
+    AuditEvent, AuditQueryRequest, AuditQueryResponse, AuditReport, AuditReportRequest,
+};
+use bulkhead_proto::identity::CallerId;
 use bulkhead_proto::names::valid_tenant_id;
 use tonic::{Request, Response, Status};
 
-use crate::store::AuditStore;
+use crate::StoreError;
+use crate::access::{AccessDirectory, now_ms};
+use crate::report;
+use crate::store::{AuditStore, LogRead};
 
 pub const DEFAULT_PAGE: u32 = 100;
 pub const MAX_PAGE: u32 = 1000;
 
 pub struct QueryService {
     pub store: Arc<Mutex<AuditStore>>,
+    pub access: Arc<AccessDirectory>,
+    /// The explicit operator override (see the module docs).
+    pub operator_reads_any_tenant: bool,
+}
+
+fn invalid_tenant(t: &str) -> Status {
+    Status::invalid_argument(format!(
+        "invalid tenant_id {:?}: 1-64 characters of [a-z0-9-_], starting with a letter or digit",
+        t.chars().take(80).collect::<String>()
+    ))
+}
+
+impl QueryService {
+    /// Decides whether the caller may read `tenant`'s records.
+    async fn authorize<T>(&self, req: &Request<T>, rpc: &str, tenant: &str) -> Result<(), Status> {
+        let auth = match req.metadata().get("authorization") {
+            None => None,
+            Some(v) => Some(v.to_str().map_err(|_| {
+                Status::unauthenticated(
+                    "malformed authorization metadata: expected `Bearer <tenant-admin key>`",
+                )
+            })?),
+        };
+        let caller = req.extensions().get::<CallerId>();
+        if auth.is_none()
+            && self.operator_reads_any_tenant
+            && caller.is_some_and(|c| c.0.component_name() == "operator")
+        {
+            if !valid_tenant_id(tenant) {
+                return Err(invalid_tenant(tenant));
+            }
+            tracing::info!(
+                rpc,
+                tenant,
+                "operator override: reading a tenant's audit records"
+            );
+            return Ok(());
+        }
+        let admin = self.access.authenticate(auth)?;
+        if !valid_tenant_id(tenant) {
+            return Err(invalid_tenant(tenant));
+        }
+        if admin.tenant_id == tenant {
+            return Ok(());
+        }
+        tracing::warn!(rpc, caller_tenant = %admin.tenant_id, key = %admin.key_prefix,
+            "refused a tenant-admin key's read of another tenant's audit records");
+        let ev = AuditEvent {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            tenant_id: admin.tenant_id.clone(),
+            timestamp_unix_ms: now_ms(),
+            routing_decision: format!("audit {rpc}: another tenant's records refused"),
+            status: report::DENIED.into(),
+            error_code: "PermissionDenied".into(),
+            source_addr: req.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
+            api_key_prefix: admin.key_prefix.clone(),
+            protocol: "grpc".into(),
+            ..Default::default()
+        };
+        let store = self.store.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+            store.append(&ev)?;
+            store.sync()
+        })
+        .await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "could not record a denied audit read"),
+            Err(e) => tracing::error!(error = %e, "could not record a denied audit read"),
+        }
+        Err(Status::permission_denied(
+            "this tenant-admin key may read only its own tenant's audit records",
+        ))
+    }
+
+    /// Reads (and decrypts) a whole log off the async threads.
+    async fn read(&self, tenant: &str) -> Result<LogRead, Status> {
+        let store = self.store.clone();
+        let t = tenant.to_string();
+        tokio::task::spawn_blocking(move || {
+            let store = store.lock().unwrap_or_else(|e| e.into_inner());
+            store.read(&t)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("query task failed: {e}")))?
+        .map_err(|e| match e {
+            StoreError::Shredded(_) => Status::failed_precondition(e.to_string()),
+            e => {
+                tracing::error!(tenant, error = %e, "audit query failed");
+                Status::internal(format!("reading the audit log failed: {e}"))
+            }
+        })
+    }
+}
+
+fn window_end(to: i64) -> i64 {
+    if to == 0 { i64::MAX } else { to }
 }
 
 #[tonic::async_trait]
@@ -26,13 +140,9 @@ impl AuditQuery for QueryService {
         &self,
         request: Request<AuditQueryRequest>,
     ) -> Result<Response<AuditQueryResponse>, Status> {
+        self.authorize(&request, "query", &request.get_ref().tenant_id)
+            .await?;
         let q = request.into_inner();
-        if !valid_tenant_id(&q.tenant_id) {
-            return Err(Status::invalid_argument(format!(
-                "invalid tenant_id {:?}: 1-64 characters of [a-z0-9-_], starting with a letter or digit",
-                q.tenant_id.chars().take(80).collect::<String>()
-            )));
-        }
         let start: usize = if q.page_token.is_empty() {
             0
         } else {
@@ -46,24 +156,8 @@ impl AuditQuery for QueryService {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         } as usize;
-        let to = if q.to_unix_ms == 0 {
-            i64::MAX
-        } else {
-            q.to_unix_ms
-        };
-        // Reading decrypts the whole log: keep it off the async threads.
-        let store = self.store.clone();
-        let tenant = q.tenant_id.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let store = store.lock().unwrap_or_else(|e| e.into_inner());
-            store.read(&tenant)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("query task failed: {e}")))?
-        .map_err(|e| {
-            tracing::error!(tenant = %q.tenant_id, error = %e, "audit query failed");
-            Status::internal(format!("reading the audit log failed: {e}"))
-        })?;
+        let to = window_end(q.to_unix_ms);
+        let read = self.read(&q.tenant_id).await?;
         let mut records = Vec::new();
         let mut next = None;
         for (i, f) in read.frames.into_iter().enumerate().skip(start) {
@@ -81,5 +175,32 @@ impl AuditQuery for QueryService {
             records,
             next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
         }))
+    }
+
+    async fn report(
+        &self,
+        request: Request<AuditReportRequest>,
+    ) -> Result<Response<AuditReport>, Status> {
+        self.authorize(&request, "report", &request.get_ref().tenant_id)
+            .await?;
+        let q = request.into_inner();
+        let now = now_ms();
+        let to = if q.to_unix_ms == 0 { now } else { q.to_unix_ms };
+        if to < q.from_unix_ms {
+            return Err(Status::invalid_argument(
+                "to_unix_ms is before from_unix_ms",
+            ));
+        }
+        let read = self.read(&q.tenant_id).await?;
+        let intact = read.first_bad.is_none();
+        let events = read.frames.iter().map(|f| &f.event);
+        Ok(Response::new(report::compute(
+            &q.tenant_id,
+            q.from_unix_ms,
+            to,
+            events,
+            intact,
+            now,
+        )))
     }
 }

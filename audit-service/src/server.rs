@@ -8,17 +8,16 @@ use std::sync::{Arc, Mutex};
 use bulkhead_proto::audit::audit_query_server::AuditQueryServer;
 use bulkhead_proto::identity::{CertPaths, IdentityError, SpiffeAuthorizer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::StoreError;
+use crate::access::{self, AccessDirectory};
 use crate::consumer::{self, ConsumerError};
 use crate::keys::KeyWrapper;
 use crate::query::QueryService;
 use crate::store::AuditStore;
 
-/// SPIFFE components allowed to call the query API. Scoping a query to the
-/// tenant of a tenant-admin API key is a later issue; until then only these
-/// cluster components (which enforce tenancy themselves) are admitted.
+/// SPIFFE components allowed to call the query API at all. Each tenant read
+/// then also needs that tenant's tenant-admin key (see `query`).
 pub const ALLOWED_CALLERS: &[&str] = &["router", "control", "operator"];
 /// The component name whose certificate the audit-service presents.
 pub const COMPONENT: &str = "audit";
@@ -48,6 +47,26 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     pub certs_dir: PathBuf,
     pub trust_domain: String,
+    /// Explicit operator override: an `operator`-certificate caller without
+    /// a key may read any tenant. Off unless asked for.
+    pub operator_reads_any_tenant: bool,
+    /// Records between two signed checkpoints of a tenant's log.
+    pub checkpoint_every: u64,
+}
+
+impl ServeOptions {
+    /// Options with the defaults (no operator override, checkpoints every
+    /// `store::DEFAULT_CHECKPOINT_EVERY` records).
+    pub fn new(nats_url: &str, data_dir: PathBuf, certs_dir: PathBuf, trust_domain: &str) -> Self {
+        Self {
+            nats_url: nats_url.to_string(),
+            data_dir,
+            certs_dir,
+            trust_domain: trust_domain.to_string(),
+            operator_reads_any_tenant: false,
+            checkpoint_every: crate::store::DEFAULT_CHECKPOINT_EVERY,
+        }
+    }
 }
 
 /// Opens the store (verifying every log, cutting torn tails), connects to
@@ -76,9 +95,15 @@ pub async fn serve_with_ready(
     bulkhead_proto::identity::install_crypto_provider();
     let tls = CertPaths::new(&opts.certs_dir, COMPONENT).server_tls()?;
     let data_dir = opts.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || AuditStore::open(&data_dir, wrapper))
-        .await
-        .map_err(|e| ServeError::Task(e.to_string()))??;
+    let every = opts.checkpoint_every;
+    let store = tokio::task::spawn_blocking(move || {
+        AuditStore::open(&data_dir, wrapper).map(|mut s| {
+            s.set_checkpoint_every(every);
+            s
+        })
+    })
+    .await
+    .map_err(|e| ServeError::Task(e.to_string()))??;
     let store = Arc::new(Mutex::new(store));
     let nats = async_nats::connect(&opts.nats_url)
         .await
@@ -88,6 +113,13 @@ pub async fn serve_with_ready(
         })?;
     let js = async_nats::jetstream::new(nats);
     consumer::ensure_consumer(&js).await?;
+    let access = Arc::new(AccessDirectory::default());
+    access::sync(&js, access.clone())
+        .await
+        .map_err(|reason| ServeError::Nats {
+            url: opts.nats_url.clone(),
+            reason,
+        })?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut consumer_task = tokio::spawn(consumer::run(js, store.clone(), stop_rx.clone()));
@@ -96,10 +128,14 @@ pub async fn serve_with_ready(
     let server = tonic::transport::Server::builder()
         .tls_config(tls)?
         .add_service(AuditQueryServer::with_interceptor(
-            QueryService { store },
+            QueryService {
+                store: store.clone(),
+                access,
+                operator_reads_any_tenant: opts.operator_reads_any_tenant,
+            },
             authz,
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(bulkhead_telemetry::incoming_nodelay(listener), async move {
             let _ = rx.wait_for(|s| *s).await;
         });
     let mut server_task = tokio::spawn(server);
@@ -131,5 +167,9 @@ pub async fn serve_with_ready(
     let server_result = server_task.await;
     consumer_result.map_err(|e| ServeError::Task(e.to_string()))??;
     server_result.map_err(|e| ServeError::Task(e.to_string()))??;
+    // Clean shutdown: a final signed checkpoint of every log.
+    tokio::task::spawn_blocking(move || store.lock().unwrap_or_else(|e| e.into_inner()).close())
+        .await
+        .map_err(|e| ServeError::Task(e.to_string()))??;
     Ok(())
 }

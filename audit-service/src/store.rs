@@ -7,6 +7,12 @@
 //! protobuf `AuditEvent`, the associated data is `tenant || seq || prev_hash`,
 //! and `prev_hash` is the SHA-256 of the whole previous frame (zeros first):
 //! a hash chain, so a removed, reordered or altered record is detected.
+//!
+//! A crypto-shredded tenant (see `shred`) has no `key.wrapped` but a
+//! `shredded` marker: its log can no longer be decrypted, only walked
+//! (lengths, sequence numbers, chain links). Signed checkpoints (see
+//! `checkpoint`) are written next to each log every `checkpoint_every`
+//! records, once they are fsynced, and at a clean shutdown.
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -19,7 +25,11 @@ use bulkhead_proto::names::valid_tenant_id;
 use sha2::{Digest, Sha256};
 
 use crate::StoreError;
+use crate::checkpoint::{self, CheckpointSigner};
 use crate::keys::{DataKey, KeyWrapper};
+
+/// Records between two automatic checkpoints of a tenant's log.
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
 
 const HEADER: usize = 4 + 8 + 32 + 12;
 /// Largest frame accepted when reading (guards against a corrupt length).
@@ -33,7 +43,13 @@ pub struct Frame {
 
 /// The result of reading a log: its records, and where it stops being valid.
 pub struct LogRead {
+    /// Decrypted records (empty when read without a key, e.g. shredded).
     pub frames: Vec<Frame>,
+    /// Number of structurally valid records (equals `frames.len()` when
+    /// decrypted).
+    pub count: u64,
+    /// The chain hash after each valid record (`chain[i]` covers 0..=i).
+    pub chain: Vec<[u8; 32]>,
     /// Index of the first record that failed (bad chain, tag or sequence).
     pub first_bad: Option<(u64, String)>,
     /// Bytes of a trailing partial frame (a crash mid-write), if any.
@@ -50,12 +66,16 @@ struct TenantLog {
     last_hash: [u8; 32],
     seen: HashSet<String>,
     dirty: bool,
+    /// Record count covered by the latest signed checkpoint.
+    checkpointed: u64,
 }
 
 pub struct AuditStore {
     root: PathBuf,
     wrapper: Arc<dyn KeyWrapper>,
     tenants: HashMap<String, TenantLog>,
+    signer: Option<CheckpointSigner>,
+    checkpoint_every: u64,
 }
 
 fn aad(tenant: &str, seq: u64, prev: &[u8; 32]) -> Vec<u8> {
@@ -86,15 +106,32 @@ impl AuditStore {
             root: root.to_path_buf(),
             wrapper,
             tenants: HashMap::new(),
+            signer: Some(CheckpointSigner::load_or_create(root)?),
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
         };
         let entries = std::fs::read_dir(&tdir).map_err(|e| StoreError::io(&tdir, e))?;
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            if valid_tenant_id(&name) {
+            if valid_tenant_id(&name) && !store.is_shredded(&name) {
                 store.load(&name)?;
             }
         }
         Ok(store)
+    }
+
+    /// Sets how many records pass between automatic checkpoints (min 1).
+    pub fn set_checkpoint_every(&mut self, n: u64) {
+        self.checkpoint_every = n.max(1);
+    }
+
+    /// Whether the tenant's data key was destroyed (crypto-shredded).
+    pub fn is_shredded(&self, tenant: &str) -> bool {
+        crate::shred::is_shredded(&self.root, tenant)
+    }
+
+    /// The data folder (for checkpoints and shredding tools).
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// A store for reading only (e.g. `verify`): loads nothing, so it can
@@ -104,14 +141,19 @@ impl AuditStore {
             root: root.to_path_buf(),
             wrapper,
             tenants: HashMap::new(),
+            signer: None,
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
         }
     }
 
-    fn tenant_dir(&self, tenant: &str) -> PathBuf {
+    pub(crate) fn tenant_dir(&self, tenant: &str) -> PathBuf {
         self.root.join("tenants").join(tenant)
     }
 
     fn data_key(&self, tenant: &str, create: bool) -> Result<Option<DataKey>, StoreError> {
+        if self.is_shredded(tenant) {
+            return Err(StoreError::Shredded(tenant.to_string()));
+        }
         let path = self.tenant_dir(tenant).join("key.wrapped");
         match std::fs::read(&path) {
             Ok(w) => Ok(Some(DataKey::new(&self.wrapper.unwrap_key(tenant, &w)?))),
@@ -132,13 +174,25 @@ impl AuditStore {
         let Some(key) = self.data_key(tenant, false)? else {
             return Ok(LogRead {
                 frames: vec![],
+                count: 0,
+                chain: vec![],
                 first_bad: None,
                 torn_tail: None,
                 valid_len: 0,
                 last_hash: [0; 32],
             });
         };
-        read_log(&self.tenant_dir(tenant).join("audit.log"), tenant, &key)
+        read_log(
+            &self.tenant_dir(tenant).join("audit.log"),
+            tenant,
+            Some(&key),
+        )
+    }
+
+    /// Walks a tenant's log without decrypting: frame structure, sequence
+    /// numbers and chain links only (what remains checkable after a shred).
+    pub fn read_structure(&self, tenant: &str) -> Result<LogRead, StoreError> {
+        read_log(&self.tenant_dir(tenant).join("audit.log"), tenant, None)
     }
 
     /// Verifies a tenant's log: `Ok(None)` when every record decrypts and the
@@ -156,10 +210,18 @@ impl AuditStore {
         let key = self
             .data_key(tenant, true)?
             .ok_or_else(|| StoreError::Corrupt(format!("{tenant}: no data key")))?;
-        let log = read_log(&path, tenant, &key)?;
+        let log = read_log(&path, tenant, Some(&key))?;
         if let Some((idx, why)) = &log.first_bad {
             return Err(StoreError::Corrupt(format!(
                 "{tenant}: record {idx} fails verification ({why}); refusing to append to a damaged log"
+            )));
+        }
+        let cps = checkpoint::read_all(&self.tenant_dir(tenant))?;
+        if let Some(signer) = &self.signer
+            && let Err(why) = checkpoint::check(&signer.verifying_key(), tenant, &cps, &log)
+        {
+            return Err(StoreError::Corrupt(format!(
+                "{tenant}: {why}; refusing to append to a log that disagrees with its signed checkpoints"
             )));
         }
         let file = OpenOptions::new()
@@ -192,6 +254,7 @@ impl AuditStore {
                 last_hash: log.last_hash,
                 seen,
                 dirty: false,
+                checkpointed: cps.last().map(|c| c.count).unwrap_or(0),
             },
         );
         Ok(())
@@ -208,6 +271,12 @@ impl AuditStore {
             return Err(StoreError::Invalid("request_id must be 1-128 bytes".into()));
         }
         if !self.tenants.contains_key(tenant) {
+            // Shredding is offline, so a loaded tenant is never shredded.
+            if self.is_shredded(tenant) {
+                return Err(StoreError::Invalid(format!(
+                    "tenant {tenant} was crypto-shredded; its audit log is closed"
+                )));
+            }
             self.load(tenant)?;
         }
         let log = self.tenants.get_mut(tenant).expect("loaded above");
@@ -237,13 +306,37 @@ impl AuditStore {
         Ok(true)
     }
 
-    /// fsyncs every log written since the last sync.
+    /// fsyncs every log written since the last sync, then writes a signed
+    /// checkpoint for each log that grew by `checkpoint_every` records since
+    /// its last one (only ever covering fsynced records).
     pub fn sync(&mut self) -> Result<(), StoreError> {
         for (tenant, log) in self.tenants.iter_mut().filter(|(_, l)| l.dirty) {
             log.file
                 .sync_data()
                 .map_err(|e| StoreError::io(Path::new(tenant), e))?;
             log.dirty = false;
+        }
+        self.write_checkpoints(self.checkpoint_every)
+    }
+
+    /// Syncs, then checkpoints every log with records past its latest
+    /// checkpoint (a clean shutdown).
+    pub fn close(&mut self) -> Result<(), StoreError> {
+        self.sync()?;
+        self.write_checkpoints(1)
+    }
+
+    fn write_checkpoints(&mut self, min_new: u64) -> Result<(), StoreError> {
+        let Some(signer) = &self.signer else {
+            return Ok(());
+        };
+        for (tenant, log) in self.tenants.iter_mut() {
+            if log.dirty || log.next_seq < log.checkpointed + min_new {
+                continue;
+            }
+            let dir = self.root.join("tenants").join(tenant);
+            signer.append(&dir, tenant, log.next_seq, &log.last_hash)?;
+            log.checkpointed = log.next_seq;
         }
         Ok(())
     }
@@ -254,7 +347,7 @@ impl AuditStore {
     }
 }
 
-fn read_log(path: &Path, tenant: &str, key: &DataKey) -> Result<LogRead, StoreError> {
+fn read_log(path: &Path, tenant: &str, key: Option<&DataKey>) -> Result<LogRead, StoreError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
@@ -262,6 +355,8 @@ fn read_log(path: &Path, tenant: &str, key: &DataKey) -> Result<LogRead, StoreEr
     };
     let mut out = LogRead {
         frames: vec![],
+        count: 0,
+        chain: vec![],
         first_bad: None,
         torn_tail: None,
         valid_len: 0,
@@ -269,7 +364,7 @@ fn read_log(path: &Path, tenant: &str, key: &DataKey) -> Result<LogRead, StoreEr
     };
     let mut pos = 0usize;
     while pos < bytes.len() {
-        let idx = out.frames.len() as u64;
+        let idx = out.count;
         let rest = &bytes[pos..];
         if rest.len() < HEADER {
             out.torn_tail = Some(rest.len() as u64);
@@ -299,14 +394,19 @@ fn read_log(path: &Path, tenant: &str, key: &DataKey) -> Result<LogRead, StoreEr
             ));
             break;
         }
-        let Some(plain) = key.open(&nonce, &aad(tenant, seq, &prev), &frame[56..]) else {
-            out.first_bad = Some((idx, "authentication tag mismatch (record altered)".into()));
-            break;
-        };
-        let event = AuditEvent::decode(plain.as_slice())
-            .map_err(|_| StoreError::Corrupt(format!("{tenant}: record {idx} does not decode")))?;
-        out.frames.push(Frame { seq, event });
+        if let Some(key) = key {
+            let Some(plain) = key.open(&nonce, &aad(tenant, seq, &prev), &frame[56..]) else {
+                out.first_bad = Some((idx, "authentication tag mismatch (record altered)".into()));
+                break;
+            };
+            let event = AuditEvent::decode(plain.as_slice()).map_err(|_| {
+                StoreError::Corrupt(format!("{tenant}: record {idx} does not decode"))
+            })?;
+            out.frames.push(Frame { seq, event });
+        }
         out.last_hash = Sha256::digest(frame).into();
+        out.chain.push(out.last_hash);
+        out.count += 1;
         pos += frame.len();
         out.valid_len = pos as u64;
     }

@@ -139,11 +139,16 @@ async fn events_are_stored_once_encrypted_and_per_tenant() {
         false,
     )
     .unwrap();
+    // This test reads as the operator, through the explicit override (the
+    // tenant-admin key path is covered by tests/access_nats.rs).
     let opts = ServeOptions {
-        nats_url: nats.url.clone(),
-        data_dir: tmp.path().join("audit"),
-        certs_dir: certs.clone(),
-        trust_domain: DEFAULT_TRUST_DOMAIN.into(),
+        operator_reads_any_tenant: true,
+        ..ServeOptions::new(
+            &nats.url,
+            tmp.path().join("audit"),
+            certs.clone(),
+            DEFAULT_TRUST_DOMAIN,
+        )
     };
     let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
     bulkhead_audit::consumer::ensure_stream(&js).await.unwrap();

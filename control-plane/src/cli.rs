@@ -4,13 +4,12 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use bulkhead_proto::audit::{AuditEvent, AuditQueryRequest};
 use bulkhead_proto::common::Isolation;
 use bulkhead_proto::control::{CreateTenantRequest, KeyScope, Tenant};
 use bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN;
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::client::{AuditClient, ControlClient};
+use crate::client::ControlClient;
 
 /// Flags every remote command shares.
 #[derive(Args, Debug, Clone)]
@@ -116,6 +115,10 @@ pub enum TenantsCmd {
     },
     /// List tenants.
     List,
+    /// Change a tenant's weight, models, max tokens or isolation.
+    Update(crate::lifecycle_cli::UpdateTenantArgs),
+    /// Delete a tenant (its keys are revoked and stop working at routers).
+    Delete(crate::lifecycle_cli::DeleteTenantArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -134,30 +137,20 @@ pub enum KeysCmd {
         /// What the key may do.
         #[arg(long, value_enum, default_value = "inference")]
         scope: ScopeArg,
+        /// Lifetime in days (0 = never expires).
+        #[arg(long, default_value_t = 0)]
+        expires_in_days: u32,
     },
+    /// Replace a key: a new key (printed once) with the same tenant and scope;
+    /// the old one is revoked (or expires after --grace-seconds).
+    Rotate(crate::lifecycle_cli::RotateKeyArgs),
+    /// Revoke a key by its prefix.
+    Revoke(crate::lifecycle_cli::RevokeKeyArgs),
+    /// List keys: prefix, tenant, scope, created, expiry, state (never the key).
+    List(crate::lifecycle_cli::ListKeysArgs),
 }
 
-#[derive(Subcommand, Debug)]
-pub enum AuditCmd {
-    /// A tenant's audit records (hashes and figures, never content).
-    Query {
-        /// The tenant whose records to show.
-        #[arg(long)]
-        tenant: String,
-        /// Only records at or after this time (Unix ms).
-        #[arg(long, default_value_t = 0)]
-        from_ms: i64,
-        /// Only records at or before this time (Unix ms; 0 = now).
-        #[arg(long, default_value_t = 0)]
-        to_ms: i64,
-        /// Records per page (the service caps it at 1000).
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-        /// Continue from a previous page (printed as `next page: ...`).
-        #[arg(long, default_value = "")]
-        page_token: String,
-    },
-}
+pub use crate::audit_cli::AuditCmd;
 
 pub fn certs(cmd: CertsCmd, r: &Remote) -> Result<()> {
     match cmd {
@@ -203,7 +196,7 @@ pub fn certs(cmd: CertsCmd, r: &Remote) -> Result<()> {
     Ok(())
 }
 
-fn tenant_json(t: &Tenant) -> serde_json::Value {
+pub fn tenant_json(t: &Tenant) -> serde_json::Value {
     serde_json::json!({
         "id": t.id, "weight": t.weight, "allowed_models": t.allowed_models,
         "max_tokens_per_request": t.max_tokens_per_request,
@@ -215,6 +208,8 @@ fn tenant_json(t: &Tenant) -> serde_json::Value {
 pub async fn tenants(cmd: TenantsCmd, r: &Remote) -> Result<()> {
     let mut c = ControlClient::connect(&r.control, &r.certs_dir).await?;
     match cmd {
+        TenantsCmd::Update(a) => crate::lifecycle_cli::update_tenant(a, &mut c, r).await?,
+        TenantsCmd::Delete(a) => crate::lifecycle_cli::delete_tenant(a, &mut c, r).await?,
         TenantsCmd::Create {
             id,
             weight,
@@ -235,6 +230,7 @@ pub async fn tenants(cmd: TenantsCmd, r: &Remote) -> Result<()> {
                     allowed_models: models,
                     max_tokens_per_request: max_tokens,
                     isolation,
+                    ..Default::default()
                 })
                 .await?;
             if r.json {
@@ -279,90 +275,40 @@ pub async fn tenants(cmd: TenantsCmd, r: &Remote) -> Result<()> {
 }
 
 pub async fn keys(cmd: KeysCmd, r: &Remote) -> Result<()> {
+    let (tenant, scope, expires_in_days) = match cmd {
+        KeysCmd::Issue {
+            tenant,
+            scope,
+            expires_in_days,
+        } => (tenant, scope, expires_in_days),
+        KeysCmd::Rotate(a) => return crate::lifecycle_cli::rotate_key(a, r).await,
+        KeysCmd::Revoke(a) => return crate::lifecycle_cli::revoke_key(a, r).await,
+        KeysCmd::List(a) => return crate::lifecycle_cli::list_keys(a, r).await,
+    };
     let mut c = ControlClient::connect(&r.control, &r.certs_dir).await?;
-    match cmd {
-        KeysCmd::Issue { tenant, scope } => {
-            let scope = match scope {
-                ScopeArg::Inference => KeyScope::Inference,
-                ScopeArg::TenantAdmin => KeyScope::TenantAdmin,
-            };
-            let k = c.issue_key(&tenant, scope).await?;
-            if r.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"tenant": tenant, "prefix": k.prefix, "api_key": k.api_key,
-                        "note": "shown once; Bulkhead keeps only its hash"})
-                );
-            } else {
-                println!("{}", k.api_key);
-                eprintln!(
-                    "(key {}… for {tenant}; store it now — Bulkhead keeps only its hash and cannot show it again)",
-                    k.prefix
-                );
-            }
-        }
+    let scope = match scope {
+        ScopeArg::Inference => KeyScope::Inference,
+        ScopeArg::TenantAdmin => KeyScope::TenantAdmin,
+    };
+    let k = c
+        .issue_key_expiring(&tenant, scope, expires_in_days)
+        .await?;
+    if r.json {
+        println!(
+            "{}",
+            serde_json::json!({"tenant": tenant, "prefix": k.prefix, "api_key": k.api_key,
+                "note": "shown once; Bulkhead keeps only its hash"})
+        );
+    } else {
+        println!("{}", k.api_key);
+        eprintln!(
+            "(key {}… for {tenant}; store it now — Bulkhead keeps only its hash and cannot show it again)",
+            k.prefix
+        );
     }
     Ok(())
-}
-
-fn event_json(e: &AuditEvent) -> serde_json::Value {
-    serde_json::json!({
-        "request_id": e.request_id, "tenant_id": e.tenant_id, "model": e.model,
-        "timestamp_unix_ms": e.timestamp_unix_ms, "status": e.status, "error_code": e.error_code,
-        "prompt_tokens": e.prompt_tokens, "completion_tokens": e.completion_tokens,
-        "cached_tokens": e.cached_tokens, "ttft_us": e.ttft_us, "latency_us": e.latency_us,
-        "worker_id": e.worker_id, "routing_decision": e.routing_decision,
-        "prompt_hash": e.prompt_hash, "response_hash": e.response_hash,
-        "api_key_prefix": e.api_key_prefix, "protocol": e.protocol,
-        "finish_reason": e.finish_reason, "source_addr": e.source_addr,
-    })
 }
 
 pub async fn audit(cmd: AuditCmd, r: &Remote) -> Result<()> {
-    let mut c = AuditClient::connect(&r.audit, &r.certs_dir).await?;
-    match cmd {
-        AuditCmd::Query {
-            tenant,
-            from_ms,
-            to_ms,
-            limit,
-            page_token,
-        } => {
-            let resp = c
-                .query(AuditQueryRequest {
-                    tenant_id: tenant,
-                    from_unix_ms: from_ms,
-                    to_unix_ms: to_ms,
-                    page_size: limit,
-                    page_token,
-                })
-                .await?;
-            if r.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "records": resp.records.iter().map(event_json).collect::<Vec<_>>(),
-                        "next_page_token": resp.next_page_token,
-                    })
-                );
-                return Ok(());
-            }
-            for e in &resp.records {
-                println!(
-                    "{} {} {:<8} {:>5}+{:<5} ttft {:>7}us  {}",
-                    e.timestamp_unix_ms,
-                    e.request_id,
-                    e.status,
-                    e.prompt_tokens,
-                    e.completion_tokens,
-                    e.ttft_us,
-                    e.model
-                );
-            }
-            if !resp.next_page_token.is_empty() {
-                println!("next page: --page-token {}", resp.next_page_token);
-            }
-        }
-    }
-    Ok(())
+    crate::audit_cli::run(cmd, r).await
 }

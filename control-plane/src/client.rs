@@ -7,7 +7,9 @@ use bulkhead_proto::audit::audit_query_client::AuditQueryClient;
 use bulkhead_proto::audit::{AuditQueryRequest, AuditQueryResponse};
 use bulkhead_proto::control::control_client::ControlClient as RawControlClient;
 use bulkhead_proto::control::{
-    CreateTenantRequest, IssueKeyRequest, IssueKeyResponse, KeyScope, ListTenantsRequest, Tenant,
+    CreateTenantRequest, DeleteTenantRequest, IssueKeyRequest, IssueKeyResponse, KeyInfo, KeyScope,
+    ListKeysRequest, ListTenantsRequest, RevokeKeyRequest, RotateKeyRequest, RotateKeyResponse,
+    Tenant, UpdateTenantRequest,
 };
 use bulkhead_proto::identity::{CertPaths, IdentityError};
 use tonic::transport::{Channel, Endpoint};
@@ -131,9 +133,76 @@ impl ControlClient {
             .issue_key(IssueKeyRequest {
                 tenant_id: tenant_id.to_string(),
                 scope: scope as i32,
+                expires_in_days: 0,
             })
             .await?
             .into_inner())
+    }
+
+    /// Issues a key expiring after `expires_in_days` (0 = never).
+    pub async fn issue_key_expiring(
+        &mut self,
+        tenant_id: &str,
+        scope: KeyScope,
+        expires_in_days: u32,
+    ) -> Result<IssueKeyResponse, ClientError> {
+        Ok(self
+            .inner
+            .issue_key(IssueKeyRequest {
+                tenant_id: tenant_id.to_string(),
+                scope: scope as i32,
+                expires_in_days,
+            })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn update_tenant(&mut self, req: UpdateTenantRequest) -> Result<Tenant, ClientError> {
+        Ok(self.inner.update_tenant(req).await?.into_inner())
+    }
+
+    /// Deletes a tenant (revoking its keys); returns how many keys were revoked.
+    pub async fn delete_tenant(&mut self, id: &str) -> Result<u32, ClientError> {
+        Ok(self
+            .inner
+            .delete_tenant(DeleteTenantRequest { id: id.to_string() })
+            .await?
+            .into_inner()
+            .keys_revoked)
+    }
+
+    /// Keys of one tenant (all tenants when empty): prefixes, never keys.
+    pub async fn list_keys(&mut self, tenant_id: &str) -> Result<Vec<KeyInfo>, ClientError> {
+        Ok(self
+            .inner
+            .list_keys(ListKeysRequest {
+                tenant_id: tenant_id.to_string(),
+            })
+            .await?
+            .into_inner()
+            .keys)
+    }
+
+    pub async fn revoke_key(
+        &mut self,
+        prefix: &str,
+        tenant_id: &str,
+    ) -> Result<KeyInfo, ClientError> {
+        Ok(self
+            .inner
+            .revoke_key(RevokeKeyRequest {
+                prefix: prefix.to_string(),
+                tenant_id: tenant_id.to_string(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn rotate_key(
+        &mut self,
+        req: RotateKeyRequest,
+    ) -> Result<RotateKeyResponse, ClientError> {
+        Ok(self.inner.rotate_key(req).await?.into_inner())
     }
 }
 

@@ -5,10 +5,14 @@
 //! dev stack (`dev`).
 #![forbid(unsafe_code)]
 
+pub mod audit_cli;
 pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod dev;
+pub mod lifecycle_cli;
+pub mod mig;
+pub mod mig_cli;
 pub mod pki;
 pub mod registry;
 pub mod runtime;

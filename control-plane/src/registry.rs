@@ -10,6 +10,9 @@ use bulkhead_proto::{Message, keys, names};
 use futures::StreamExt;
 use rand::Rng;
 
+mod lifecycle;
+pub use lifecycle::{MAX_EXPIRY_DAYS, MAX_GRACE_SECONDS, key_info};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("{0}")]
@@ -111,6 +114,7 @@ impl Registry {
             max_tokens_per_request: r.max_tokens_per_request,
             isolation: r.isolation,
             created_unix_ms: now_ms(),
+            ..Default::default()
         };
         // `create` fails if the key exists, so two racing creates cannot both win.
         match self

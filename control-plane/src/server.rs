@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use bulkhead_proto::control::control_server::ControlServer;
 use bulkhead_proto::identity::{CertPaths, IdentityError, SpiffeAuthorizer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::registry::{ControlError, Registry};
 use crate::service::ControlService;
@@ -62,7 +61,7 @@ pub async fn serve(
             ControlService { registry },
             authz,
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(bulkhead_telemetry::incoming_nodelay(listener), shutdown)
         .await?;
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! The control-plane's gRPC API; the server admits operators only.
 use bulkhead_proto::control::control_server::Control;
 use bulkhead_proto::control::{
-    CreateTenantRequest, IssueKeyRequest, IssueKeyResponse, KeyScope, ListTenantsRequest,
-    ListTenantsResponse, Tenant,
+    CreateTenantRequest, DeleteTenantRequest, DeleteTenantResponse, IssueKeyRequest,
+    IssueKeyResponse, KeyInfo, KeyScope, ListKeysRequest, ListKeysResponse, ListTenantsRequest,
+    ListTenantsResponse, RevokeKeyRequest, RotateKeyRequest, RotateKeyResponse, Tenant,
+    UpdateTenantRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -47,8 +49,68 @@ impl Control for ControlService {
         let r = request.into_inner();
         let scope = KeyScope::try_from(r.scope)
             .map_err(|_| Status::invalid_argument("unknown key scope"))?;
-        let k = self.registry.issue_key(&r.tenant_id, scope).await?;
-        tracing::info!(tenant = %r.tenant_id, prefix = %k.prefix, scope = scope.as_str_name(), caller = %who, "key issued");
+        let k = self
+            .registry
+            .issue_key_expiring(&r.tenant_id, scope, r.expires_in_days)
+            .await?;
+        tracing::info!(tenant = %r.tenant_id, prefix = %k.prefix, scope = scope.as_str_name(), expires_in_days = r.expires_in_days, caller = %who, "key issued");
+        Ok(Response::new(k))
+    }
+
+    async fn update_tenant(
+        &self,
+        request: Request<UpdateTenantRequest>,
+    ) -> Result<Response<Tenant>, Status> {
+        let who = caller(&request);
+        let t = self.registry.update_tenant(request.into_inner()).await?;
+        tracing::info!(tenant = %t.id, caller = %who, "tenant updated");
+        Ok(Response::new(t))
+    }
+
+    async fn delete_tenant(
+        &self,
+        request: Request<DeleteTenantRequest>,
+    ) -> Result<Response<DeleteTenantResponse>, Status> {
+        let who = caller(&request);
+        let id = request.into_inner().id;
+        let keys_revoked = self.registry.delete_tenant(&id).await?;
+        tracing::info!(tenant = %id, keys_revoked, caller = %who, "tenant deleted");
+        Ok(Response::new(DeleteTenantResponse { keys_revoked }))
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<ListKeysRequest>,
+    ) -> Result<Response<ListKeysResponse>, Status> {
+        let keys = self
+            .registry
+            .list_keys(&request.into_inner().tenant_id)
+            .await?;
+        Ok(Response::new(ListKeysResponse { keys }))
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<RevokeKeyRequest>,
+    ) -> Result<Response<KeyInfo>, Status> {
+        let who = caller(&request);
+        let r = request.into_inner();
+        let k = self.registry.revoke_key(&r.prefix, &r.tenant_id).await?;
+        tracing::info!(tenant = %k.tenant_id, prefix = %k.prefix, caller = %who, "key revoked");
+        Ok(Response::new(k))
+    }
+
+    async fn rotate_key(
+        &self,
+        request: Request<RotateKeyRequest>,
+    ) -> Result<Response<RotateKeyResponse>, Status> {
+        let who = caller(&request);
+        let r = request.into_inner();
+        let k = self
+            .registry
+            .rotate_key(&r.prefix, &r.tenant_id, r.expires_in_days, r.grace_seconds)
+            .await?;
+        tracing::info!(old_prefix = %r.prefix, new_prefix = %k.prefix, grace_seconds = r.grace_seconds, caller = %who, "key rotated");
         Ok(Response::new(k))
     }
 }

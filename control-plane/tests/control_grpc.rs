@@ -66,6 +66,7 @@ fn tenant(id: &str) -> CreateTenantRequest {
         allowed_models: vec!["tiny".into(), "big".into()],
         max_tokens_per_request: 64,
         isolation: 1,
+        ..Default::default()
     }
 }
 

@@ -12,6 +12,7 @@ fn tenant(id: &str) -> CreateTenantRequest {
         allowed_models: vec!["tiny".into()],
         max_tokens_per_request: 64,
         isolation: 0,
+        ..Default::default()
     }
 }
 

@@ -37,6 +37,18 @@ pub fn router(registry: SharedRegistry) -> axum::Router {
     )
 }
 
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves (for
+/// services that have no HTTP server of their own).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: SharedRegistry,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(registry))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// Label cardinality guard: tenants beyond the first `max` distinct ids seen
 /// are reported under the label value `other`, so a flood of tenants cannot
 /// blow up a metrics backend.

@@ -3,6 +3,8 @@
 //! `--ready-file` handshake every Bulkhead binary supports.
 #![forbid(unsafe_code)]
 
+pub mod otlp;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -178,6 +180,12 @@ pub struct DevStack {
 impl DevStack {
     /// Starts `bulkhead dev` with extra arguments.
     pub fn start(extra: &[&str]) -> Result<Self> {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// Starts `bulkhead dev` with extra arguments and environment variables
+    /// (inherited by every component).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         bulkhead_proto::identity::install_crypto_provider();
         let dir = tempfile::tempdir()?;
         let mut cmd = Command::new(bin_path("bulkhead"));
@@ -188,7 +196,8 @@ impl DevStack {
             .arg(nats_server_binary())
             .arg("--bin-dir")
             .arg(bin_path("bulkhead").parent().expect("bin dir"))
-            .args(extra);
+            .args(extra)
+            .envs(env.iter().copied());
         let mut dev = Proc::spawn("dev", cmd, dir.path())?;
         let stack_json = dir.path().join("stack/stack.json");
         let info = wait_ready_file(&stack_json, &mut dev, Duration::from_secs(120))
@@ -209,12 +218,48 @@ impl DevStack {
             .to_string()
     }
 
+    /// The tenant-admin key (audit reads) of the i-th demo tenant.
+    pub fn admin_key(&self, i: usize) -> String {
+        self.info["tenants"][i]["admin_key"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// The id of the i-th demo tenant.
     pub fn tenant(&self, i: usize) -> String {
         self.info["tenants"][i]["id"]
             .as_str()
             .unwrap_or_default()
             .to_string()
+    }
+
+    /// The audit records of the i-th demo tenant, read as that tenant's
+    /// admin would: mTLS (operator certificate) plus its tenant-admin key.
+    pub async fn audit_records(&self, i: usize) -> Result<Vec<bulkhead_proto::audit::AuditEvent>> {
+        use bulkhead_proto::audit::{AuditQueryRequest, audit_query_client::AuditQueryClient};
+        let certs = PathBuf::from(self.s("certs_dir"));
+        let ch =
+            tonic::transport::Endpoint::from_shared(format!("https://{}", self.s("audit_grpc")))?
+                .tls_config(
+                    bulkhead_proto::identity::CertPaths::new(&certs, "operator").client_tls()?,
+                )?
+                .connect()
+                .await?;
+        let mut req = tonic::Request::new(AuditQueryRequest {
+            tenant_id: self.tenant(i),
+            page_size: 1000,
+            ..Default::default()
+        });
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.admin_key(i)).parse()?,
+        );
+        Ok(AuditQueryClient::new(ch)
+            .query(req)
+            .await?
+            .into_inner()
+            .records)
     }
 
     /// The log of one component (`router`, `worker`, `audit`, `control`).

@@ -6,12 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use bulkhead_e2e::DevStack;
-use bulkhead_proto::audit::AuditQueryRequest;
-use bulkhead_proto::audit::audit_query_client::AuditQueryClient;
 use bulkhead_proto::client::GenerateRequest;
 use bulkhead_proto::client::inference_client::InferenceClient;
 use bulkhead_proto::common::ChatMessage;
-use bulkhead_proto::identity::CertPaths;
 use serde_json::{Value, json};
 
 /// A prompt distinctive enough that finding it in a file means it leaked.
@@ -215,31 +212,16 @@ async fn refusal_checks(stack: &Stack) -> Result<()> {
     Ok(())
 }
 
-/// Waits until the audit-service holds `want` records for the tenant, and
-/// returns them.
+/// Waits until the audit-service holds `want` records for the i-th tenant,
+/// and returns them.
 async fn audit_records(
     stack: &Stack,
-    tenant: &str,
+    i: usize,
     want: usize,
 ) -> Result<Vec<bulkhead_proto::audit::AuditEvent>> {
-    let certs = Path::new(stack.info["certs_dir"].as_str().unwrap()).to_path_buf();
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("https://{}", stack.s("audit_grpc")))?
-            .tls_config(CertPaths::new(&certs, "operator").client_tls()?)?
-            .connect()
-            .await?;
-    let mut client = AuditQueryClient::new(channel);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let recs = client
-            .query(AuditQueryRequest {
-                tenant_id: tenant.into(),
-                page_size: 1000,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .records;
+        let recs = stack.audit_records(i).await?;
         if recs.len() >= want || Instant::now() > deadline {
             return Ok(recs);
         }
@@ -280,8 +262,8 @@ async fn two_tenants_end_to_end() -> Result<()> {
         // Each tenant made 3 successful requests with the same secret prompt
         // (plus tenant 0 made refused ones). Their records are separate.
         let (a, b) = (stack.tenant(0), stack.tenant(1));
-        let ra = audit_records(&stack, &a, 3).await?;
-        let rb = audit_records(&stack, &b, 3).await?;
+        let ra = audit_records(&stack, 0, 3).await?;
+        let rb = audit_records(&stack, 1, 3).await?;
         ensure!(
             ra.iter().filter(|r| r.status == "ok").count() == 3,
             "{ra:#?}"

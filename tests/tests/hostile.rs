@@ -311,27 +311,6 @@ async fn grpc_cases(stack: &DevStack) -> Result<usize> {
     Ok(n)
 }
 
-async fn audit_count(
-    stack: &DevStack,
-    tenant: &str,
-) -> Result<Vec<bulkhead_proto::audit::AuditEvent>> {
-    use bulkhead_proto::audit::{AuditQueryRequest, audit_query_client::AuditQueryClient};
-    let certs = std::path::PathBuf::from(stack.s("certs_dir"));
-    let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", stack.s("audit_grpc")))?
-        .tls_config(bulkhead_proto::identity::CertPaths::new(&certs, "operator").client_tls()?)?
-        .connect()
-        .await?;
-    Ok(AuditQueryClient::new(ch)
-        .query(AuditQueryRequest {
-            tenant_id: tenant.into(),
-            page_size: 1000,
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .records)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_clear_errors_and_touch_no_other_tenant() -> Result<()> {
     let stack = DevStack::start(&[])?;
@@ -374,10 +353,10 @@ async fn hostile_requests_get_clear_errors_and_touch_no_other_tenant() -> Result
         ensure!(st == 200, "victim after: {st} {body}");
         // The attacker's requests are all in its own audit trail, none in the victim's.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let v = audit_count(&stack, &stack.tenant(1)).await?;
+        let v = stack.audit_records(1).await?;
         ensure!(v.iter().all(|r| r.tenant_id == stack.tenant(1)), "foreign record in the victim's trail");
         ensure!(v.len() <= 2, "the victim's trail has {} records, expected its own 2", v.len());
-        let a = audit_count(&stack, &stack.tenant(0)).await?;
+        let a = stack.audit_records(0).await?;
         ensure!(a.len() >= 20, "the attacker's refused requests are audited under its own tenant ({})", a.len());
         for name in ["router", "worker", "audit", "control"] {
             ensure!(!stack.log(name).contains("panicked"), "{name} panicked");

@@ -19,7 +19,7 @@ mod sched;
 use sched::Pending;
 
 /// Engine sizing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub max_seqs: usize,
     pub prefill_chunk: usize,
@@ -29,6 +29,8 @@ pub struct EngineConfig {
     pub kv_quota: KvQuota,
     /// Secret the per-tenant prefix-cache salts are derived from.
     pub prefix_secret: PrefixSecret,
+    /// Where to record Prometheus metrics, if anywhere.
+    pub metrics: Option<std::sync::Arc<crate::metrics::WorkerMetrics>>,
 }
 
 impl Default for EngineConfig {
@@ -40,6 +42,7 @@ impl Default for EngineConfig {
             block_size: 16,
             kv_quota: KvQuota::UNLIMITED,
             prefix_secret: PrefixSecret::random(),
+            metrics: None,
         }
     }
 }
@@ -502,8 +505,17 @@ impl Engine {
                 }
             })
             .collect();
+        let t0 = std::time::Instant::now();
         let result = self.model.model.forward(&mut self.pool, &inputs);
         drop(inputs);
+        if let Some(m) = &self.cfg.metrics {
+            m.step(plan.len(), t0.elapsed());
+            let (free, total) = (self.pool.free_blocks(), self.pool.total_blocks());
+            for &(i, _) in &plan {
+                let t = &self.running[i].req.tenant;
+                m.kv(t, self.pool.used_by(t), free, total);
+            }
+        }
         match result {
             Ok(logits) => {
                 let bs = self.pool.block_size();

@@ -8,6 +8,7 @@ pub mod config;
 pub mod engine;
 pub mod genmodel;
 pub mod kv;
+pub mod metrics;
 pub mod model;
 pub mod sampling;
 pub mod server;

@@ -96,6 +96,12 @@ struct ServeArgs {
     /// Token budget per step for prompt prefill (chunked prefill).
     #[arg(long, env = "BULKHEAD_WORKER_PREFILL_CHUNK", default_value_t = 256)]
     prefill_chunk: usize,
+    /// Serve Prometheus metrics at http://<addr>/metrics (port 0 = any free port).
+    #[arg(long, env = "BULKHEAD_WORKER_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Distinct tenants given their own metric labels; the rest share "other".
+    #[arg(long, env = "BULKHEAD_METRICS_MAX_TENANTS", default_value_t = 100)]
+    metrics_max_tenants: usize,
     /// After binding, write {"grpc","worker_id","model"} JSON here (atomically).
     #[arg(long, env = "BULKHEAD_WORKER_READY_FILE")]
     ready_file: Option<PathBuf>,
@@ -107,16 +113,6 @@ struct ServeArgs {
         default_value = "text"
     )]
     log_format: LogFormat,
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => b.init(),
-        LogFormat::Json => b.json().init(),
-    }
 }
 
 fn default_worker_id() -> String {
@@ -200,6 +196,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let loaded = Arc::new(loaded);
     tracing::info!(model = %model_name, layers = loaded.model.config.num_hidden_layers,
         vocab = loaded.model.vocab_size(), max_context = loaded.model.max_context(), "model loaded");
+    let mut registry = bulkhead_telemetry::metrics::prometheus_client::registry::Registry::default();
+    let metrics = bulkhead_worker::metrics::WorkerMetrics::new(&mut registry, args.metrics_max_tenants);
+    let metrics_addr = match args.metrics_listen {
+        Some(a) => {
+            let l = tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding the metrics address {a}"))?;
+            let addr = l.local_addr()?;
+            tokio::spawn(bulkhead_telemetry::metrics::serve(
+                l,
+                Arc::new(registry),
+                bulkhead_telemetry::shutdown_signal(),
+            ));
+            tracing::info!(%addr, "serving /metrics");
+            Some(addr.to_string())
+        }
+        None => None,
+    };
     let cfg = EngineConfig {
         max_seqs: args.max_seqs,
         prefill_chunk: args.prefill_chunk,
@@ -210,8 +224,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             burst,
         },
         prefix_secret,
+        metrics: Some(metrics.clone()),
     };
     let engine = Arc::new(EngineHandle::start(loaded.clone(), cfg, None)?);
+    {
+        // Counters the engine keeps itself, copied into the gauges.
+        let (engine, metrics) = (engine.clone(), metrics.clone());
+        tokio::spawn(async move {
+            loop {
+                metrics.guard_violations.set(engine.guard_violations() as i64);
+                metrics.preemptions.set(engine.preemptions() as i64);
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+    }
     let service = WorkerService {
         engine: engine.clone(),
         model: loaded,
@@ -227,7 +253,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(p) = &args.ready_file {
         write_ready(
             p,
-            &serde_json::json!({"grpc": addr.to_string(), "worker_id": worker_id, "model": model_name}),
+            &serde_json::json!({"grpc": addr.to_string(), "worker_id": worker_id, "model": model_name, "metrics": metrics_addr}),
         )?;
     }
     let authorizer = SpiffeAuthorizer::new("worker", &args.trust_domain, &["router"]);
@@ -260,9 +286,15 @@ fn main() -> std::process::ExitCode {
             .map_err(anyhow::Error::from)
             .map(|_| println!("wrote model to {}", out.display())),
         Cmd::Serve(args) => {
-            init_logging(args.log_format);
+            let format = match args.log_format {
+                LogFormat::Text => bulkhead_telemetry::LogFormat::Text,
+                LogFormat::Json => bulkhead_telemetry::LogFormat::Json,
+            };
             match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt.block_on(serve(*args)),
+                Ok(rt) => rt.block_on(async {
+                    let _telemetry = bulkhead_telemetry::init("bulkhead-worker", format);
+                    serve(*args).await
+                }),
                 Err(e) => Err(e.into()),
             }
         }

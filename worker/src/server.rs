@@ -164,6 +164,15 @@ impl Worker for WorkerService {
         &self,
         request: Request<WorkerGenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
+        let span = tracing::info_span!(
+            "generate",
+            tenant.id = %request.get_ref().tenant_id,
+            request.id = %request.get_ref().request_id,
+            model = %request.get_ref().model,
+            prompt_tokens = tracing::field::Empty,
+            completion_tokens = tracing::field::Empty,
+        );
+        bulkhead_telemetry::propagation::adopt_grpc(&span, request.metadata());
         let req = request.into_inner();
         // Tokenization is CPU work: keep it off the async workers.
         let (req, prepared) = {
@@ -196,6 +205,7 @@ impl Worker for WorkerService {
         };
         tracing::info!(request_id = %request_id, tenant = %req.tenant_id,
             prompt_tokens = prompt.len(), max_tokens = req.max_tokens, "generate");
+        let prompt_len = prompt.len();
         let (tx, rx) = mpsc::channel(req.max_tokens as usize + 8);
         self.engine
             .submit(GenerateRequest {
@@ -208,10 +218,39 @@ impl Worker for WorkerService {
                 events: tx,
             })
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let stream =
-            futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |ev| {
+        span.record("prompt_tokens", prompt_len);
+        let (tid, rid) = (req.tenant_id.clone(), req.request_id.clone());
+        let phase = move |name: &'static str, parent: &tracing::Span| {
+            tracing::info_span!(parent: parent, "phase", otel.name = name,
+                tenant.id = %tid, request.id = %rid)
+        };
+        // Spans for the two phases: prefill until the first token, decode
+        // until the end. The open one lives in `open`; replacing or clearing
+        // it closes it.
+        let mut open = vec![phase("prefill", &span)];
+        let mut in_prefill = true;
+        let mut generated = 0u32;
+        let stream = futures::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            move |ev| {
+                match &ev {
+                    EngineEvent::Token { .. } => {
+                        generated += 1;
+                        if in_prefill {
+                            in_prefill = false;
+                            open.clear();
+                            open.push(phase("decode", &span));
+                        }
+                    }
+                    EngineEvent::Finished { .. } => {
+                        open.clear();
+                        span.record("completion_tokens", generated);
+                    }
+                    EngineEvent::Started { .. } => {}
+                }
                 Ok(to_pb(ev))
-            });
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -52,6 +52,9 @@ enum Cmd {
     /// Benchmarks against a running stack.
     #[command(subcommand)]
     Bench(bulkhead_control::bench::BenchCmd),
+    /// MIG planning: profiles, placement rules, nvidia-mig-parted configs.
+    #[command(subcommand)]
+    Mig(bulkhead_control::mig_cli::MigCmd),
 }
 
 #[tokio::main]
@@ -66,6 +69,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Audit(c) => cli::audit(c, &cli.remote).await,
         Cmd::Dev(a) => dev::run(a).await,
         Cmd::Bench(b) => bulkhead_control::bench::run(b).await,
+        Cmd::Mig(c) => bulkhead_control::mig_cli::run(c, &cli.remote),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

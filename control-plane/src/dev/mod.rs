@@ -46,6 +46,8 @@ pub struct StackInfo {
     pub audit_grpc: String,
     pub control_grpc: String,
     pub worker_grpc: String,
+    /// The worker's Prometheus endpoint (`http://host:port/metrics`).
+    pub worker_metrics: String,
     pub nats_url: String,
     pub ca_cert: PathBuf,
     pub certs_dir: PathBuf,
@@ -57,7 +59,10 @@ pub struct StackInfo {
 #[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
 pub struct TenantInfo {
     pub id: String,
+    /// Inference key.
     pub api_key: String,
+    /// Tenant-admin key (reads the tenant's audit records).
+    pub admin_key: String,
 }
 
 fn ready_addr(v: &serde_json::Value, field: &str) -> Result<String> {
@@ -222,10 +227,12 @@ async fn start(
         .arg(&model_dir)
         .args(["--model-name", &args.model_name, "--listen", "127.0.0.1:0"])
         .args(["--certs-dir", &certs_s, "--worker-id", "dev-worker-0"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .arg("--ready-file")
         .arg(&ready);
     kids.spawn("worker", cmd)?;
-    let worker_grpc = ready_addr(&kids.wait_ready(&ready).await?, "grpc")?;
+    let w = kids.wait_ready(&ready).await?;
+    let (worker_grpc, worker_metrics) = (ready_addr(&w, "grpc")?, ready_addr(&w, "metrics")?);
     println!("worker           {worker_grpc}");
 
     // Router
@@ -268,6 +275,7 @@ async fn start(
         audit_grpc,
         control_grpc,
         worker_grpc,
+        worker_metrics: format!("http://{worker_metrics}/metrics"),
         nats_url,
         ca_cert: certs.join("ca.pem"),
         certs_dir: certs.clone(),
@@ -294,7 +302,7 @@ fn print_welcome(info: &StackInfo) {
         info.logs_dir.display()
     );
     for t in &info.tenants {
-        println!("  tenant {:<10} key {}", t.id, t.api_key);
+        println!("  tenant {:<10} key {}  (audit admin key {})", t.id, t.api_key, t.admin_key);
     }
     println!("\nTry:\n");
     println!(

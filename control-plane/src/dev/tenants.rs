@@ -35,6 +35,7 @@ pub async fn create_demo(
                 allowed_models: vec![model.to_string()],
                 max_tokens_per_request: max_tokens,
                 isolation: 0,
+                ..Default::default()
             })
             .await;
         match created {
@@ -42,17 +43,23 @@ pub async fn create_demo(
             Err(s) if s.code() == tonic::Code::AlreadyExists => {}
             Err(s) => bail!("creating tenant {id}: {}", s.message()),
         }
-        let key = client
-            .issue_key(IssueKeyRequest {
-                tenant_id: id.clone(),
-                scope: KeyScope::Inference as i32,
-            })
-            .await
-            .with_context(|| format!("issuing a key for {id}"))?
-            .into_inner();
+        let mut keys = vec![];
+        for scope in [KeyScope::Inference, KeyScope::TenantAdmin] {
+            let key = client
+                .issue_key(IssueKeyRequest {
+                    tenant_id: id.clone(),
+                    scope: scope as i32,
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("issuing a key for {id}"))?
+                .into_inner();
+            keys.push(key.api_key);
+        }
         out.push(TenantInfo {
             id: id.clone(),
-            api_key: key.api_key,
+            admin_key: keys.pop().unwrap_or_default(),
+            api_key: keys.pop().unwrap_or_default(),
         });
     }
     Ok(out)

@@ -106,6 +106,9 @@ impl Engine {
         seq.admitted = self.admissions;
         seq.preempted = false;
         if first {
+            if let Some(m) = &self.cfg.metrics {
+                m.admitted(&seq.req.tenant, seq.req.prompt.len(), cached_tokens);
+            }
             seq.send(EngineEvent::Started {
                 prompt_tokens: seq.req.prompt.len() as u32,
                 cached_tokens: cached_tokens as u32,
