@@ -22,6 +22,12 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Over one of the tenant's limits; retrying after `retry_after` may work.
+    #[error("{message} (retry after {} ms)", retry_after.as_millis())]
+    RateLimited {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -49,6 +55,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -62,6 +69,7 @@ impl ApiError {
             Self::NotFound(_) => ("not_found_error", "not_found"),
             Self::PayloadTooLarge(_) => ("invalid_request_error", "payload_too_large"),
             Self::Unavailable(_) => ("server_error", "unavailable"),
+            Self::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
             Self::Internal(_) => ("server_error", "internal_error"),
         }
     }
@@ -73,6 +81,7 @@ impl ApiError {
             Self::InvalidArgument { .. } | Self::PayloadTooLarge(_) => tonic::Code::InvalidArgument,
             Self::NotFound(_) => tonic::Code::NotFound,
             Self::Unavailable(_) => tonic::Code::Unavailable,
+            Self::RateLimited { .. } => tonic::Code::ResourceExhausted,
             Self::Internal(_) => tonic::Code::Internal,
         }
     }
@@ -83,7 +92,23 @@ impl ApiError {
     }
 
     pub fn to_status(&self) -> tonic::Status {
-        tonic::Status::new(self.grpc_code(), self.to_string())
+        let mut status = tonic::Status::new(self.grpc_code(), self.to_string());
+        if let Self::RateLimited { retry_after, .. } = self {
+            let ms = tonic::metadata::MetadataValue::from(retry_after.as_millis() as u64);
+            status.metadata_mut().insert("grpc-retry-pushback-ms", ms);
+        }
+        status
+    }
+
+    /// Whole seconds for a `Retry-After` header (rounded up, at least 1).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after, .. } => {
+                Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
+                    .map(|s| s.max(1))
+            }
+            _ => None,
+        }
     }
 
     /// The OpenAI error object: `{"error": {"message", "type", "param", "code"}}`.
@@ -121,6 +146,10 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let Some(secs) = self.retry_after_secs() {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         resp
     }
 }
@@ -141,5 +170,27 @@ mod tests {
         assert_eq!(e.code_name(), "Unauthenticated");
         let e = ApiError::from_worker("w", &tonic::Status::internal("boom"));
         assert_eq!(e.http_status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn rate_limited_has_retry_information() {
+        let e = ApiError::RateLimited {
+            message: "slow down".into(),
+            retry_after: std::time::Duration::from_millis(1500),
+        };
+        assert_eq!(e.http_status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.body()["error"]["type"], "rate_limit_error");
+        assert_eq!(e.retry_after_secs(), Some(2));
+        let resp = e.clone().into_response();
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
+        let st = e.to_status();
+        assert_eq!(st.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            st.message().contains("retry after 1500 ms"),
+            "{}",
+            st.message()
+        );
+        assert_eq!(st.metadata().get("grpc-retry-pushback-ms").unwrap(), "1500");
+        assert_eq!(e.code_name(), "ResourceExhausted");
     }
 }

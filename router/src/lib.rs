@@ -4,16 +4,21 @@
 //! and publishes one audit event per request.
 //!
 //! Request path: `http`/`grpc` (edge) -> `directory` (auth) -> `validate`
-//! (the only way to a `ValidRequest`) -> `pipeline` (worker choice in
-//! `workers`, stream, `audit`). Errors are `error::ApiError`, classified once
+//! (the only way to a `ValidRequest`) -> `pipeline` -> `dispatch` (an actor
+//! owning the per-tenant `limits` and the weighted `fair` queue; a request
+//! leaves only when a worker in `workers` has a free slot) -> stream,
+//! `audit`. Errors are `error::ApiError`, classified once
 //! into HTTP or gRPC status at the edge.
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod directory;
+pub mod dispatch;
 pub mod error;
+pub mod fair;
 pub mod grpc;
 pub mod http;
+pub mod limits;
 pub mod openai;
 pub mod pipeline;
 pub mod validate;

@@ -1,6 +1,8 @@
-//! The dispatch path: a [`ValidRequest`] goes to a worker over mTLS, tokens
-//! stream back as [`Event`]s, and one audit event is published when the
-//! request ends, however it ends.
+//! The dispatch path: a [`ValidRequest`] passes the tenant's limits, waits
+//! in the fair queue ([`Dispatcher`]) until a worker has a free slot, goes to
+//! that worker over mTLS, tokens stream back as [`Event`]s (each charged to
+//! the tenant's fair-queue counter as it arrives), and one audit event is
+//! published when the request ends, however it ends.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +15,11 @@ use tonic::Streaming;
 
 use crate::audit::{AuditPublisher, ContentHasher};
 use crate::directory::AuthContext;
+use crate::dispatch::{Dispatcher, Grant, Meter};
 use crate::error::ApiError;
+use crate::limits::estimate_prompt_tokens;
 use crate::validate::{Input, RequestMeta, ValidRequest};
-use crate::workers::{InFlight, WorkerHandle, WorkerPool};
+use crate::workers::{WorkerHandle, WorkerLease, WorkerPool};
 
 /// Events buffered between the worker stream and a slow client.
 const EVENT_BUFFER: usize = 64;
@@ -39,6 +43,7 @@ pub enum Event {
 
 pub struct Pipeline {
     workers: Arc<WorkerPool>,
+    dispatcher: Dispatcher<WorkerLease>,
     audit: AuditPublisher,
     hasher: ContentHasher,
 }
@@ -56,8 +61,10 @@ struct Outcome {
 }
 
 impl Pipeline {
+    /// Needs a Tokio runtime: it starts the dispatcher task.
     pub fn new(workers: Arc<WorkerPool>, audit: AuditPublisher, hasher: ContentHasher) -> Self {
         Self {
+            dispatcher: Dispatcher::spawn(workers.clone()),
             workers,
             audit,
             hasher,
@@ -85,7 +92,7 @@ impl Pipeline {
     ) -> Result<(Usage, mpsc::Receiver<Event>), ApiError> {
         let mut outcome = Outcome::default();
         let started = self.dispatch(&req, &mut outcome).await;
-        let (worker, guard, stream, usage) = match started {
+        let (worker, mut grant, stream, usage) = match started {
             Ok(s) => s,
             Err(e) => {
                 outcome.error = Some(e.clone());
@@ -97,8 +104,10 @@ impl Pipeline {
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let this = self.clone();
         tokio::spawn(async move {
-            let _guard = guard;
-            this.forward(&req, &worker, stream, tx, &mut outcome).await;
+            this.forward(&req, &worker, stream, tx, &mut grant.meter, &mut outcome)
+                .await;
+            // Ends the request in the dispatcher: frees the slot, refunds.
+            drop(grant);
             this.audit.publish_detached(this.event(&req, outcome));
         });
         Ok((usage, rx))
@@ -111,15 +120,23 @@ impl Pipeline {
     ) -> Result<
         (
             Arc<WorkerHandle>,
-            InFlight,
+            Grant<WorkerLease>,
             Streaming<WorkerGenerateResponse>,
             Usage,
         ),
         ApiError,
     > {
-        let worker = self.workers.pick(&req.model)?;
+        let prompt_bytes = match &req.input {
+            Input::Prompt(p) => p.len(),
+            Input::Chat(ms) => ms.iter().map(|m| m.content.len()).sum(),
+        };
+        let reserve = estimate_prompt_tokens(prompt_bytes) + u64::from(req.max_tokens);
+        let mut grant = self
+            .dispatcher
+            .acquire(req.tenant.clone(), req.model.clone(), reserve)
+            .await?;
+        let worker = grant.lease.worker.clone();
         outcome.worker = worker.name();
-        let guard = worker.begin();
         let (prompt, messages) = match &req.input {
             Input::Prompt(p) => (p.clone(), vec![]),
             Input::Chat(ms) => (String::new(), ms.clone()),
@@ -155,7 +172,8 @@ impl Pipeline {
                     completion_tokens: 0,
                     cached_tokens: s.cached_tokens,
                 };
-                Ok((worker, guard, stream, usage))
+                grant.meter.started(s.prompt_tokens);
+                Ok((worker, grant, stream, usage))
             }
             Ok(_) => Err(ApiError::Internal(format!(
                 "worker {} did not start the stream properly",
@@ -171,6 +189,7 @@ impl Pipeline {
         worker: &WorkerHandle,
         mut stream: Streaming<WorkerGenerateResponse>,
         tx: mpsc::Sender<Event>,
+        meter: &mut Meter,
         outcome: &mut Outcome,
     ) {
         loop {
@@ -202,6 +221,7 @@ impl Pipeline {
                 Some(WorkerEvent::Token(t)) => {
                     outcome.ttft.get_or_insert_with(|| req.received.elapsed());
                     outcome.usage.completion_tokens += 1;
+                    meter.output(1);
                     outcome.response.push_str(&t.text);
                     Event::Text {
                         text: t.text,
@@ -211,6 +231,7 @@ impl Pipeline {
                 Some(WorkerEvent::Finished(f)) => {
                     outcome.usage.prompt_tokens = f.prompt_tokens;
                     outcome.usage.completion_tokens = f.completion_tokens;
+                    meter.finished(f.prompt_tokens, f.completion_tokens);
                     let reason =
                         FinishReason::try_from(f.reason).unwrap_or(FinishReason::Unspecified);
                     outcome.finish = Some(reason);

@@ -10,7 +10,7 @@ use bulkhead_proto::worker::worker_client::WorkerClient;
 use bulkhead_proto::worker::{CapacityRequest, CapacityResponse, ModelInfoRequest};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::error::ApiError;
+use crate::dispatch::Pool;
 
 /// Largest message the router accepts from a worker.
 const MAX_WORKER_MESSAGE: usize = 4 * 1024 * 1024;
@@ -31,6 +31,9 @@ pub struct WorkerHandle {
     /// Requests this router has in flight on the worker; fills the gap
     /// between two capacity polls.
     in_flight: AtomicU32,
+    /// `in_flight` when the last capacity report arrived: the part of the
+    /// worker's running + waiting count that is this router's own.
+    in_flight_at_poll: AtomicU32,
 }
 
 impl WorkerHandle {
@@ -60,6 +63,19 @@ impl WorkerHandle {
         InFlight(self.clone())
     }
 
+    /// Sequence slots free now: the worker's slots, less what other routers
+    /// held at the last report, less this router's requests in flight now.
+    pub fn free_slots(&self) -> i64 {
+        let cap = self.state().capacity;
+        let ours = i64::from(self.in_flight.load(Ordering::Relaxed));
+        if cap.max_seqs == 0 {
+            return i64::from(cap.free_seq_slots) - ours;
+        }
+        let ours_then = i64::from(self.in_flight_at_poll.load(Ordering::Relaxed));
+        let others = (i64::from(cap.running) + i64::from(cap.waiting) - ours_then).max(0);
+        i64::from(cap.max_seqs) - others - ours
+    }
+
     /// Takes the worker out of rotation until the next successful poll.
     pub fn mark_unhealthy(&self) {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).healthy = false;
@@ -69,6 +85,8 @@ impl WorkerHandle {
         let mut c = self.client();
         let info = c.model_info(ModelInfoRequest {}).await?.into_inner();
         let cap = c.capacity(CapacityRequest {}).await?.into_inner();
+        self.in_flight_at_poll
+            .store(self.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if !s.healthy {
             tracing::info!(worker = %info.worker_id, url = %self.url, model = %info.model, "worker is healthy");
@@ -114,6 +132,7 @@ impl WorkerPool {
                 channel,
                 state: Mutex::new(WorkerState::default()),
                 in_flight: AtomicU32::new(0),
+                in_flight_at_poll: AtomicU32::new(0),
             }));
         }
         Ok(Self { workers })
@@ -147,27 +166,27 @@ impl WorkerPool {
         });
     }
 
-    /// Picks the healthy worker serving `model` with the most free sequence
-    /// slots (after this router's own in-flight requests).
-    pub fn pick(&self, model: &str) -> Result<Arc<WorkerHandle>, ApiError> {
+    /// The healthy worker serving `model` with the most free sequence slots
+    /// (after this router's own in-flight requests), if one has any.
+    fn most_free(&self, model: &str) -> Option<&Arc<WorkerHandle>> {
         self.workers
             .iter()
-            .filter_map(|w| {
+            .filter(|w| {
                 let s = w.state();
-                (s.healthy && s.model == model).then(|| {
-                    let free = i64::from(s.capacity.free_seq_slots)
-                        - i64::from(w.in_flight.load(Ordering::Relaxed));
-                    (free, w)
-                })
+                s.healthy && s.model == model
             })
+            .map(|w| (w.free_slots(), w))
+            .filter(|(free, _)| *free > 0)
             .max_by_key(|(free, _)| *free)
-            .map(|(_, w)| w.clone())
-            .ok_or_else(|| {
-                ApiError::Unavailable(format!(
-                    "no healthy worker serves model {:?} right now",
-                    crate::validate::truncate(model, 64)
-                ))
-            })
+            .map(|(_, w)| w)
+    }
+
+    /// Whether a healthy worker serves `model`.
+    pub fn serves(&self, model: &str) -> bool {
+        self.workers.iter().any(|w| {
+            let s = w.state();
+            s.healthy && s.model == model
+        })
     }
 
     /// Models served by at least one healthy worker, with their context size.
@@ -180,5 +199,32 @@ impl WorkerPool {
             }
         }
         out
+    }
+}
+
+/// A slot on a worker, counted in its in-flight requests until dropped.
+pub struct WorkerLease {
+    pub worker: Arc<WorkerHandle>,
+    _in_flight: InFlight,
+}
+
+impl Pool for WorkerPool {
+    type Lease = WorkerLease;
+
+    fn serves(&self, model: &str) -> bool {
+        WorkerPool::serves(self, model)
+    }
+
+    fn has_free(&self, model: &str) -> bool {
+        self.most_free(model).is_some()
+    }
+
+    fn try_acquire(&self, model: &str) -> Option<WorkerLease> {
+        let worker = self.most_free(model)?.clone();
+        let in_flight = worker.begin();
+        Some(WorkerLease {
+            worker,
+            _in_flight: in_flight,
+        })
     }
 }

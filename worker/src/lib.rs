@@ -1,10 +1,11 @@
 //! Bulkhead worker: a Llama-family model on the CPU with continuous batching
 //! over a tenant-namespaced paged KV pool, served over mTLS gRPC.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use std::path::PathBuf;
 
 pub mod config;
+pub mod cuda;
 pub mod engine;
 pub mod genmodel;
 pub mod kv;

@@ -96,6 +96,14 @@ struct ServeArgs {
     /// Token budget per step for prompt prefill (chunked prefill).
     #[arg(long, env = "BULKHEAD_WORKER_PREFILL_CHUNK", default_value_t = 256)]
     prefill_chunk: usize,
+    /// Device: auto (CUDA device 0 when usable, else the CPU), cpu, or cuda.
+    #[arg(
+        long,
+        env = "BULKHEAD_WORKER_DEVICE",
+        value_enum,
+        default_value = "auto"
+    )]
+    device: DeviceArg,
     /// Serve Prometheus metrics at http://<addr>/metrics (port 0 = any free port).
     #[arg(long, env = "BULKHEAD_WORKER_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -113,6 +121,40 @@ struct ServeArgs {
         default_value = "text"
     )]
     log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Picks the device and says why in one log line. The CUDA engine is not
+/// built yet: a CUDA device is discovered and reported, and the model runs
+/// on the CPU; `--device cuda` refuses to start rather than pretend.
+fn choose_device(want: DeviceArg) -> anyhow::Result<&'static str> {
+    if matches!(want, DeviceArg::Cpu) {
+        tracing::info!("device: cpu (--device cpu)");
+        return Ok("cpu");
+    }
+    match (bulkhead_worker::cuda::probe(0), want) {
+        (Ok(d), DeviceArg::Cuda) => anyhow::bail!(
+            "--device cuda: found {} ({} MiB) but this build's CUDA engine is not implemented yet; use --device auto or cpu",
+            d.name,
+            d.total_mem_bytes >> 20
+        ),
+        (Err(e), DeviceArg::Cuda) => anyhow::bail!("--device cuda: {e}"),
+        (Ok(d), _) => {
+            tracing::warn!(gpu = %d.name, mem_mib = d.total_mem_bytes >> 20,
+                "device: cpu — a CUDA device is present but the CUDA engine is not implemented yet; falling back to the CPU");
+            Ok("cpu")
+        }
+        (Err(e), _) => {
+            tracing::info!(reason = %e, "device: cpu (no usable CUDA device; falling back to the CPU)");
+            Ok("cpu")
+        }
+    }
 }
 
 fn default_worker_id() -> String {
@@ -157,7 +199,7 @@ async fn shutdown_signal() {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     bulkhead_proto::identity::install_crypto_provider();
-    tracing::info!("device: cpu (no CUDA backend in this build)");
+    let device = choose_device(args.device)?;
     anyhow::ensure!(args.block_size > 0, "--block-size must be positive");
     anyhow::ensure!(args.kv_blocks > 0, "--kv-blocks must be positive");
     anyhow::ensure!(args.max_seqs > 0, "--max-seqs must be positive");
@@ -196,8 +238,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let loaded = Arc::new(loaded);
     tracing::info!(model = %model_name, layers = loaded.model.config.num_hidden_layers,
         vocab = loaded.model.vocab_size(), max_context = loaded.model.max_context(), "model loaded");
-    let mut registry = bulkhead_telemetry::metrics::prometheus_client::registry::Registry::default();
-    let metrics = bulkhead_worker::metrics::WorkerMetrics::new(&mut registry, args.metrics_max_tenants);
+    let mut registry =
+        bulkhead_telemetry::metrics::prometheus_client::registry::Registry::default();
+    let metrics =
+        bulkhead_worker::metrics::WorkerMetrics::new(&mut registry, args.metrics_max_tenants);
     let metrics_addr = match args.metrics_listen {
         Some(a) => {
             let l = tokio::net::TcpListener::bind(a)
@@ -232,7 +276,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let (engine, metrics) = (engine.clone(), metrics.clone());
         tokio::spawn(async move {
             loop {
-                metrics.guard_violations.set(engine.guard_violations() as i64);
+                metrics
+                    .guard_violations
+                    .set(engine.guard_violations() as i64);
                 metrics.preemptions.set(engine.preemptions() as i64);
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
@@ -244,6 +290,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         model_name: model_name.clone(),
         worker_id: worker_id.clone(),
         block_size: args.block_size as u32,
+        device,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -46,16 +46,56 @@ impl WorkerMetrics {
             preemptions: Gauge::default(),
         };
         let r = registry;
-        r.register("bulkhead_worker_batch_size", "Sequences per forward step", m.batch_size.clone());
-        r.register("bulkhead_worker_step_seconds", "Duration of one forward step", m.step_seconds.clone());
-        r.register("bulkhead_worker_kv_blocks_used", "KV blocks held per tenant (in use + cached)", m.kv_blocks_used.clone());
-        r.register("bulkhead_worker_kv_blocks_free", "KV blocks with no owner", m.kv_blocks_free.clone());
-        r.register("bulkhead_worker_kv_blocks_total", "KV blocks in the arena", m.kv_blocks_total.clone());
-        r.register("bulkhead_worker_prompt_tokens", "Prompt tokens admitted per tenant", m.prompt_tokens.clone());
-        r.register("bulkhead_worker_prefix_cache_hit_tokens", "Prompt tokens served from the tenant's prefix cache", m.cache_hit_tokens.clone());
-        r.register("bulkhead_worker_generated_tokens", "Tokens generated per tenant", m.generated_tokens.clone());
-        r.register("bulkhead_worker_guard_violations", "KV ownership guard violations (must stay 0)", m.guard_violations.clone());
-        r.register("bulkhead_worker_preemptions", "Sequences preempted for recompute", m.preemptions.clone());
+        r.register(
+            "bulkhead_worker_batch_size",
+            "Sequences per forward step",
+            m.batch_size.clone(),
+        );
+        r.register(
+            "bulkhead_worker_step_seconds",
+            "Duration of one forward step",
+            m.step_seconds.clone(),
+        );
+        r.register(
+            "bulkhead_worker_kv_blocks_used",
+            "KV blocks held per tenant (in use + cached)",
+            m.kv_blocks_used.clone(),
+        );
+        r.register(
+            "bulkhead_worker_kv_blocks_free",
+            "KV blocks with no owner",
+            m.kv_blocks_free.clone(),
+        );
+        r.register(
+            "bulkhead_worker_kv_blocks_total",
+            "KV blocks in the arena",
+            m.kv_blocks_total.clone(),
+        );
+        r.register(
+            "bulkhead_worker_prompt_tokens",
+            "Prompt tokens admitted per tenant",
+            m.prompt_tokens.clone(),
+        );
+        r.register(
+            "bulkhead_worker_prefix_cache_hit_tokens",
+            "Prompt tokens served from the tenant's prefix cache",
+            m.cache_hit_tokens.clone(),
+        );
+        r.register(
+            "bulkhead_worker_generated_tokens",
+            "Tokens generated per tenant",
+            m.generated_tokens.clone(),
+        );
+        r.register(
+            "bulkhead_worker_guard_violations",
+            "KV ownership guard violations (must stay 0)",
+            m.guard_violations.clone(),
+        );
+        r.register(
+            "bulkhead_worker_preemptions",
+            "Sequences preempted for recompute",
+            m.preemptions.clone(),
+        );
         Arc::new(m)
     }
 
@@ -69,7 +109,9 @@ impl WorkerMetrics {
     }
 
     pub fn kv(&self, tenant: &str, used: usize, free: usize, total: usize) {
-        self.kv_blocks_used.get_or_create(&self.labels(tenant)).set(used as i64);
+        self.kv_blocks_used
+            .get_or_create(&self.labels(tenant))
+            .set(used as i64);
         self.kv_blocks_free.set(free as i64);
         self.kv_blocks_total.set(total as i64);
     }
@@ -77,11 +119,15 @@ impl WorkerMetrics {
     pub fn admitted(&self, tenant: &str, prompt: usize, cached: usize) {
         let l = self.labels(tenant);
         self.prompt_tokens.get_or_create(&l).inc_by(prompt as u64);
-        self.cache_hit_tokens.get_or_create(&l).inc_by(cached as u64);
+        self.cache_hit_tokens
+            .get_or_create(&l)
+            .inc_by(cached as u64);
     }
 
     pub fn generated(&self, tenant: &str) {
-        self.generated_tokens.get_or_create(&self.labels(tenant)).inc();
+        self.generated_tokens
+            .get_or_create(&self.labels(tenant))
+            .inc();
     }
 }
 

@@ -31,6 +31,8 @@ pub struct WorkerService {
     pub model_name: String,
     pub worker_id: String,
     pub block_size: u32,
+    /// The device the model runs on (`cpu`), as reported by ModelInfo.
+    pub device: &'static str,
 }
 
 fn invalid(msg: impl Into<String>) -> Status {
@@ -182,6 +184,7 @@ impl Worker for WorkerService {
                 model_name: self.model_name.clone(),
                 worker_id: self.worker_id.clone(),
                 block_size: self.block_size,
+                device: self.device,
             };
             tokio::task::spawn_blocking(move || {
                 let p = this.prepare(&req);
@@ -230,9 +233,8 @@ impl Worker for WorkerService {
         let mut open = vec![phase("prefill", &span)];
         let mut in_prefill = true;
         let mut generated = 0u32;
-        let stream = futures::StreamExt::map(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            move |ev| {
+        let stream =
+            futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), move |ev| {
                 match &ev {
                     EngineEvent::Token { .. } => {
                         generated += 1;
@@ -249,8 +251,7 @@ impl Worker for WorkerService {
                     EngineEvent::Started { .. } => {}
                 }
                 Ok(to_pb(ev))
-            },
-        );
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -288,7 +289,7 @@ impl Worker for WorkerService {
             max_context: self.model.model.max_context() as u32,
             vocab_size: self.model.model.vocab_size() as u32,
             kv_block_size: self.block_size,
-            device: "cpu".into(),
+            device: self.device.into(),
             worker_id: self.worker_id.clone(),
         }))
     }

@@ -103,7 +103,14 @@ fn two_tenants_run_concurrently_with_their_own_blocks() {
     // B is long enough (200 tokens) that A, submitted right after it,
     // overlaps it even on a loaded machine.
     let (ra, rxa) = request(&m, "a1", "acme", "Tenant A asks about the fox.", 12, greedy);
-    let (rb, rxb) = request(&m, "b1", "globex", "Tenant B asks about Paris.", 200, greedy);
+    let (rb, rxb) = request(
+        &m,
+        "b1",
+        "globex",
+        "Tenant B asks about Paris.",
+        200,
+        greedy,
+    );
     engine.submit(rb).unwrap();
     engine.submit(ra).unwrap();
     let (ta, fa) = collect(rxa);

@@ -302,7 +302,10 @@ fn print_welcome(info: &StackInfo) {
         info.logs_dir.display()
     );
     for t in &info.tenants {
-        println!("  tenant {:<10} key {}  (audit admin key {})", t.id, t.api_key, t.admin_key);
+        println!(
+            "  tenant {:<10} key {}  (audit admin key {})",
+            t.id, t.api_key, t.admin_key
+        );
     }
     println!("\nTry:\n");
     println!(

@@ -1,0 +1,402 @@
+//! The dispatcher: one task that owns the fair queue and the limiter
+//! (messages in over an mpsc channel, each answer out over a oneshot).
+//!
+//! A request is admitted (limits), queued in its tenant's queue, and leaves
+//! only when a worker that serves it has a free sequence slot, taking the
+//! slot with it (a [`Pool::Lease`]). Its [`Meter`] reports the tokens the
+//! worker actually processes (charged to the tenant's fair-queue counter)
+//! and, when dropped, ends the request: the slot is freed, unused reserved
+//! tokens are refunded and the next request may go. A request whose caller
+//! goes away while it waits is removed from the queue.
+//!
+//! The inbox is unbounded: admission messages are bounded by the number of
+//! open client requests, the rest by the tokens streamed.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bulkhead_proto::control::Tenant;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ApiError;
+use crate::fair::{FairQueue, Ticket};
+use crate::limits::{Limiter, Limits};
+
+/// How often queued requests are retried when nothing else happens (worker
+/// capacity polls can free slots without a message to the dispatcher).
+const RETRY_EVERY: Duration = Duration::from_millis(50);
+
+/// Where requests go: the router's workers, or a fake in tests.
+pub trait Pool: Send + Sync + 'static {
+    /// A reserved slot on a worker; dropping it frees the slot.
+    type Lease: Send + 'static;
+    /// Whether any healthy worker serves `model`.
+    fn serves(&self, model: &str) -> bool;
+    /// Whether a worker serving `model` has a free slot now.
+    fn has_free(&self, model: &str) -> bool;
+    /// Reserves a slot on the worker serving `model` with the most free.
+    fn try_acquire(&self, model: &str) -> Option<Self::Lease>;
+}
+
+/// Seconds since some fixed start; injectable so tests need no wall clock.
+pub type Clock = Arc<dyn Fn() -> Duration + Send + Sync>;
+
+/// A request allowed to run: the worker slot and the usage meter.
+pub struct Grant<L> {
+    pub lease: L,
+    pub meter: Meter,
+}
+
+/// Reports the tokens a running request actually processes; ends the
+/// request when dropped.
+pub struct Meter {
+    tx: mpsc::UnboundedSender<Msg>,
+    tenant: String,
+    limits: Limits,
+    reserved: u64,
+    prompt: u64,
+    output: u64,
+}
+
+impl Meter {
+    /// The worker started the request with this many prompt tokens.
+    pub fn started(&mut self, prompt_tokens: u32) {
+        self.prompt = u64::from(prompt_tokens);
+        self.charge(prompt_tokens, 0);
+    }
+
+    /// The worker produced `n` more output tokens.
+    pub fn output(&mut self, n: u32) {
+        self.output += u64::from(n);
+        self.charge(0, n);
+    }
+
+    /// The worker's final counts (they win over what was streamed for the
+    /// tokens-per-minute refund; fair-queue charges were made as streamed).
+    pub fn finished(&mut self, prompt_tokens: u32, completion_tokens: u32) {
+        self.prompt = u64::from(prompt_tokens);
+        self.output = u64::from(completion_tokens);
+    }
+
+    fn charge(&self, input: u32, output: u32) {
+        let _ = self.tx.send(Msg::Charge {
+            tenant: self.tenant.clone(),
+            input,
+            output,
+        });
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        let used = self.prompt + self.output;
+        let _ = self.tx.send(Msg::Finish {
+            tenant: std::mem::take(&mut self.tenant),
+            limits: self.limits,
+            refund: self.reserved as i64 - used as i64,
+        });
+    }
+}
+
+struct Pending<L> {
+    ticket: u64,
+    model: String,
+    limits: Limits,
+    reserve: u64,
+    reply: oneshot::Sender<Result<Grant<L>, ApiError>>,
+}
+
+/// What the dispatcher holds now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub queued: usize,
+    pub running: u32,
+}
+
+enum Msg {
+    Stats(oneshot::Sender<Stats>),
+    Cancel {
+        ticket: u64,
+    },
+    Charge {
+        tenant: String,
+        input: u32,
+        output: u32,
+    },
+    Finish {
+        tenant: String,
+        limits: Limits,
+        refund: i64,
+    },
+}
+
+/// Admission requests carry the lease type, so they travel apart.
+struct Enqueue<L> {
+    ticket: u64,
+    tenant: Arc<Tenant>,
+    model: String,
+    reserve: u64,
+    reply: oneshot::Sender<Result<Grant<L>, ApiError>>,
+}
+
+/// The handle callers use; cheap to share.
+pub struct Dispatcher<L> {
+    enqueue: mpsc::UnboundedSender<Enqueue<L>>,
+    tx: mpsc::UnboundedSender<Msg>,
+    next: AtomicU64,
+}
+
+/// Sends `Cancel` if the caller stops waiting before its grant arrives.
+struct CancelOnDrop<'a> {
+    tx: &'a mpsc::UnboundedSender<Msg>,
+    ticket: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.tx.send(Msg::Cancel {
+                ticket: self.ticket,
+            });
+        }
+    }
+}
+
+impl<L: Send + 'static> Dispatcher<L> {
+    /// Starts the dispatcher task with the wall clock.
+    pub fn spawn<P: Pool<Lease = L>>(pool: Arc<P>) -> Self {
+        let start = Instant::now();
+        Self::spawn_with_clock(pool, Arc::new(move || start.elapsed()))
+    }
+
+    pub fn spawn_with_clock<P: Pool<Lease = L>>(pool: Arc<P>, clock: Clock) -> Self {
+        let (enqueue, enq_rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let actor = Actor {
+            pool,
+            clock,
+            tx: tx.clone(),
+            queue: FairQueue::new(),
+            limiter: Limiter::new(),
+            queued: HashMap::new(),
+            running: HashMap::new(),
+        };
+        tokio::spawn(actor.run(enq_rx, rx));
+        Self {
+            enqueue,
+            tx,
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// Requests queued and running, all tenants together.
+    pub async fn stats(&self) -> Stats {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Msg::Stats(reply));
+        rx.await.unwrap_or_default()
+    }
+
+    /// Admits, queues and waits until the request may run on a worker.
+    /// `reserve` is the token reservation (prompt estimate + max_tokens).
+    pub async fn acquire(
+        &self,
+        tenant: Arc<Tenant>,
+        model: String,
+        reserve: u64,
+    ) -> Result<Grant<L>, ApiError> {
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        let (reply, rx) = oneshot::channel();
+        let gone = || ApiError::Internal("the dispatcher stopped".into());
+        self.enqueue
+            .send(Enqueue {
+                ticket,
+                tenant,
+                model,
+                reserve,
+                reply,
+            })
+            .map_err(|_| gone())?;
+        let mut cancel = CancelOnDrop {
+            tx: &self.tx,
+            ticket,
+            armed: true,
+        };
+        let r = rx.await.map_err(|_| gone());
+        cancel.armed = false;
+        r?
+    }
+}
+
+struct Actor<P: Pool> {
+    pool: Arc<P>,
+    clock: Clock,
+    tx: mpsc::UnboundedSender<Msg>,
+    queue: FairQueue<Pending<P::Lease>>,
+    limiter: Limiter,
+    /// Caller ticket -> (tenant, fair-queue ticket) of queued requests.
+    queued: HashMap<u64, (String, Ticket)>,
+    /// Requests running per tenant.
+    running: HashMap<String, u32>,
+}
+
+impl<P: Pool> Actor<P> {
+    async fn run(
+        mut self,
+        mut enq: mpsc::UnboundedReceiver<Enqueue<P::Lease>>,
+        mut rx: mpsc::UnboundedReceiver<Msg>,
+    ) {
+        let mut tick = tokio::time::interval(RETRY_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                e = enq.recv() => match e {
+                    Some(e) => self.enqueue(e),
+                    // Every handle is gone: nobody can ask any more.
+                    None => return,
+                },
+                Some(m) = rx.recv() => self.handle(m),
+                _ = tick.tick() => self.housekeeping(),
+            }
+            self.dispatch();
+        }
+    }
+
+    fn enqueue(&mut self, e: Enqueue<P::Lease>) {
+        if !self.pool.serves(&e.model) {
+            let _ = e.reply.send(Err(ApiError::Unavailable(format!(
+                "no healthy worker serves model {:?} right now",
+                crate::validate::truncate(&e.model, 64)
+            ))));
+            return;
+        }
+        let limits = Limits::from_tenant(&e.tenant);
+        let id = e.tenant.id.as_str();
+        let queued = self.queue.queued(id) as u32;
+        let in_flight = queued + self.running.get(id).copied().unwrap_or(0);
+        let now = (self.clock)();
+        if let Err(r) = self
+            .limiter
+            .admit(id, &limits, now, e.reserve, in_flight, queued)
+        {
+            tracing::info!(
+                tenant = id,
+                retry_after_ms = r.retry_after.as_millis() as u64,
+                "request over a tenant limit"
+            );
+            let _ = e.reply.send(Err(ApiError::RateLimited {
+                message: r.message,
+                retry_after: r.retry_after,
+            }));
+            return;
+        }
+        let pending = Pending {
+            ticket: e.ticket,
+            model: e.model,
+            limits,
+            reserve: e.reserve,
+            reply: e.reply,
+        };
+        let fq = self.queue.push(id, e.tenant.weight, pending);
+        self.queued.insert(e.ticket, (id.to_string(), fq));
+    }
+
+    fn handle(&mut self, m: Msg) {
+        match m {
+            Msg::Stats(reply) => {
+                let _ = reply.send(Stats {
+                    queued: self.queue.len(),
+                    running: self.running.values().sum(),
+                });
+            }
+            Msg::Cancel { ticket } => {
+                if let Some((tenant, fq)) = self.queued.remove(&ticket)
+                    && let Some(p) = self.queue.remove(&tenant, fq)
+                {
+                    let now = (self.clock)();
+                    self.limiter
+                        .refund_tokens(&tenant, &p.limits, now, p.reserve as i64);
+                }
+            }
+            Msg::Charge {
+                tenant,
+                input,
+                output,
+            } => self.queue.charge(&tenant, input, output),
+            Msg::Finish {
+                tenant,
+                limits,
+                refund,
+            } => {
+                if let Some(n) = self.running.get_mut(&tenant) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.running.remove(&tenant);
+                    }
+                }
+                let now = (self.clock)();
+                self.limiter.refund_tokens(&tenant, &limits, now, refund);
+            }
+        }
+    }
+
+    /// Fails queued requests whose model lost every worker; forgets idle
+    /// tenants so the map does not grow with tenants long gone.
+    fn housekeeping(&mut self) {
+        let pool = self.pool.clone();
+        let dead = self.queue.remove_where(|_, p| !pool.serves(&p.model));
+        let now = (self.clock)();
+        for (tenant, p) in dead {
+            self.queued.remove(&p.ticket);
+            self.limiter
+                .refund_tokens(&tenant, &p.limits, now, p.reserve as i64);
+            let _ = p.reply.send(Err(ApiError::Unavailable(
+                "the workers serving this model left while the request was queued".into(),
+            )));
+        }
+        if self.queue.is_empty() {
+            let running = &self.running;
+            self.queue.forget_idle(|t| running.contains_key(t));
+        }
+    }
+
+    fn dispatch(&mut self) {
+        loop {
+            let pool = self.pool.clone();
+            let Some((tenant, _, p)) = self.queue.pop_eligible(|_, p| pool.has_free(&p.model))
+            else {
+                return;
+            };
+            self.queued.remove(&p.ticket);
+            let lease = match pool.try_acquire(&p.model) {
+                Some(l) if !p.reply.is_closed() => l,
+                other => {
+                    // Its caller left, or the slot vanished: nothing ran.
+                    drop(other);
+                    let now = (self.clock)();
+                    self.limiter
+                        .refund_tokens(&tenant, &p.limits, now, p.reserve as i64);
+                    let _ = p.reply.send(Err(ApiError::Unavailable(
+                        "no worker slot is free for this model right now".into(),
+                    )));
+                    continue;
+                }
+            };
+            *self.running.entry(tenant.clone()).or_default() += 1;
+            let meter = Meter {
+                tx: self.tx.clone(),
+                tenant,
+                limits: p.limits,
+                reserved: p.reserve,
+                prompt: 0,
+                output: 0,
+            };
+            // If the caller left just now, dropping the grant ends it.
+            let _ = p.reply.send(Ok(Grant { lease, meter }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

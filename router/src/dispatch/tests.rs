@@ -1,0 +1,207 @@
+//! The dispatcher actor against a fake worker pool: no network, no wall
+//! clock in any assertion (waits only poll the actor's state).
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use super::*;
+
+/// Free slots per model; a lease gives its slot back when dropped.
+#[derive(Default)]
+struct FakePool {
+    free: Mutex<HashMap<String, u32>>,
+}
+
+struct FakeLease(Arc<FakePool>, String);
+
+impl Drop for FakeLease {
+    fn drop(&mut self) {
+        *self
+            .0
+            .free
+            .lock()
+            .unwrap()
+            .entry(self.1.clone())
+            .or_default() += 1;
+    }
+}
+
+/// `Pool` is implemented on a wrapper so the lease can hold an `Arc`.
+struct Shared(Arc<FakePool>);
+
+impl Pool for Shared {
+    type Lease = FakeLease;
+    fn serves(&self, model: &str) -> bool {
+        self.0.free.lock().unwrap().contains_key(model)
+    }
+    fn has_free(&self, model: &str) -> bool {
+        self.0
+            .free
+            .lock()
+            .unwrap()
+            .get(model)
+            .is_some_and(|n| *n > 0)
+    }
+    fn try_acquire(&self, model: &str) -> Option<FakeLease> {
+        let mut f = self.0.free.lock().unwrap();
+        let n = f.get_mut(model).filter(|n| **n > 0)?;
+        *n -= 1;
+        Some(FakeLease(self.0.clone(), model.to_string()))
+    }
+}
+
+fn setup(slots: u32) -> (Arc<Dispatcher<FakeLease>>, Arc<AtomicU64>) {
+    let pool = Arc::new(FakePool::default());
+    pool.free.lock().unwrap().insert("m".into(), slots);
+    let now_ms = Arc::new(AtomicU64::new(0));
+    let t = now_ms.clone();
+    let clock: Clock = Arc::new(move || Duration::from_millis(t.load(Ordering::SeqCst)));
+    let d = Dispatcher::spawn_with_clock(Arc::new(Shared(pool)), clock);
+    (Arc::new(d), now_ms)
+}
+
+fn tenant(id: &str, f: impl FnOnce(&mut Tenant)) -> Arc<Tenant> {
+    let mut t = Tenant {
+        id: id.into(),
+        weight: 1,
+        ..Default::default()
+    };
+    f(&mut t);
+    Arc::new(t)
+}
+
+/// Polls the actor until it holds `queued` requests.
+async fn until_queued(d: &Dispatcher<FakeLease>, queued: usize) {
+    for _ in 0..2000 {
+        if d.stats().await.queued == queued {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("never reached {queued} queued: {:?}", d.stats().await);
+}
+
+type Waiting = tokio::task::JoinHandle<Result<Grant<FakeLease>, ApiError>>;
+
+fn spawn_acquire(d: &Arc<Dispatcher<FakeLease>>, t: &Arc<Tenant>) -> Waiting {
+    let (d, t) = (d.clone(), t.clone());
+    tokio::spawn(async move { d.acquire(t, "m".into(), 10).await })
+}
+
+#[tokio::test]
+async fn waits_for_a_slot_and_dispatches_fairly() {
+    let (d, _) = setup(1);
+    let a = tenant("a", |_| {});
+    let b = tenant("b", |_| {});
+    let mut first = d.acquire(a.clone(), "m".into(), 10).await.unwrap();
+    first.meter.started(100);
+    let a_rest: Vec<Waiting> = (0..3).map(|_| spawn_acquire(&d, &a)).collect();
+    until_queued(&d, 3).await;
+    let b1 = spawn_acquire(&d, &b);
+    until_queued(&d, 4).await;
+    // a keeps being charged as its running request streams; b was lifted
+    // to a's counter when it arrived, so b is now the smallest.
+    first.meter.output(10);
+    drop(first);
+    let mut g = b1.await.unwrap().expect("b goes before a's backlog");
+    assert_eq!(
+        d.stats().await,
+        Stats {
+            queued: 3,
+            running: 1
+        }
+    );
+    g.meter.started(1000);
+    drop(g);
+    let mut done = 0;
+    for h in a_rest {
+        drop(h.await.unwrap().unwrap());
+        done += 1;
+    }
+    assert_eq!(done, 3);
+}
+
+#[tokio::test]
+async fn a_cancelled_waiter_leaves_the_queue() {
+    let (d, _) = setup(1);
+    let a = tenant("a", |_| {});
+    let b = tenant("b", |_| {});
+    let running = d.acquire(a.clone(), "m".into(), 10).await.unwrap();
+    let waiter = spawn_acquire(&d, &a);
+    until_queued(&d, 1).await;
+    waiter.abort();
+    until_queued(&d, 0).await;
+    let b1 = spawn_acquire(&d, &b);
+    until_queued(&d, 1).await;
+    drop(running);
+    assert!(b1.await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn over_limit_is_refused_without_touching_others() {
+    let (d, now) = setup(1);
+    let a = tenant("a", |t| {
+        t.max_queued = 1;
+        t.requests_per_second = 1;
+        t.burst = 3;
+    });
+    let b = tenant("b", |_| {});
+    let running = d.acquire(a.clone(), "m".into(), 10).await.unwrap();
+    let queued = spawn_acquire(&d, &a);
+    until_queued(&d, 1).await;
+    // The queue quota is full.
+    let e = d.acquire(a.clone(), "m".into(), 10).await.err().unwrap();
+    assert!(matches!(e, ApiError::RateLimited { .. }), "{e:?}");
+    assert!(e.to_string().contains("queued"), "{e}");
+    // b is admitted and queued behind nobody of its own.
+    let b1 = spawn_acquire(&d, &b);
+    until_queued(&d, 2).await;
+    drop(running);
+    drop(queued.await.unwrap().unwrap());
+    drop(b1.await.unwrap().unwrap());
+    // Request rate: two of the burst of 3 are spent (the refusal took
+    // nothing); one more fits, then none until a second later.
+    drop(d.acquire(a.clone(), "m".into(), 10).await.unwrap());
+    let e = d.acquire(a.clone(), "m".into(), 10).await.err().unwrap();
+    let ApiError::RateLimited { retry_after, .. } = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(retry_after, Duration::from_secs(1));
+    now.store(1000, Ordering::SeqCst);
+    drop(d.acquire(a.clone(), "m".into(), 10).await.unwrap());
+}
+
+#[tokio::test]
+async fn tokens_per_minute_are_refunded_when_unused() {
+    let (d, _) = setup(4);
+    let a = tenant("a", |t| t.tokens_per_minute = 100);
+    let mut g = d.acquire(a.clone(), "m".into(), 100).await.unwrap();
+    let e = d.acquire(a.clone(), "m".into(), 50).await.err().unwrap();
+    assert!(matches!(e, ApiError::RateLimited { .. }), "{e:?}");
+    // It used 30 of its 100: 70 come back when it ends.
+    g.meter.started(20);
+    g.meter.output(10);
+    drop(g);
+    until_queued(&d, 0).await;
+    let mut ok = None;
+    for _ in 0..2000 {
+        match d.acquire(a.clone(), "m".into(), 50).await {
+            Ok(g) => {
+                ok = Some(g);
+                break;
+            }
+            Err(_) => tokio::task::yield_now().await,
+        }
+    }
+    assert!(ok.is_some(), "the refund never arrived");
+}
+
+#[tokio::test]
+async fn unknown_model_is_unavailable_at_once() {
+    let (d, _) = setup(1);
+    let e = d
+        .acquire(tenant("a", |_| {}), "other".into(), 1)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, ApiError::Unavailable(_)), "{e:?}");
+}

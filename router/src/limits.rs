@@ -1,0 +1,214 @@
+//! Per-tenant admission limits (pure: no I/O; the clock is an argument).
+//!
+//! - requests per second with a burst (token bucket);
+//! - tokens per minute (token bucket of `tokens_per_minute` refilled over a
+//!   minute): a request reserves its prompt estimate + `max_tokens` when it
+//!   is admitted, and what it did not use is refunded when it ends;
+//! - requests in flight: admitted and not yet finished (queued or running);
+//! - requests queued: admitted and waiting in the router's fair queue.
+//!
+//! 0 means unlimited for every field. Limits come from the tenant record of
+//! each request (the directory's KV watch keeps it current), so a change to
+//! a tenant's limits applies from its next request on.
+//!
+//! Scope: these limits are enforced per router replica. With N replicas a
+//! tenant can get up to N times its configured rates; sharing them between
+//! replicas (e.g. dividing by the live replica count published in NATS) is
+//! not implemented yet.
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bulkhead_proto::control::Tenant;
+
+/// A tenant's limits; 0 = unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub requests_per_second: u32,
+    /// Requests allowed at once above the steady rate; 0 = the rate itself.
+    pub burst: u32,
+    pub tokens_per_minute: u64,
+    pub max_in_flight: u32,
+    pub max_queued: u32,
+}
+
+impl Limits {
+    pub fn from_tenant(t: &Tenant) -> Self {
+        Self {
+            requests_per_second: t.requests_per_second,
+            burst: t.burst,
+            tokens_per_minute: t.tokens_per_minute,
+            max_in_flight: t.max_in_flight,
+            max_queued: t.max_queued,
+        }
+    }
+}
+
+/// Why a request was refused, and when retrying may succeed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refusal {
+    pub message: String,
+    pub retry_after: Duration,
+}
+
+/// A rough prompt size in tokens for the reservation (about 4 bytes a
+/// token); corrected when the worker reports the real count.
+pub fn estimate_prompt_tokens(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(4).max(1)
+}
+
+#[derive(Clone, Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Duration,
+}
+
+impl Bucket {
+    fn full(capacity: f64, now: Duration) -> Self {
+        Self {
+            tokens: capacity,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Duration, rate_per_s: f64, capacity: f64) {
+        let dt = now.saturating_sub(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + dt * rate_per_s).min(capacity);
+    }
+
+    /// Time until `need` tokens are there (zero if they are now).
+    fn wait_for(&self, need: f64, rate_per_s: f64) -> Duration {
+        if self.tokens >= need {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((need - self.tokens) / rate_per_s)
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct TenantState {
+    rps: Option<Bucket>,
+    tpm: Option<Bucket>,
+}
+
+fn rps_params(l: &Limits) -> (f64, f64) {
+    let rate = f64::from(l.requests_per_second);
+    (rate, f64::from(l.burst.max(l.requests_per_second).max(1)))
+}
+
+fn tpm_params(l: &Limits) -> (f64, f64) {
+    let cap = l.tokens_per_minute as f64;
+    (cap / 60.0, cap)
+}
+
+/// Rate-limit state of every tenant seen by this replica.
+#[derive(Debug, Default)]
+pub struct Limiter {
+    tenants: HashMap<String, TenantState>,
+}
+
+impl Limiter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Admits one request that reserves `tokens` (prompt estimate +
+    /// `max_tokens`), given the tenant's current `in_flight` and `queued`
+    /// counts. Takes nothing when it refuses.
+    pub fn admit(
+        &mut self,
+        tenant: &str,
+        limits: &Limits,
+        now: Duration,
+        tokens: u64,
+        in_flight: u32,
+        queued: u32,
+    ) -> Result<(), Refusal> {
+        let soon = Duration::from_secs(1);
+        if limits.max_in_flight != 0 && in_flight >= limits.max_in_flight {
+            return Err(Refusal {
+                message: format!(
+                    "too many requests in flight: this tenant may have {} at once",
+                    limits.max_in_flight
+                ),
+                retry_after: soon,
+            });
+        }
+        if limits.max_queued != 0 && queued >= limits.max_queued {
+            return Err(Refusal {
+                message: format!(
+                    "too many requests queued: this tenant may have {} waiting",
+                    limits.max_queued
+                ),
+                retry_after: soon,
+            });
+        }
+        let st = self.tenants.entry(tenant.to_string()).or_default();
+        let (rps_rate, rps_cap) = rps_params(limits);
+        let (tpm_rate, tpm_cap) = tpm_params(limits);
+        if limits.requests_per_second != 0 {
+            let b = st.rps.get_or_insert_with(|| Bucket::full(rps_cap, now));
+            b.refill(now, rps_rate, rps_cap);
+            let wait = b.wait_for(1.0, rps_rate);
+            if !wait.is_zero() {
+                return Err(Refusal {
+                    message: format!(
+                        "rate limit reached: {} requests per second (burst {})",
+                        limits.requests_per_second, rps_cap
+                    ),
+                    retry_after: wait,
+                });
+            }
+        }
+        if limits.tokens_per_minute != 0 {
+            let b = st.tpm.get_or_insert_with(|| Bucket::full(tpm_cap, now));
+            b.refill(now, tpm_rate, tpm_cap);
+            // A request bigger than the whole budget waits for a full bucket
+            // and then runs into debt, rather than never running.
+            let wait = b.wait_for((tokens as f64).min(tpm_cap), tpm_rate);
+            if !wait.is_zero() {
+                return Err(Refusal {
+                    message: format!(
+                        "token rate limit reached: {} tokens per minute; this request reserves {tokens}",
+                        limits.tokens_per_minute
+                    ),
+                    retry_after: wait,
+                });
+            }
+            b.tokens -= tokens as f64;
+        }
+        if let Some(b) = st.rps.as_mut().filter(|_| limits.requests_per_second != 0) {
+            b.tokens -= 1.0;
+        }
+        Ok(())
+    }
+
+    /// Returns `tokens` reserved but not used (negative: charges more, e.g.
+    /// when the prompt was longer than estimated).
+    pub fn refund_tokens(&mut self, tenant: &str, limits: &Limits, now: Duration, tokens: i64) {
+        if limits.tokens_per_minute == 0 {
+            return;
+        }
+        let (rate, cap) = tpm_params(limits);
+        if let Some(b) = self.tenants.get_mut(tenant).and_then(|s| s.tpm.as_mut()) {
+            b.refill(now, rate, cap);
+            b.tokens = (b.tokens + tokens as f64).min(cap);
+        }
+    }
+
+    /// Tokens available to `tenant` now (for tests and metrics).
+    pub fn tokens_available(&mut self, tenant: &str, limits: &Limits, now: Duration) -> f64 {
+        let (rate, cap) = tpm_params(limits);
+        match self.tenants.get_mut(tenant).and_then(|s| s.tpm.as_mut()) {
+            Some(b) => {
+                b.refill(now, rate, cap);
+                b.tokens
+            }
+            None => cap,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
