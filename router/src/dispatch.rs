@@ -138,6 +138,8 @@ struct Enqueue<L> {
     model: String,
     reserve: u64,
     reply: oneshot::Sender<Result<Grant<L>, ApiError>>,
+    /// Fired when the limits admitted the request (it is then queued).
+    admitted: oneshot::Sender<()>,
 }
 
 /// The handle callers use; cheap to share.
@@ -206,9 +208,12 @@ impl<L: Send + 'static> Dispatcher<L> {
         model: String,
         reserve: u64,
     ) -> Result<Grant<L>, ApiError> {
+        use tracing::Instrument;
         let ticket = self.next.fetch_add(1, Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
+        let (admitted, admitted_rx) = oneshot::channel();
         let gone = || ApiError::Internal("the dispatcher stopped".into());
+        let tenant_id = tenant.id.clone();
         self.enqueue
             .send(Enqueue {
                 ticket,
@@ -216,6 +221,7 @@ impl<L: Send + 'static> Dispatcher<L> {
                 model,
                 reserve,
                 reply,
+                admitted,
             })
             .map_err(|_| gone())?;
         let mut cancel = CancelOnDrop {
@@ -223,7 +229,15 @@ impl<L: Send + 'static> Dispatcher<L> {
             ticket,
             armed: true,
         };
-        let r = rx.await.map_err(|_| gone());
+        // Two spans: the limit check, then (if admitted) the wait in the queue.
+        let limits = tracing::info_span!("limits", tenant.id = %tenant_id);
+        let was_admitted = admitted_rx.instrument(limits).await.is_ok();
+        let r = if was_admitted {
+            let queue = tracing::info_span!("queue", tenant.id = %tenant_id);
+            rx.instrument(queue).await.map_err(|_| gone())
+        } else {
+            rx.await.map_err(|_| gone())
+        };
         cancel.armed = false;
         r?
     }
@@ -291,6 +305,7 @@ impl<P: Pool> Actor<P> {
             }));
             return;
         }
+        let _ = e.admitted.send(());
         let pending = Pending {
             ticket: e.ticket,
             model: e.model,

@@ -10,6 +10,7 @@ use bulkhead_proto::client::{
 };
 use futures::Stream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::http::AppState;
@@ -72,10 +73,50 @@ impl Inference for InferenceService {
             .map(|a| a.to_string())
             .unwrap_or_default();
         let meta = RequestMeta::new(Protocol::Grpc, source);
-        let auth = authenticate(&self.state, &request).map_err(|e| {
+        let span = tracing::info_span!("request", request.id = %meta.request_id,
+            tenant.id = tracing::field::Empty, protocol = "grpc");
+        bulkhead_telemetry::propagation::adopt_grpc(&span, request.metadata());
+        self.traced(meta, request).instrument(span).await
+    }
+
+    async fn list_models(
+        &self,
+        request: Request<ListModelsRequest>,
+    ) -> Result<Response<ListModelsResponse>, Status> {
+        let auth = authenticate(&self.state, &request).map_err(|e| e.to_status())?;
+        let served = self.state.pipeline.workers().models();
+        let models = auth
+            .tenant
+            .allowed_models
+            .iter()
+            .map(|m| Model {
+                id: m.clone(),
+                owned_by: "bulkhead".into(),
+                max_context: served
+                    .iter()
+                    .find(|(s, _)| s == m)
+                    .map(|(_, c)| *c)
+                    .unwrap_or(0),
+            })
+            .collect();
+        Ok(Response::new(ListModelsResponse { models }))
+    }
+}
+
+impl InferenceService {
+    /// `generate`, inside its `request` span.
+    async fn traced(
+        &self,
+        meta: RequestMeta,
+        request: Request<GenerateRequest>,
+    ) -> Result<Response<GenerateStream>, Status> {
+        let auth =
+            tracing::info_span!("authenticate").in_scope(|| authenticate(&self.state, &request));
+        let auth = auth.map_err(|e| {
             tracing::info!(request_id = %meta.request_id, source = %meta.source_addr, error = %e, "request refused");
             e.to_status()
         })?;
+        tracing::Span::current().record("tenant.id", auth.tenant.id.as_str());
         let body = request.into_inner();
         let model = body.model.clone();
         let req = raw_request(body).and_then(|raw| validate(&auth, &meta, raw));
@@ -126,28 +167,5 @@ impl Inference for InferenceService {
             }
         });
         Ok(Response::new(Box::pin(stream)))
-    }
-
-    async fn list_models(
-        &self,
-        request: Request<ListModelsRequest>,
-    ) -> Result<Response<ListModelsResponse>, Status> {
-        let auth = authenticate(&self.state, &request).map_err(|e| e.to_status())?;
-        let served = self.state.pipeline.workers().models();
-        let models = auth
-            .tenant
-            .allowed_models
-            .iter()
-            .map(|m| Model {
-                id: m.clone(),
-                owned_by: "bulkhead".into(),
-                max_context: served
-                    .iter()
-                    .find(|(s, _)| s == m)
-                    .map(|(_, c)| *c)
-                    .unwrap_or(0),
-            })
-            .collect();
-        Ok(Response::new(ListModelsResponse { models }))
     }
 }

@@ -14,6 +14,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::directory::{AuthContext, Directory};
 use crate::error::ApiError;
@@ -102,13 +103,30 @@ async fn generate(
     kind: Kind,
 ) -> Response {
     let meta = RequestMeta::new(Protocol::Http, addr.to_string());
-    let auth = match authenticate(&s.directory, &headers) {
+    let span = tracing::info_span!("request", request.id = %meta.request_id,
+        tenant.id = tracing::field::Empty, protocol = "http");
+    bulkhead_telemetry::propagation::adopt_http(&span, &headers);
+    traced(s, meta, headers, body, kind).instrument(span).await
+}
+
+/// The request, inside its `request` span.
+async fn traced(
+    s: AppState,
+    meta: RequestMeta,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    kind: Kind,
+) -> Response {
+    let auth = match tracing::info_span!("authenticate")
+        .in_scope(|| authenticate(&s.directory, &headers))
+    {
         Ok(a) => a,
         Err(e) => {
             tracing::info!(request_id = %meta.request_id, source = %meta.source_addr, error = %e, "request refused");
             return e.into_response();
         }
     };
+    tracing::Span::current().record("tenant.id", auth.tenant.id.as_str());
     let refuse = |model: &str, e: ApiError| {
         tracing::info!(request_id = %meta.request_id, tenant = %auth.tenant.id, error = %e, "request refused");
         s.pipeline.refused(&auth, &meta, model, &e);

@@ -19,6 +19,7 @@ pub mod fair;
 pub mod grpc;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod openai;
 pub mod pipeline;
 pub mod validate;

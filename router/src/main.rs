@@ -13,6 +13,7 @@ use bulkhead_router::audit::{AuditPublisher, ContentHasher};
 use bulkhead_router::directory::{self, Directory};
 use bulkhead_router::grpc::InferenceService;
 use bulkhead_router::http::{self, AppState};
+use bulkhead_router::metrics::RouterMetrics;
 use bulkhead_router::pipeline::Pipeline;
 use bulkhead_router::workers::WorkerPool;
 use clap::Parser;
@@ -63,23 +64,15 @@ struct Args {
     /// How often to poll workers for health and capacity, in milliseconds.
     #[arg(long, env = "BULKHEAD_ROUTER_POLL_MS", default_value_t = 1000)]
     poll_ms: u64,
+    /// Distinct tenants given their own metric labels; the rest share "other".
+    #[arg(long, env = "BULKHEAD_METRICS_MAX_TENANTS", default_value_t = 100)]
+    metrics_max_tenants: usize,
     /// Once serving, write the bound addresses here as JSON.
     #[arg(long)]
     ready_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "BULKHEAD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
-}
-
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
-        b.json().init();
-    } else {
-        b.init();
-    }
 }
 
 fn read_secret(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
@@ -100,7 +93,11 @@ async fn shutdown_signal(mut rx: tokio::sync::watch::Receiver<bool>) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_tracing(&args.log_format);
+    let format = args
+        .log_format
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    let _telemetry = bulkhead_telemetry::init("bulkhead-router", format);
     install_crypto_provider();
     let secret = read_secret(&args.hash_secret_file)?;
 
@@ -123,7 +120,15 @@ async fn main() -> anyhow::Result<()> {
     let workers = Arc::new(WorkerPool::new(&args.workers, &args.certs_dir)?);
     workers.poll_all().await;
     workers.spawn_poller(Duration::from_millis(args.poll_ms.max(50)));
-    let pipeline = Arc::new(Pipeline::new(workers, audit, ContentHasher::new(secret)));
+    let mut registry =
+        bulkhead_telemetry::metrics::prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(RouterMetrics::new(&mut registry, args.metrics_max_tenants));
+    let pipeline = Arc::new(Pipeline::new(
+        workers,
+        audit,
+        ContentHasher::new(secret),
+        metrics,
+    ));
     let state = AppState {
         directory: dir,
         pipeline,
@@ -140,7 +145,9 @@ async fn main() -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http_srv = axum::serve(
         http_l,
-        http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+        http::router(state.clone())
+            .merge(bulkhead_telemetry::metrics::router(Arc::new(registry)))
+            .into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown_signal(stop_rx.clone()));
     let grpc_srv = tonic::transport::Server::builder()

@@ -12,12 +12,14 @@ use bulkhead_proto::worker::worker_generate_response::Event as WorkerEvent;
 use bulkhead_proto::worker::{CancelRequest, WorkerGenerateRequest, WorkerGenerateResponse};
 use tokio::sync::mpsc;
 use tonic::Streaming;
+use tracing::Instrument;
 
 use crate::audit::{AuditPublisher, ContentHasher};
 use crate::directory::AuthContext;
 use crate::dispatch::{Dispatcher, Grant, Meter};
 use crate::error::ApiError;
 use crate::limits::estimate_prompt_tokens;
+use crate::metrics::RouterMetrics;
 use crate::validate::{Input, RequestMeta, ValidRequest};
 use crate::workers::{WorkerHandle, WorkerLease, WorkerPool};
 
@@ -46,6 +48,7 @@ pub struct Pipeline {
     dispatcher: Dispatcher<WorkerLease>,
     audit: AuditPublisher,
     hasher: ContentHasher,
+    metrics: Arc<RouterMetrics>,
 }
 
 /// What the audit event of a request needs to know about its outcome.
@@ -58,16 +61,24 @@ struct Outcome {
     finish: Option<FinishReason>,
     error: Option<ApiError>,
     cancelled: bool,
+    traceparent: String,
+    last_token: Option<std::time::Instant>,
 }
 
 impl Pipeline {
     /// Needs a Tokio runtime: it starts the dispatcher task.
-    pub fn new(workers: Arc<WorkerPool>, audit: AuditPublisher, hasher: ContentHasher) -> Self {
+    pub fn new(
+        workers: Arc<WorkerPool>,
+        audit: AuditPublisher,
+        hasher: ContentHasher,
+        metrics: Arc<RouterMetrics>,
+    ) -> Self {
         Self {
             dispatcher: Dispatcher::spawn(workers.clone()),
             workers,
             audit,
             hasher,
+            metrics,
         }
     }
 
@@ -80,6 +91,8 @@ impl Pipeline {
         let mut ev = base_event(meta, &auth.tenant.id, &auth.key_prefix, model);
         ev.status = "refused".into();
         ev.error_code = err.code_name();
+        ev.traceparent = bulkhead_telemetry::propagation::current_traceparent();
+        self.metrics.request(&auth.tenant.id, &ev.error_code);
         self.audit.publish_detached(ev);
     }
 
@@ -90,7 +103,10 @@ impl Pipeline {
         self: &Arc<Self>,
         req: ValidRequest,
     ) -> Result<(Usage, mpsc::Receiver<Event>), ApiError> {
-        let mut outcome = Outcome::default();
+        let mut outcome = Outcome {
+            traceparent: bulkhead_telemetry::propagation::current_traceparent(),
+            ..Outcome::default()
+        };
         let started = self.dispatch(&req, &mut outcome).await;
         let (worker, mut grant, stream, usage) = match started {
             Ok(s) => s,
@@ -103,13 +119,18 @@ impl Pipeline {
         outcome.usage = usage;
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let this = self.clone();
-        tokio::spawn(async move {
-            this.forward(&req, &worker, stream, tx, &mut grant.meter, &mut outcome)
-                .await;
-            // Ends the request in the dispatcher: frees the slot, refunds.
-            drop(grant);
-            this.audit.publish_detached(this.event(&req, outcome));
-        });
+        let relay =
+            tracing::info_span!("relay", tenant.id = %req.tenant.id, request.id = %req.request_id);
+        tokio::spawn(
+            async move {
+                this.forward(&req, &worker, stream, tx, &mut grant.meter, &mut outcome)
+                    .await;
+                // Ends the request in the dispatcher: frees the slot, refunds.
+                drop(grant);
+                this.audit.publish_detached(this.event(&req, outcome));
+            }
+            .instrument(relay),
+        );
         Ok((usage, rx))
     }
 
@@ -131,10 +152,26 @@ impl Pipeline {
             Input::Chat(ms) => ms.iter().map(|m| m.content.len()).sum(),
         };
         let reserve = estimate_prompt_tokens(prompt_bytes) + u64::from(req.max_tokens);
-        let mut grant = self
+        let tenant = req.tenant.id.as_str();
+        let waited = std::time::Instant::now();
+        self.metrics.queued(tenant, 1);
+        let granted = self
             .dispatcher
             .acquire(req.tenant.clone(), req.model.clone(), reserve)
-            .await?;
+            .await;
+        self.metrics.queued(tenant, -1);
+        let mut grant = match granted {
+            Ok(g) => g,
+            Err(e) => {
+                if matches!(e, ApiError::RateLimited { .. }) {
+                    self.metrics.limited(tenant);
+                }
+                return Err(e);
+            }
+        };
+        self.metrics.queue_wait(tenant, waited.elapsed());
+        let dispatch = tracing::info_span!("dispatch", tenant.id = %tenant,
+            request.id = %req.request_id, model = %req.model, worker = tracing::field::Empty);
         let worker = grant.lease.worker.clone();
         outcome.worker = worker.name();
         let (prompt, messages) = match &req.input {
@@ -151,7 +188,15 @@ impl Pipeline {
             sampling: Some(req.sampling),
             stop: req.stop.clone(),
         };
-        let mut stream = match worker.client().generate(wreq).await {
+        dispatch.record("worker", outcome.worker.as_str());
+        let mut call = tonic::Request::new(wreq);
+        dispatch.in_scope(|| bulkhead_telemetry::propagation::inject_grpc(call.metadata_mut()));
+        let mut stream = match worker
+            .client()
+            .generate(call)
+            .instrument(dispatch.clone())
+            .await
+        {
             Ok(r) => r.into_inner(),
             Err(status) => {
                 if matches!(
@@ -219,6 +264,11 @@ impl Pipeline {
             };
             let event = match msg {
                 Some(WorkerEvent::Token(t)) => {
+                    let now = std::time::Instant::now();
+                    match outcome.last_token.replace(now) {
+                        Some(prev) => self.metrics.inter_token(&req.tenant.id, now - prev),
+                        None => self.metrics.ttft(&req.tenant.id, req.received.elapsed()),
+                    }
                     outcome.ttft.get_or_insert_with(|| req.received.elapsed());
                     outcome.usage.completion_tokens += 1;
                     meter.output(1);
@@ -294,6 +344,15 @@ impl Pipeline {
             (None, true) => ("cancelled".into(), "Cancelled".into()),
             (None, false) => ("ok".into(), String::new()),
         };
+        ev.traceparent = o.traceparent;
+        let status = if ev.error_code.is_empty() {
+            "ok"
+        } else {
+            ev.error_code.as_str()
+        };
+        self.metrics.request(tenant, status);
+        self.metrics
+            .tokens(tenant, ev.prompt_tokens, ev.completion_tokens);
         ev
     }
 }
