@@ -24,6 +24,14 @@ pub fn nats_server_binary() -> PathBuf {
     PathBuf::from("nats-server")
 }
 
+/// Python with the test packages (`$BULKHEAD_PYTHON`, else the project's
+/// venv, which `scripts/ensure-python.sh` fills).
+pub fn python() -> PathBuf {
+    std::env::var_os("BULKHEAD_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".bulkhead/venv/bin/python3"))
+}
+
 /// The workspace root (the folder with the top-level Cargo.toml).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
