@@ -93,6 +93,26 @@ pub enum IsolationArg {
     Dedicated,
 }
 
+/// A tenant's admission limits, enforced by every router (0 = unlimited).
+#[derive(Args, Debug, Clone, Default)]
+pub struct LimitArgs {
+    /// Requests per second (token bucket).
+    #[arg(long, default_value_t = 0)]
+    pub rps: u32,
+    /// Requests allowed at once above the steady rate.
+    #[arg(long, default_value_t = 0)]
+    pub burst: u32,
+    /// Tokens per minute (prompt + max_tokens reserved, unused refunded).
+    #[arg(long, default_value_t = 0)]
+    pub tokens_per_minute: u64,
+    /// Requests admitted and not finished (queued or running).
+    #[arg(long, default_value_t = 0)]
+    pub max_in_flight: u32,
+    /// Requests waiting in the router's fair queue.
+    #[arg(long, default_value_t = 0)]
+    pub max_queued: u32,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum TenantsCmd {
     /// Create a tenant.
@@ -112,6 +132,8 @@ pub enum TenantsCmd {
         /// Isolation tier (see DESIGN.md).
         #[arg(long, value_enum, default_value = "shared")]
         isolation: IsolationArg,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// List tenants.
     List,
@@ -202,6 +224,11 @@ pub fn tenant_json(t: &Tenant) -> serde_json::Value {
         "max_tokens_per_request": t.max_tokens_per_request,
         "isolation": Isolation::try_from(t.isolation).map(|i| i.as_str_name()).unwrap_or("?"),
         "created_unix_ms": t.created_unix_ms,
+        "limits": {
+            "requests_per_second": t.requests_per_second, "burst": t.burst,
+            "tokens_per_minute": t.tokens_per_minute, "max_in_flight": t.max_in_flight,
+            "max_queued": t.max_queued,
+        },
     })
 }
 
@@ -216,6 +243,7 @@ pub async fn tenants(cmd: TenantsCmd, r: &Remote) -> Result<()> {
             models,
             max_tokens,
             isolation,
+            limits,
         } => {
             let isolation = match isolation {
                 IsolationArg::Shared => Isolation::Shared,
@@ -230,7 +258,11 @@ pub async fn tenants(cmd: TenantsCmd, r: &Remote) -> Result<()> {
                     allowed_models: models,
                     max_tokens_per_request: max_tokens,
                     isolation,
-                    ..Default::default()
+                    requests_per_second: limits.rps,
+                    burst: limits.burst,
+                    tokens_per_minute: limits.tokens_per_minute,
+                    max_in_flight: limits.max_in_flight,
+                    max_queued: limits.max_queued,
                 })
                 .await?;
             if r.json {

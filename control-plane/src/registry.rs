@@ -114,7 +114,11 @@ impl Registry {
             max_tokens_per_request: r.max_tokens_per_request,
             isolation: r.isolation,
             created_unix_ms: now_ms(),
-            ..Default::default()
+            requests_per_second: r.requests_per_second,
+            burst: r.burst,
+            tokens_per_minute: r.tokens_per_minute,
+            max_in_flight: r.max_in_flight,
+            max_queued: r.max_queued,
         };
         // `create` fails if the key exists, so two racing creates cannot both win.
         match self
