@@ -33,6 +33,9 @@ pub struct DevArgs {
     /// Name under which the worker serves the generated model.
     #[arg(long, default_value = "bulkhead-tiny")]
     pub model_name: String,
+    /// How many workers to start (each serves the model on the CPU).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
     /// Per-request token limit of the demo tenants.
     #[arg(long, default_value_t = 128)]
     pub max_tokens: u32,
@@ -46,14 +49,24 @@ pub struct StackInfo {
     pub audit_grpc: String,
     pub control_grpc: String,
     pub worker_grpc: String,
-    /// The worker's Prometheus endpoint (`http://host:port/metrics`).
+    /// The first worker's Prometheus endpoint (`http://host:port/metrics`).
     pub worker_metrics: String,
+    /// Every worker.
+    pub workers: Vec<WorkerInfo>,
     pub nats_url: String,
     pub ca_cert: PathBuf,
     pub certs_dir: PathBuf,
     pub model: String,
     pub tenants: Vec<TenantInfo>,
     pub logs_dir: PathBuf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub grpc: String,
+    pub metrics: String,
+    pub pid: u32,
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
@@ -220,20 +233,42 @@ async fn start(
             .await?;
         anyhow::ensure!(st.success(), "`bulkhead-worker gen-model` failed");
     }
-    let ready = run_dir.join("worker.json");
-    let mut cmd = tokio::process::Command::new(bin("bulkhead-worker"));
-    cmd.arg("serve")
-        .arg("--model")
-        .arg(&model_dir)
-        .args(["--model-name", &args.model_name, "--listen", "127.0.0.1:0"])
-        .args(["--certs-dir", &certs_s, "--worker-id", "dev-worker-0"])
-        .args(["--metrics-listen", "127.0.0.1:0"])
-        .arg("--ready-file")
-        .arg(&ready);
-    kids.spawn("worker", cmd)?;
-    let w = kids.wait_ready(&ready).await?;
-    let (worker_grpc, worker_metrics) = (ready_addr(&w, "grpc")?, ready_addr(&w, "metrics")?);
-    println!("worker           {worker_grpc}");
+    let mut workers = vec![];
+    for i in 0..args.workers.max(1) {
+        let name = if i == 0 {
+            "worker".to_string()
+        } else {
+            format!("worker-{i}")
+        };
+        let ready = run_dir.join(format!("{name}.json"));
+        let mut cmd = tokio::process::Command::new(bin("bulkhead-worker"));
+        cmd.arg("serve")
+            .arg("--model")
+            .arg(&model_dir)
+            .args(["--model-name", &args.model_name, "--listen", "127.0.0.1:0"])
+            .args([
+                "--certs-dir",
+                &certs_s,
+                "--worker-id",
+                &format!("dev-worker-{i}"),
+            ])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .arg("--ready-file")
+            .arg(&ready);
+        // A worker may die (or be killed in a fault test) without taking the
+        // stack down: the router routes around it.
+        let pid = kids.spawn_expendable(&name, cmd)?;
+        let w = kids.wait_ready(&ready).await?;
+        let (grpc, metrics) = (ready_addr(&w, "grpc")?, ready_addr(&w, "metrics")?);
+        println!("{name:<16} {grpc}");
+        workers.push(WorkerInfo {
+            id: format!("dev-worker-{i}"),
+            grpc,
+            metrics: format!("http://{metrics}/metrics"),
+            pid,
+        });
+    }
+    let (worker_grpc, worker_metrics) = (workers[0].grpc.clone(), workers[0].metrics.clone());
 
     // Router
     let secret = dir.join("router-hash.secret");
@@ -249,7 +284,14 @@ async fn start(
         "127.0.0.1:0",
     ])
     .args(["--nats-url", &nats_url, "--certs-dir", &certs_s])
-    .args(["--worker", &format!("https://{worker_grpc}")])
+    .args([
+        "--worker",
+        &workers
+            .iter()
+            .map(|w| format!("https://{}", w.grpc))
+            .collect::<Vec<_>>()
+            .join(","),
+    ])
     .arg("--hash-secret-file")
     .arg(&secret)
     .arg("--ready-file")
@@ -275,7 +317,8 @@ async fn start(
         audit_grpc,
         control_grpc,
         worker_grpc,
-        worker_metrics: format!("http://{worker_metrics}/metrics"),
+        worker_metrics,
+        workers,
         nats_url,
         ca_cert: certs.join("ca.pem"),
         certs_dir: certs.clone(),

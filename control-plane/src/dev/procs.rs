@@ -7,9 +7,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::process::{Child, Command};
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Expendable {
+    No,
+    Yes,
+    /// Expendable, exited, already reported.
+    Gone,
+}
+
 pub struct Children {
     logs: PathBuf,
-    kids: Vec<(String, Child)>,
+    /// (name, process, expendable: may exit without stopping the stack).
+    kids: Vec<(String, Child, Expendable)>,
 }
 
 impl Children {
@@ -21,8 +30,18 @@ impl Children {
         &self.logs
     }
 
-    /// Starts a child with stdout/stderr in `<logs>/<name>.log`; returns its pid.
-    pub fn spawn(&mut self, name: &str, mut cmd: Command) -> Result<u32> {
+    /// Starts a child with stdout/stderr in `<logs>/<name>.log`; returns its
+    /// pid. If it exits, the stack stops.
+    pub fn spawn(&mut self, name: &str, cmd: Command) -> Result<u32> {
+        self.start(name, cmd, Expendable::No)
+    }
+
+    /// Like `spawn`, but the stack keeps running if this child exits.
+    pub fn spawn_expendable(&mut self, name: &str, cmd: Command) -> Result<u32> {
+        self.start(name, cmd, Expendable::Yes)
+    }
+
+    fn start(&mut self, name: &str, mut cmd: Command, expendable: Expendable) -> Result<u32> {
         let log_path = self.logs.join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
@@ -35,7 +54,7 @@ impl Children {
         cmd.process_group(0);
         let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
         let pid = child.id().context("child has no pid")?;
-        self.kids.push((name.to_string(), child));
+        self.kids.push((name.to_string(), child, expendable));
         Ok(pid)
     }
 
@@ -58,8 +77,17 @@ impl Children {
     }
 
     fn check_alive(&mut self) -> Result<()> {
-        for (name, child) in &mut self.kids {
+        for (name, child, expendable) in &mut self.kids {
             if let Some(st) = child.try_wait()? {
+                match *expendable {
+                    Expendable::Gone => continue,
+                    Expendable::Yes => {
+                        eprintln!("{name} exited with {st}; the stack keeps running without it");
+                        *expendable = Expendable::Gone;
+                        continue;
+                    }
+                    Expendable::No => {}
+                }
                 bail!(
                     "{name} exited with {st}; see {}",
                     self.logs.join(format!("{name}.log")).display()
@@ -84,7 +112,7 @@ impl Children {
 
     /// Stops every child, newest first: SIGTERM, then SIGKILL after `grace`.
     pub async fn stop_all(&mut self, grace: Duration) {
-        while let Some((name, mut child)) = self.kids.pop() {
+        while let Some((name, mut child, _)) = self.kids.pop() {
             if let Ok(Some(_)) = child.try_wait() {
                 continue;
             }

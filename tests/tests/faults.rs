@@ -1,0 +1,77 @@
+//! Faults: a worker killed with SIGKILL mid-stream. The affected stream ends
+//! with a clear error within 2 s; other tenants' requests keep flowing on the
+//! remaining worker; the same tenant is served again.
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use bulkhead_e2e::DevStack;
+use futures::StreamExt;
+
+async fn complete(stack: &DevStack, key: &str) -> Result<u16> {
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/completions", stack.s("router_http")))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"model": stack.s("model"), "prompt": "still there?", "max_tokens": 2}))
+        .send()
+        .await?;
+    Ok(r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_stream() -> Result<()> {
+    let stack = DevStack::start(&["--workers", "2", "--max-tokens", "450"])?;
+    let result = async {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/completions", stack.s("router_http")))
+            .bearer_auth(stack.key(0))
+            .json(&serde_json::json!({"model": stack.s("model"), "prompt": "a long story", "max_tokens": 450, "stream": true}))
+            .send()
+            .await?;
+        ensure!(resp.status().is_success(), "{}", resp.status());
+        let request_id = resp.headers().get("x-request-id").context("no x-request-id")?.to_str()?.to_string();
+        let mut body = resp.bytes_stream();
+        let mut text = String::new();
+        while !text.contains("\"text\"") {
+            let chunk = body.next().await.context("stream ended before any token")??;
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        // Which worker holds the stream?
+        let workers = stack.info["workers"].as_array().context("no workers")?.clone();
+        let (i, victim) = workers
+            .iter()
+            .enumerate()
+            .find(|(i, _)| {
+                let log = if *i == 0 { "worker".to_string() } else { format!("worker-{i}") };
+                stack.log(&log).contains(&request_id)
+            })
+            .context("no worker logged the request")?;
+        let pid = victim["pid"].as_u64().context("pid")?;
+        std::process::Command::new("kill").args(["-9", &pid.to_string()]).status()?;
+        let killed = Instant::now();
+        let rest = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(chunk) = body.next().await {
+                text.push_str(&String::from_utf8_lossy(&chunk?));
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .context("the stream did not end within 2 s of the worker's death")?;
+        rest?;
+        let ended = killed.elapsed();
+        ensure!(!text.contains("\"finish_reason\":\"length\""), "the stream finished before the kill; make it longer");
+        ensure!(text.contains("\"error\""), "no error event: {text}");
+        ensure!(text.trim_end().ends_with("data: [DONE]"), "no [DONE]: {text}");
+        println!("worker {i} killed; stream ended with an error after {ended:?}");
+        // Others keep flowing, and the tenant itself is served again.
+        for _ in 0..3 {
+            ensure!(complete(&stack, &stack.key(1)).await? == 200, "other tenant refused after the kill");
+        }
+        ensure!(complete(&stack, &stack.key(0)).await? == 200, "tenant not served after the kill");
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    if result.is_err() {
+        stack.dump_logs();
+    }
+    result
+}
