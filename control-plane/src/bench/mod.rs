@@ -20,10 +20,16 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::dev::StackInfo;
 
+mod probe;
+
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
     /// Router overhead: direct-to-worker vs through-the-router, interleaved.
     Overhead(OverheadArgs),
+    /// Prefix-cache timing side channel: can one tenant tell from its own
+    /// TTFT whether another tenant sent a prompt? (AUC across tenants, and
+    /// within one tenant as the control that shows the probe works.)
+    Probe(probe::ProbeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -102,7 +108,10 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 }
 
 pub async fn run(cmd: BenchCmd) -> Result<()> {
-    let BenchCmd::Overhead(a) = cmd;
+    let a = match cmd {
+        BenchCmd::Overhead(a) => a,
+        BenchCmd::Probe(p) => return probe::run(p).await,
+    };
     let info: StackInfo =
         serde_json::from_slice(&std::fs::read(&a.stack).with_context(|| {
             format!("reading {} (start `bulkhead dev` first)", a.stack.display())
