@@ -42,12 +42,14 @@ impl ContentHasher {
 #[derive(Clone)]
 pub struct AuditPublisher {
     js: jetstream::Context,
+    client: async_nats::Client,
 }
 
 impl AuditPublisher {
     /// Creates the audit stream when missing (same settings as the
     /// audit-service uses).
-    pub async fn new(js: jetstream::Context) -> anyhow::Result<Self> {
+    pub async fn new(client: async_nats::Client) -> anyhow::Result<Self> {
+        let js = jetstream::new(client.clone());
         js.get_or_create_stream(jetstream::stream::Config {
             name: names::AUDIT_STREAM.to_string(),
             subjects: vec![format!("{}.>", names::AUDIT_SUBJECT_PREFIX)],
@@ -56,7 +58,13 @@ impl AuditPublisher {
             ..Default::default()
         })
         .await?;
-        Ok(Self { js })
+        Ok(Self { js, client })
+    }
+
+    /// Whether the audit trail can be written now. The router fails closed:
+    /// while NATS is unreachable it serves nothing it could not audit.
+    pub fn available(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     /// Publishes one event and waits for JetStream to store it.

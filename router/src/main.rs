@@ -64,6 +64,11 @@ struct Args {
     /// How often to poll workers for health and capacity, in milliseconds.
     #[arg(long, env = "BULKHEAD_ROUTER_POLL_MS", default_value_t = 1000)]
     poll_ms: u64,
+    /// What to do while NATS (the audit trail) is unreachable: `reject` fails
+    /// closed (503, nothing served without an audit record). `spool` (a
+    /// bounded local disk spool replayed later) is not implemented yet.
+    #[arg(long, env = "BULKHEAD_ROUTER_AUDIT_MODE", default_value = "reject", value_parser = ["reject", "spool"])]
+    audit_mode: String,
     /// Distinct tenants given their own metric labels; the rest share "other".
     #[arg(long, env = "BULKHEAD_METRICS_MAX_TENANTS", default_value_t = 100)]
     metrics_max_tenants: usize,
@@ -104,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
     let nats = async_nats::connect(&args.nats_url)
         .await
         .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
-    let js = async_nats::jetstream::new(nats);
+    let js = async_nats::jetstream::new(nats.clone());
     let dir = Arc::new(Directory::default());
     directory::sync(&js, dir.clone())
         .await
@@ -113,7 +118,11 @@ async fn main() -> anyhow::Result<()> {
         tenants = dir.tenant_count(),
         "tenant directory loaded; watching for changes"
     );
-    let audit = AuditPublisher::new(js.clone())
+    anyhow::ensure!(
+        args.audit_mode == "reject",
+        "--audit-mode spool is not implemented yet: use reject (fail closed)"
+    );
+    let audit = AuditPublisher::new(nats)
         .await
         .context("opening the audit stream")?;
 

@@ -103,6 +103,14 @@ impl Pipeline {
         self: &Arc<Self>,
         req: ValidRequest,
     ) -> Result<(Usage, mpsc::Receiver<Event>), ApiError> {
+        if !self.audit.available() {
+            tracing::error!(request_id = %req.request_id, tenant = %req.tenant.id,
+                "refusing a request: the audit trail (NATS) is unreachable");
+            self.metrics.request(&req.tenant.id, "Unavailable");
+            return Err(ApiError::Unavailable(
+                "the audit trail is unreachable; this router serves nothing it cannot audit (audit mode: reject)".into(),
+            ));
+        }
         let mut outcome = Outcome {
             traceparent: bulkhead_telemetry::propagation::current_traceparent(),
             ..Outcome::default()

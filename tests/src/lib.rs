@@ -284,6 +284,20 @@ impl DevStack {
     }
 }
 
+impl Drop for DevStack {
+    /// Stops the stack as Ctrl-C would (the dev stack stops its children),
+    /// then makes sure nothing started under this stack's folder survives,
+    /// even if the dev process itself was killed.
+    fn drop(&mut self) {
+        let _ = self.dev.terminate(Duration::from_secs(20));
+        let _ = Command::new("pkill")
+            .arg("-9")
+            .arg("-f")
+            .arg(self.dir.path().to_string_lossy().as_ref())
+            .status();
+    }
+}
+
 /// `<dir>/<name>.log`, or an empty string.
 pub fn read_log(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()

@@ -54,6 +54,7 @@ pub struct StackInfo {
     /// Every worker.
     pub workers: Vec<WorkerInfo>,
     pub nats_url: String,
+    pub nats_pid: u32,
     pub ca_cert: PathBuf,
     pub certs_dir: PathBuf,
     pub model: String,
@@ -164,14 +165,16 @@ async fn start(
         .arg(&nats_dir)
         .arg("--ports_file_dir")
         .arg(run_dir);
-    let pid = kids.spawn("nats-server", cmd).with_context(|| {
+    // Expendable so fault tests can take NATS away and watch the router fail
+    // closed; the stack says so when it happens.
+    let nats_pid = kids.spawn_expendable("nats-server", cmd).with_context(|| {
         format!(
             "starting {} (run scripts/ensure-nats.sh, or pass --nats-server)",
             args.nats_server.display()
         )
     })?;
     let ports = kids
-        .wait_ready(&run_dir.join(format!("nats-server_{pid}.ports")))
+        .wait_ready(&run_dir.join(format!("nats-server_{nats_pid}.ports")))
         .await?;
     let nats_url = ports["nats"][0]
         .as_str()
@@ -320,6 +323,7 @@ async fn start(
         worker_metrics,
         workers,
         nats_url,
+        nats_pid,
         ca_cert: certs.join("ca.pem"),
         certs_dir: certs.clone(),
         model: args.model_name.clone(),
