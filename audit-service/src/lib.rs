@@ -5,7 +5,7 @@
 //!
 //! `store` and `keys` are pure storage (no network); `consumer` is the NATS
 //! side; `query` is the gRPC side; `server::serve` runs both (the entry the
-//! binary and in-process tests use); `runtime` is process plumbing.
+//! binary and in-process tests use).
 #![forbid(unsafe_code)]
 
 use std::path::Path;
@@ -16,7 +16,6 @@ pub mod consumer;
 pub mod keys;
 pub mod query;
 pub mod report;
-pub mod runtime;
 pub mod server;
 pub mod shred;
 pub mod store;

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use bulkhead_audit::checkpoint;
 use bulkhead_audit::keys::{KeyWrapper, LocalMasterKey};
-use bulkhead_audit::runtime::{self, LogFormat};
 use bulkhead_audit::server::{self, ServeOptions};
 use bulkhead_audit::shred::Shredded;
 use bulkhead_audit::store::AuditStore;
 use bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN;
+use bulkhead_telemetry::{self as runtime, LogFormat};
 use clap::{Args, Parser, Subcommand};
 
 /// Bulkhead's audit-service: consumes audit events from NATS JetStream and
@@ -180,7 +180,7 @@ fn shred(args: ShredArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    runtime::init_tracing(args.log_format);
+    let _telemetry = runtime::init("bulkhead-audit", args.log_format);
     bulkhead_proto::identity::install_crypto_provider();
     let certs_dir = args
         .certs_dir

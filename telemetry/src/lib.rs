@@ -17,9 +17,10 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// Log line format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Log line format (`--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
+    #[default]
     Text,
     Json,
 }
@@ -64,9 +65,17 @@ pub fn init(default_service: &str, format: LogFormat) -> Telemetry {
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
     let fmt = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
     let (otel, provider, err) = match tracer_provider(default_service) {
         Ok(Some(p)) => {
@@ -117,27 +126,40 @@ fn tracer_provider(default_service: &str) -> anyhow::Result<Option<SdkTracerProv
     ))
 }
 
-/// Resolves on SIGINT or SIGTERM.
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM. If a handler cannot be installed
+/// (which should not happen), that signal is simply not awaited.
 pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
     let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        match signal(SignalKind::terminate()) {
             Ok(mut s) => {
                 s.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        r = tokio::signal::ctrl_c() => {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "cannot listen for SIGINT");
+                std::future::pending::<()>().await;
+            }
+        }
         _ = term => {}
     }
+    tracing::info!("shutdown requested");
 }
 
-/// Writes `json` to `path` atomically (temporary file, then rename), so a
-/// reader never sees half a ready file.
-pub fn write_ready_file(path: &std::path::Path, json: &serde_json::Value) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, json.to_string())?;
+/// Writes `value` as JSON to `path` atomically: a temporary file next to it,
+/// then a rename, so a reader never sees a partial document.
+pub fn write_ready_file(path: &std::path::Path, value: &serde_json::Value) -> std::io::Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(name);
+    std::fs::write(&tmp, value.to_string())?;
     std::fs::rename(&tmp, path)
 }
 
@@ -154,4 +176,24 @@ pub fn incoming_nodelay(
         s.set_nodelay(true)?;
         Ok(s)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ready_file_is_complete_json() {
+        let dir = std::env::temp_dir().join(format!("bh-ready-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("ready.json");
+        super::write_ready_file(&p, &serde_json::json!({"grpc": "127.0.0.1:1"})).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        assert_eq!(v["grpc"], "127.0.0.1:1");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "temp file left"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use bulkhead_control::runtime::{self, LogFormat};
 use bulkhead_control::server::{self, ServeOptions};
 use bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN;
+use bulkhead_telemetry::{self as runtime, LogFormat};
 use clap::Parser;
 
 /// Bulkhead's control-plane: keeps tenants and API keys in NATS JetStream KV
@@ -47,7 +47,7 @@ struct Args {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    runtime::init_tracing(args.log_format);
+    let _telemetry = runtime::init("bulkhead-control", args.log_format);
     bulkhead_proto::identity::install_crypto_provider();
     let registry = server::open_registry(&args.nats_url).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -3,7 +3,7 @@
 
 use bulkhead_control::cli::{self, AuditCmd, CertsCmd, KeysCmd, Remote, TenantsCmd};
 use bulkhead_control::dev::{self, DevArgs};
-use bulkhead_control::runtime::{self, LogFormat};
+use bulkhead_telemetry::{self as runtime, LogFormat};
 use clap::{Parser, Subcommand};
 
 /// Operate a Bulkhead cluster: certificates, tenants, API keys, audit
@@ -55,12 +55,15 @@ enum Cmd {
     /// MIG planning: profiles, placement rules, nvidia-mig-parted configs.
     #[command(subcommand)]
     Mig(bulkhead_control::mig_cli::MigCmd),
+    /// Kubernetes manifests rendered from a cluster config.
+    #[command(subcommand)]
+    Deploy(bulkhead_control::deploy::DeployCmd),
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    runtime::init_tracing(cli.log_format);
+    let _telemetry = runtime::init("bulkhead", cli.log_format);
     bulkhead_proto::identity::install_crypto_provider();
     let r = match cli.cmd {
         Cmd::Certs(c) => cli::certs(c, &cli.remote),
@@ -70,6 +73,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Dev(a) => dev::run(a).await,
         Cmd::Bench(b) => bulkhead_control::bench::run(b).await,
         Cmd::Mig(c) => bulkhead_control::mig_cli::run(c, &cli.remote),
+        Cmd::Deploy(c) => bulkhead_control::deploy::run(c),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,139 @@
+//! `bulkhead deploy render --config cluster.toml --out DIR`: Kubernetes
+//! manifests for one Bulkhead cluster, one YAML file per object plus a
+//! `kustomization.yaml` listing them (so `kubectl apply -k DIR` works).
+//!
+//! Rendering is pure ([`render`]); only [`write`] touches the disk.
+//!
+//! What is rendered: the Namespace; router Deployment + Service (HTTP and
+//! gRPC); one worker Deployment + Service per `[[pool]]`; the audit-service
+//! StatefulSet (PersistentVolumeClaim template `data`) + Service; the
+//! control-plane Deployment + Service; NetworkPolicies (default-deny, router,
+//! audit, control, one per pool). NATS is only referenced (`[nats] url`),
+//! deployed by its own chart.
+//!
+//! Secrets the manifests mount and the operator creates (names fixed):
+//! - `bulkhead-router-tls`, `bulkhead-audit-tls`, `bulkhead-control-tls`,
+//!   `bulkhead-worker-<pool>-tls`: keys `ca.pem`, `<component>.pem`,
+//!   `<component>.key` (component `router`, `audit`, `control`, `worker`), as
+//!   `bulkhead certs init` writes them; mounted at `/etc/bulkhead/certs`.
+//! - `bulkhead-router-hash-secret`: key `hash-secret` (64 hex characters).
+//! - `bulkhead-audit-master-key`: key `master-key` (64 hex characters).
+//!
+//! Config errors are [`ConfigError`]s (see its variants for the messages).
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+pub mod config;
+pub mod policy;
+pub mod render;
+
+pub use config::{Cluster, ConfigError, GpuResource, Pool, Tier};
+
+#[derive(Subcommand, Debug)]
+pub enum DeployCmd {
+    /// Render Kubernetes manifests from a cluster config.
+    Render(RenderArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RenderArgs {
+    /// Cluster config (see deploy/examples/cluster.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Folder to write the manifests into (created if missing; files with
+    /// the same names are replaced).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// One rendered object: its file name (without `.yaml`) and its content.
+#[derive(Clone, Debug)]
+pub struct Manifest {
+    pub file: String,
+    pub object: Value,
+}
+
+/// Every object of the cluster, in apply order (Namespace first).
+pub fn render(c: &Cluster) -> Vec<Manifest> {
+    let mut v: Vec<(String, Value)> = vec![("namespace".into(), render::namespace(c))];
+    v.push(("networkpolicy-default-deny".into(), policy::default_deny(c)));
+    v.extend(render::router(c));
+    v.push(("networkpolicy-router".into(), policy::router(c)));
+    for p in &c.pools {
+        v.extend(render::worker(c, p));
+        v.push((
+            format!("networkpolicy-worker-{}", p.name),
+            policy::worker(c, p),
+        ));
+    }
+    v.extend(render::audit(c));
+    v.push(("networkpolicy-audit".into(), policy::audit(c)));
+    v.extend(render::control(c));
+    v.push(("networkpolicy-control".into(), policy::control(c)));
+    v.into_iter()
+        .map(|(file, object)| Manifest { file, object })
+        .collect()
+}
+
+/// The `kustomization.yaml` listing the files.
+pub fn kustomization(ms: &[Manifest]) -> Value {
+    let files: Vec<String> = ms.iter().map(|m| format!("{}.yaml", m.file)).collect();
+    json!({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": files,
+    })
+}
+
+/// YAML text of one object.
+pub fn to_yaml(v: &Value) -> Result<String> {
+    serde_norway::to_string(v).context("serializing YAML")
+}
+
+/// Writes the manifests and `kustomization.yaml` into `out`; returns the paths.
+pub fn write(out: &Path, ms: &[Manifest]) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut written = Vec::new();
+    let all = ms
+        .iter()
+        .map(|m| (format!("{}.yaml", m.file), &m.object))
+        .collect::<Vec<_>>();
+    let k = kustomization(ms);
+    for (name, obj) in all
+        .into_iter()
+        .chain(std::iter::once(("kustomization.yaml".to_string(), &k)))
+    {
+        let path = out.join(&name);
+        let header = "# Rendered by `bulkhead deploy render`; edit cluster.toml, not this file.\n";
+        std::fs::write(&path, format!("{header}{}", to_yaml(obj)?))
+            .with_context(|| format!("writing {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+pub fn run(cmd: DeployCmd) -> Result<()> {
+    match cmd {
+        DeployCmd::Render(a) => {
+            let text = std::fs::read_to_string(&a.config)
+                .with_context(|| format!("reading {}", a.config.display()))?;
+            let cluster = Cluster::parse(&text)?;
+            let ms = render(&cluster);
+            let paths = write(&a.out, &ms)?;
+            for p in &paths {
+                println!("{}", p.display());
+            }
+            eprintln!(
+                "rendered {} objects into {} (namespace {}, {} worker pools)",
+                ms.len(),
+                a.out.display(),
+                cluster.namespace,
+                cluster.pools.len()
+            );
+            Ok(())
+        }
+    }
+}
