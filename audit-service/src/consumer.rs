@@ -77,6 +77,7 @@ pub async fn run(
     js: jetstream::Context,
     store: Arc<Mutex<AuditStore>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    metrics: Option<Arc<crate::metrics::AuditMetrics>>,
 ) -> Result<(), ConsumerError> {
     let consumer = ensure_consumer(&js).await?;
     tracing::info!(consumer = CONSUMER_NAME, "consuming audit events");
@@ -109,9 +110,15 @@ pub async fn run(
         }
         let events: Vec<Option<AuditEvent>> = msgs.iter().map(check).collect();
         let store = store.clone();
-        let verdicts = tokio::task::spawn_blocking(move || store_batch(&store, events))
-            .await
-            .map_err(|e| ConsumerError::Task(e.to_string()))??;
+        let t0 = std::time::Instant::now();
+        let (verdicts, stored, dups) =
+            tokio::task::spawn_blocking(move || store_batch(&store, events))
+                .await
+                .map_err(|e| ConsumerError::Task(e.to_string()))??;
+        if let Some(m) = &metrics {
+            let terminated = verdicts.iter().filter(|ok| !**ok).count() as u64;
+            m.batch(&stored, dups, terminated, t0.elapsed());
+        }
         for (m, ok) in msgs.iter().zip(verdicts) {
             let r = if ok {
                 m.ack().await
@@ -149,20 +156,30 @@ fn check(m: &jetstream::Message) -> Option<AuditEvent> {
 /// Appends a batch and fsyncs. Returns, per message, whether to ack (true)
 /// or terminate it as undeliverable (false). A storage error aborts the
 /// whole batch unacknowledged.
+/// Also returns the events stored per tenant and the duplicates skipped.
+type BatchOutcome = (Vec<bool>, Vec<(String, u64)>, u64);
+
 fn store_batch(
     store: &Mutex<AuditStore>,
     events: Vec<Option<AuditEvent>>,
-) -> Result<Vec<bool>, StoreError> {
+) -> Result<BatchOutcome, StoreError> {
     let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
     let mut verdicts = Vec::with_capacity(events.len());
-    let (mut stored, mut dups) = (0, 0);
+    let (mut stored, mut dups) = (0, 0u64);
+    let mut by_tenant: Vec<(String, u64)> = Vec::new();
     for ev in events {
         let Some(ev) = ev else {
             verdicts.push(false);
             continue;
         };
         match store.append(&ev) {
-            Ok(true) => stored += 1,
+            Ok(true) => {
+                stored += 1;
+                match by_tenant.iter_mut().find(|(t, _)| *t == ev.tenant_id) {
+                    Some((_, n)) => *n += 1,
+                    None => by_tenant.push((ev.tenant_id.clone(), 1)),
+                }
+            }
             Ok(false) => dups += 1,
             Err(StoreError::Invalid(why)) => {
                 tracing::error!(%why, "dropping an invalid audit event (terminated)");
@@ -175,5 +192,5 @@ fn store_batch(
     }
     store.sync()?;
     tracing::debug!(stored, duplicates = dups, "batch stored");
-    Ok(verdicts)
+    Ok((verdicts, by_tenant, dups))
 }

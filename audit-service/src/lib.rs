@@ -14,6 +14,7 @@ pub mod access;
 pub mod checkpoint;
 pub mod consumer;
 pub mod keys;
+pub mod metrics;
 pub mod query;
 pub mod report;
 pub mod server;

@@ -95,6 +95,12 @@ struct ServeArgs {
     /// Once the listener is bound, write {"grpc":"<addr>"} here (atomically).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://<addr>/metrics (port 0 = any free port).
+    #[arg(long, env = "BULKHEAD_AUDIT_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Distinct tenants given their own metric labels; the rest share "other".
+    #[arg(long, env = "BULKHEAD_METRICS_MAX_TENANTS", default_value_t = 100)]
+    metrics_max_tenants: usize,
     /// Log format on stderr (RUST_LOG sets the filter, default "info").
     #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -191,7 +197,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let mut metrics_addr = None;
+    let metrics = match args.metrics_listen {
+        Some(a) => {
+            let mut registry =
+                bulkhead_telemetry::metrics::prometheus_client::registry::Registry::default();
+            let m = std::sync::Arc::new(bulkhead_audit::metrics::AuditMetrics::new(
+                &mut registry,
+                args.metrics_max_tenants,
+            ));
+            let l = tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding the metrics address {a}"))?;
+            metrics_addr = Some(l.local_addr()?.to_string());
+            tokio::spawn(bulkhead_telemetry::metrics::serve(
+                l,
+                std::sync::Arc::new(registry),
+                runtime::shutdown_signal(),
+            ));
+            Some(m)
+        }
+        None => None,
+    };
     let opts = ServeOptions {
+        metrics,
         operator_reads_any_tenant: args.operator_reads_any_tenant,
         checkpoint_every: args.checkpoint_every.max(1),
         ..ServeOptions::new(
@@ -204,8 +233,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let ready_file = args.ready_file.clone();
     let on_ready = move || {
         if let Some(path) = &ready_file {
-            runtime::write_ready_file(path, &serde_json::json!({"grpc": addr.to_string()}))
-                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            runtime::write_ready_file(
+                path,
+                &serde_json::json!({"grpc": addr.to_string(), "metrics": metrics_addr}),
+            )
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
         }
         tracing::info!(grpc = %addr, "audit-service serving");
         Ok(())

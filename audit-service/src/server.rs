@@ -52,6 +52,8 @@ pub struct ServeOptions {
     pub operator_reads_any_tenant: bool,
     /// Records between two signed checkpoints of a tenant's log.
     pub checkpoint_every: u64,
+    /// Where to record Prometheus metrics, if anywhere.
+    pub metrics: Option<Arc<crate::metrics::AuditMetrics>>,
 }
 
 impl ServeOptions {
@@ -65,6 +67,7 @@ impl ServeOptions {
             trust_domain: trust_domain.to_string(),
             operator_reads_any_tenant: false,
             checkpoint_every: crate::store::DEFAULT_CHECKPOINT_EVERY,
+            metrics: None,
         }
     }
 }
@@ -122,7 +125,12 @@ pub async fn serve_with_ready(
         })?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut consumer_task = tokio::spawn(consumer::run(js, store.clone(), stop_rx.clone()));
+    let mut consumer_task = tokio::spawn(consumer::run(
+        js,
+        store.clone(),
+        stop_rx.clone(),
+        opts.metrics.clone(),
+    ));
     let authz = SpiffeAuthorizer::new("audit query API", &opts.trust_domain, ALLOWED_CALLERS);
     let mut rx = stop_rx;
     let server = tonic::transport::Server::builder()

@@ -38,7 +38,8 @@ async fn metrics_parse_and_move_with_traffic() -> Result<()> {
         let router = format!("{}/metrics", stack.s("router_http"));
         let worker = stack.s("worker_metrics");
         let (a, b) = (stack.tenant(0), stack.tenant(1));
-        let (r0, w0) = (scrape(&router).await?, scrape(&worker).await?);
+        let audit = stack.s("audit_metrics");
+        let (r0, w0, a0) = (scrape(&router).await?, scrape(&worker).await?, scrape(&audit).await?);
         for _ in 0..2 {
             let resp = reqwest::Client::new()
                 .post(format!("{}/v1/completions", stack.s("router_http")))
@@ -51,6 +52,18 @@ async fn metrics_parse_and_move_with_traffic() -> Result<()> {
         // Wait for the audit/metrics bookkeeping of the last request.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         let (r1, w1) = (scrape(&router).await?, scrape(&worker).await?);
+        // The audit-service stores both requests' events (asynchronously).
+        let stored = format!("bulkhead_audit_events_stored_total{{tenant={a}}}");
+        let t0 = std::time::Instant::now();
+        let a1 = loop {
+            let a1 = scrape(&audit).await?;
+            if get(&a1, &stored) - get(&a0, &stored) >= 2.0 || t0.elapsed().as_secs() > 10 {
+                break a1;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        ensure!(get(&a1, &stored) - get(&a0, &stored) == 2.0, "audit stored: {a1:?}");
+        ensure!(get(&a1, "bulkhead_audit_terminated_total{}") == 0.0);
         let ok = |t: &str| format!("bulkhead_requests_total{{status=ok,tenant={t}}}");
         ensure!(get(&r1, &ok(&a)) - get(&r0, &ok(&a)) == 2.0, "requests: {r1:?}");
         ensure!(get(&r1, &ok(&b)) == get(&r0, &ok(&b)), "the other tenant's series moved");

@@ -47,6 +47,8 @@ pub struct StackInfo {
     pub router_http: String,
     pub router_grpc: String,
     pub audit_grpc: String,
+    /// The audit-service's Prometheus endpoint.
+    pub audit_metrics: String,
     pub control_grpc: String,
     pub worker_grpc: String,
     /// The first worker's Prometheus endpoint (`http://host:port/metrics`).
@@ -215,10 +217,12 @@ async fn start(
     .arg("--master-key-file")
     .arg(dir.join("audit-master.key"))
     .arg("--create-master-key")
+    .args(["--metrics-listen", "127.0.0.1:0"])
     .arg("--ready-file")
     .arg(&ready);
     kids.spawn("audit", cmd)?;
-    let audit_grpc = ready_addr(&kids.wait_ready(&ready).await?, "grpc")?;
+    let a = kids.wait_ready(&ready).await?;
+    let (audit_grpc, audit_metrics) = (ready_addr(&a, "grpc")?, ready_addr(&a, "metrics")?);
     println!("audit-service    {audit_grpc}");
 
     // Worker with the generated model
@@ -318,6 +322,7 @@ async fn start(
         router_http: format!("http://{router_http}"),
         router_grpc,
         audit_grpc,
+        audit_metrics: format!("http://{audit_metrics}/metrics"),
         control_grpc,
         worker_grpc,
         worker_metrics,
