@@ -76,6 +76,10 @@ pub enum CertsCmd {
         /// spiffe://<trust-domain>/bulkhead/<component>.
         #[arg(long)]
         component: String,
+        /// Extra DNS names for the certificate (repeat), e.g. the in-cluster
+        /// service name peers connect to: bulkhead-worker-shared.bulkhead.svc.
+        #[arg(long = "dns-name")]
+        dns_names: Vec<String>,
         /// SPIFFE trust domain of the cluster.
         #[arg(long, env = "BULKHEAD_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
@@ -201,10 +205,11 @@ pub fn certs(cmd: CertsCmd, r: &Remote) -> Result<()> {
         CertsCmd::Issue {
             dir,
             component,
+            dns_names,
             trust_domain,
             days,
         } => {
-            crate::pki::issue(&dir, &trust_domain, &component, days)?;
+            crate::pki::issue_with_names(&dir, &trust_domain, &component, days, &dns_names)?;
             if r.json {
                 println!(
                     "{}",

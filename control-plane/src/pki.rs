@@ -104,6 +104,18 @@ pub fn init(
 
 /// Issues (or re-issues) one component's certificate from the CA in `dir`.
 pub fn issue(dir: &Path, trust_domain: &str, component: &str, days: i64) -> Result<(), PkiError> {
+    issue_with_names(dir, trust_domain, component, days, &[])
+}
+
+/// Like [`issue`], with extra DNS names in the certificate (e.g. the
+/// component's in-cluster service name, which peers verify).
+pub fn issue_with_names(
+    dir: &Path,
+    trust_domain: &str,
+    component: &str,
+    days: i64,
+    dns_names: &[String],
+) -> Result<(), PkiError> {
     if component.is_empty()
         || !component
             .bytes()
@@ -130,6 +142,11 @@ pub fn issue(dir: &Path, trust_domain: &str, component: &str, days: i64) -> Resu
         SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
     ];
+    for name in dns_names {
+        params
+            .subject_alt_names
+            .push(SanType::DnsName(name.as_str().try_into()?));
+    }
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
@@ -173,6 +190,20 @@ mod tests {
             Err(PkiError::Exists(_))
         ));
         assert!(issue(dir.path(), "example.org", "../x", 30).is_err());
+        issue_with_names(
+            dir.path(),
+            "example.org",
+            "worker",
+            30,
+            &["bulkhead-worker-a.ns.svc".into()],
+        )
+        .unwrap();
+        let pem = std::fs::read(dir.path().join("worker.pem")).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        assert!(san.value.general_names.iter().any(|n| matches!(n,
+            x509_parser::extensions::GeneralName::DNSName(d) if *d == "bulkhead-worker-a.ns.svc")));
         issue(dir.path(), "example.org", "extra-1", 30).unwrap();
         assert_eq!(
             bulkhead_proto::identity::spiffe_id_of_der(&der(&dir.path().join("extra-1.pem"))),
