@@ -142,6 +142,10 @@ impl Pipeline {
         Ok((usage, rx))
     }
 
+    /// Dispatches, retrying once on another worker when the chosen one
+    /// fails before anything was streamed (it is taken out of rotation, so
+    /// the dispatcher picks another). The retry passes the tenant's limits
+    /// again, so a tenant right at its rate limit may see a 429 instead.
     async fn dispatch(
         &self,
         req: &ValidRequest,
@@ -154,6 +158,31 @@ impl Pipeline {
             Usage,
         ),
         ApiError,
+    > {
+        match self.dispatch_once(req, outcome).await {
+            Err((e, true)) => {
+                tracing::warn!(request_id = %req.request_id, worker = %outcome.worker, error = %e,
+                    "worker failed before streaming; retrying on another worker");
+                self.dispatch_once(req, outcome).await.map_err(|(e, _)| e)
+            }
+            r => r.map_err(|(e, _)| e),
+        }
+    }
+
+    /// One attempt. The error says whether a retry elsewhere is safe (the
+    /// worker was unreachable and nothing reached the client).
+    async fn dispatch_once(
+        &self,
+        req: &ValidRequest,
+        outcome: &mut Outcome,
+    ) -> Result<
+        (
+            Arc<WorkerHandle>,
+            Grant<WorkerLease>,
+            Streaming<WorkerGenerateResponse>,
+            Usage,
+        ),
+        (ApiError, bool),
     > {
         let prompt_bytes = match &req.input {
             Input::Prompt(p) => p.len(),
@@ -174,7 +203,7 @@ impl Pipeline {
                 if matches!(e, ApiError::RateLimited { .. }) {
                     self.metrics.limited(tenant);
                 }
-                return Err(e);
+                return Err((e, false));
             }
         };
         self.metrics.queue_wait(tenant, waited.elapsed());
@@ -207,13 +236,14 @@ impl Pipeline {
         {
             Ok(r) => r.into_inner(),
             Err(status) => {
-                if matches!(
+                let unreachable = matches!(
                     status.code(),
                     tonic::Code::Unavailable | tonic::Code::Unknown
-                ) {
+                );
+                if unreachable {
                     worker.mark_unhealthy();
                 }
-                return Err(ApiError::from_worker(&outcome.worker, &status));
+                return Err((ApiError::from_worker(&outcome.worker, &status), unreachable));
             }
         };
         match stream.message().await {
@@ -228,11 +258,21 @@ impl Pipeline {
                 grant.meter.started(s.prompt_tokens);
                 Ok((worker, grant, stream, usage))
             }
-            Ok(_) => Err(ApiError::Internal(format!(
-                "worker {} did not start the stream properly",
-                outcome.worker
-            ))),
-            Err(status) => Err(ApiError::from_worker(&outcome.worker, &status)),
+            Ok(_) => Err((
+                ApiError::Internal(format!(
+                    "worker {} did not start the stream properly",
+                    outcome.worker
+                )),
+                false,
+            )),
+            Err(status) => {
+                // The worker died after accepting: nothing was streamed yet.
+                let unreachable = status.code() == tonic::Code::Unavailable;
+                if unreachable {
+                    worker.mark_unhealthy();
+                }
+                Err((ApiError::from_worker(&outcome.worker, &status), unreachable))
+            }
         }
     }
 

@@ -75,3 +75,32 @@ async fn worker_killed_mid_stream() -> Result<()> {
     }
     result
 }
+
+/// A worker that dies while idle: the router has not noticed yet (its next
+/// health poll is up to a second away), so the first request it sends there
+/// fails to connect — and is retried on the other worker instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_not_yet_streaming_are_retried_elsewhere() -> Result<()> {
+    let stack = DevStack::start(&["--workers", "2"])?;
+    let result = async {
+        let pid = stack.info["workers"][1]["pid"].as_u64().context("pid")?;
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()?;
+        for i in 0..6 {
+            let status = complete(&stack, &stack.key(i % 2)).await?;
+            ensure!(status == 200, "request {i} after the kill: {status}");
+        }
+        let router = stack.log("router");
+        println!(
+            "retries logged: {}",
+            router.matches("retrying on another worker").count()
+        );
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    if result.is_err() {
+        stack.dump_logs();
+    }
+    result
+}
