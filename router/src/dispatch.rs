@@ -27,16 +27,27 @@ use crate::limits::{Limiter, Limits};
 /// capacity polls can free slots without a message to the dispatcher).
 const RETRY_EVERY: Duration = Duration::from_millis(50);
 
-/// Where requests go: the router's workers, or a fake in tests.
+/// What a request may run on: its model, and the tenant whose isolation
+/// tier and pools decide which workers may take it.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub model: String,
+    pub tenant: String,
+    /// `bulkhead.common.v1.Isolation` of the tenant.
+    pub isolation: i32,
+}
+
+/// Where requests go: the router's workers, or a fake in tests. Every
+/// method only considers workers that admit the target's tenant.
 pub trait Pool: Send + Sync + 'static {
     /// A reserved slot on a worker; dropping it frees the slot.
     type Lease: Send + 'static;
-    /// Whether any healthy worker serves `model`.
-    fn serves(&self, model: &str) -> bool;
-    /// Whether a worker serving `model` has a free slot now.
-    fn has_free(&self, model: &str) -> bool;
-    /// Reserves a slot on the worker serving `model` with the most free.
-    fn try_acquire(&self, model: &str) -> Option<Self::Lease>;
+    /// Whether any healthy worker admitting the tenant serves the model.
+    fn serves(&self, target: &Target) -> bool;
+    /// Whether such a worker has a free slot now.
+    fn has_free(&self, target: &Target) -> bool;
+    /// Reserves a slot on such a worker, the one with the most free.
+    fn try_acquire(&self, target: &Target) -> Option<Self::Lease>;
 }
 
 /// Seconds since some fixed start; injectable so tests need no wall clock.
@@ -101,7 +112,7 @@ impl Drop for Meter {
 
 struct Pending<L> {
     ticket: u64,
-    model: String,
+    target: Target,
     limits: Limits,
     reserve: u64,
     reply: oneshot::Sender<Result<Grant<L>, ApiError>>,
@@ -278,9 +289,14 @@ impl<P: Pool> Actor<P> {
     }
 
     fn enqueue(&mut self, e: Enqueue<P::Lease>) {
-        if !self.pool.serves(&e.model) {
+        let target = Target {
+            model: e.model.clone(),
+            tenant: e.tenant.id.clone(),
+            isolation: e.tenant.isolation,
+        };
+        if !self.pool.serves(&target) {
             let _ = e.reply.send(Err(ApiError::Unavailable(format!(
-                "no healthy worker serves model {:?} right now",
+                "no healthy worker that admits this tenant serves model {:?} right now",
                 crate::validate::truncate(&e.model, 64)
             ))));
             return;
@@ -308,7 +324,7 @@ impl<P: Pool> Actor<P> {
         let _ = e.admitted.send(());
         let pending = Pending {
             ticket: e.ticket,
-            model: e.model,
+            target,
             limits,
             reserve: e.reserve,
             reply: e.reply,
@@ -360,7 +376,7 @@ impl<P: Pool> Actor<P> {
     /// tenants so the map does not grow with tenants long gone.
     fn housekeeping(&mut self) {
         let pool = self.pool.clone();
-        let dead = self.queue.remove_where(|_, p| !pool.serves(&p.model));
+        let dead = self.queue.remove_where(|_, p| !pool.serves(&p.target));
         let now = (self.clock)();
         for (tenant, p) in dead {
             self.queued.remove(&p.ticket);
@@ -379,12 +395,12 @@ impl<P: Pool> Actor<P> {
     fn dispatch(&mut self) {
         loop {
             let pool = self.pool.clone();
-            let Some((tenant, _, p)) = self.queue.pop_eligible(|_, p| pool.has_free(&p.model))
+            let Some((tenant, _, p)) = self.queue.pop_eligible(|_, p| pool.has_free(&p.target))
             else {
                 return;
             };
             self.queued.remove(&p.ticket);
-            let lease = match pool.try_acquire(&p.model) {
+            let lease = match pool.try_acquire(&p.target) {
                 Some(l) if !p.reply.is_closed() => l,
                 other => {
                     // Its caller left, or the slot vanished: nothing ran.

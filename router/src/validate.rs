@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bulkhead_proto::common::{ChatMessage, Isolation, SamplingParams};
+use bulkhead_proto::common::{ChatMessage, SamplingParams};
 use bulkhead_proto::control::Tenant;
 
 use crate::directory::AuthContext;
@@ -119,12 +119,6 @@ pub fn validate(
             "model {:?} is not enabled for this tenant",
             truncate(&raw.model, 64)
         )));
-    }
-    if tenant.isolation != Isolation::Shared as i32 {
-        // Only shared pools exist so far; never send such a tenant to one.
-        return Err(ApiError::Unavailable(
-            "no worker pool admits this tenant's isolation tier".into(),
-        ));
     }
     let limit = tenant.max_tokens_per_request.max(1);
     let max_tokens = match raw.max_tokens {

@@ -10,7 +10,7 @@ use bulkhead_proto::worker::worker_client::WorkerClient;
 use bulkhead_proto::worker::{CapacityRequest, CapacityResponse, ModelInfoRequest};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::dispatch::Pool;
+use crate::dispatch::{Pool, Target};
 
 /// Largest message the router accepts from a worker.
 const MAX_WORKER_MESSAGE: usize = 4 * 1024 * 1024;
@@ -22,6 +22,26 @@ pub struct WorkerState {
     pub model: String,
     pub max_context: u32,
     pub capacity: CapacityResponse,
+    pub pool: String,
+    /// `bulkhead.common.v1.Isolation` of the worker's pool.
+    pub isolation: i32,
+    pub admitted_tenants: Vec<String>,
+}
+
+impl WorkerState {
+    /// Whether this worker may take `t`: healthy, serving its model, and in a
+    /// pool that admits its tenant — shared-tier tenants go only to shared
+    /// workers; any other tier only to a worker of that tier listing them.
+    pub fn admits(&self, t: &Target) -> bool {
+        let shared = bulkhead_proto::common::Isolation::Shared as i32;
+        self.healthy
+            && self.model == t.model
+            && if t.isolation == shared {
+                self.isolation == shared
+            } else {
+                self.isolation == t.isolation && self.admitted_tenants.contains(&t.tenant)
+            }
+    }
 }
 
 pub struct WorkerHandle {
@@ -97,6 +117,9 @@ impl WorkerHandle {
             model: info.model,
             max_context: info.max_context,
             capacity: cap,
+            pool: info.pool,
+            isolation: info.isolation,
+            admitted_tenants: info.admitted_tenants,
         };
         Ok(())
     }
@@ -168,25 +191,19 @@ impl WorkerPool {
 
     /// The healthy worker serving `model` with the most free sequence slots
     /// (after this router's own in-flight requests), if one has any.
-    fn most_free(&self, model: &str) -> Option<&Arc<WorkerHandle>> {
+    fn most_free(&self, target: &Target) -> Option<&Arc<WorkerHandle>> {
         self.workers
             .iter()
-            .filter(|w| {
-                let s = w.state();
-                s.healthy && s.model == model
-            })
+            .filter(|w| w.state().admits(target))
             .map(|w| (w.free_slots(), w))
             .filter(|(free, _)| *free > 0)
             .max_by_key(|(free, _)| *free)
             .map(|(_, w)| w)
     }
 
-    /// Whether a healthy worker serves `model`.
-    pub fn serves(&self, model: &str) -> bool {
-        self.workers.iter().any(|w| {
-            let s = w.state();
-            s.healthy && s.model == model
-        })
+    /// Whether a healthy worker admitting the tenant serves the model.
+    pub fn serves(&self, target: &Target) -> bool {
+        self.workers.iter().any(|w| w.state().admits(target))
     }
 
     /// Models served by at least one healthy worker, with their context size.
@@ -211,20 +228,66 @@ pub struct WorkerLease {
 impl Pool for WorkerPool {
     type Lease = WorkerLease;
 
-    fn serves(&self, model: &str) -> bool {
-        WorkerPool::serves(self, model)
+    fn serves(&self, target: &Target) -> bool {
+        WorkerPool::serves(self, target)
     }
 
-    fn has_free(&self, model: &str) -> bool {
-        self.most_free(model).is_some()
+    fn has_free(&self, target: &Target) -> bool {
+        self.most_free(target).is_some()
     }
 
-    fn try_acquire(&self, model: &str) -> Option<WorkerLease> {
-        let worker = self.most_free(model)?.clone();
+    fn try_acquire(&self, target: &Target) -> Option<WorkerLease> {
+        let worker = self.most_free(target)?.clone();
         let in_flight = worker.begin();
         Some(WorkerLease {
             worker,
             _in_flight: in_flight,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulkhead_proto::common::Isolation;
+
+    fn worker(isolation: Isolation, admitted: &[&str]) -> WorkerState {
+        WorkerState {
+            healthy: true,
+            model: "m".into(),
+            isolation: isolation as i32,
+            admitted_tenants: admitted.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn target(tenant: &str, isolation: Isolation) -> Target {
+        Target {
+            model: "m".into(),
+            tenant: tenant.into(),
+            isolation: isolation as i32,
+        }
+    }
+
+    #[test]
+    fn tenants_reach_only_pools_that_admit_them() {
+        let shared = worker(Isolation::Shared, &[]);
+        let vip = worker(Isolation::Process, &["vip"]);
+        let mig = worker(Isolation::Mig, &["vip"]);
+        // Shared tenants: shared workers only, never a dedicated pool.
+        assert!(shared.admits(&target("acme", Isolation::Shared)));
+        assert!(!vip.admits(&target("acme", Isolation::Shared)));
+        // A dedicated tenant: only a pool of its tier that lists it.
+        assert!(vip.admits(&target("vip", Isolation::Process)));
+        assert!(!shared.admits(&target("vip", Isolation::Process)));
+        assert!(!mig.admits(&target("vip", Isolation::Process)));
+        assert!(!vip.admits(&target("other", Isolation::Process)));
+        // Unhealthy or another model: never.
+        let mut down = vip.clone();
+        down.healthy = false;
+        assert!(!down.admits(&target("vip", Isolation::Process)));
+        let mut other_model = target("vip", Isolation::Process);
+        other_model.model = "x".into();
+        assert!(!vip.admits(&other_model));
     }
 }

@@ -96,6 +96,21 @@ struct ServeArgs {
     /// Token budget per step for prompt prefill (chunked prefill).
     #[arg(long, env = "BULKHEAD_WORKER_PREFILL_CHUNK", default_value_t = 256)]
     prefill_chunk: usize,
+    /// The pool this worker belongs to (a name, for routers and operators).
+    #[arg(long, env = "BULKHEAD_WORKER_POOL", default_value = "shared")]
+    pool: String,
+    /// The pool's isolation tier: shared (any shared-tier tenant), or
+    /// process / mig / dedicated (only the --admit tenants).
+    #[arg(
+        long,
+        env = "BULKHEAD_WORKER_ISOLATION",
+        value_enum,
+        default_value = "shared"
+    )]
+    isolation: IsolationArg,
+    /// Tenants this worker admits (required for non-shared tiers; comma-separated).
+    #[arg(long = "admit", env = "BULKHEAD_WORKER_ADMIT", value_delimiter = ',')]
+    admit: Vec<String>,
     /// Device: auto (CUDA device 0 when usable, else the CPU), cpu, or cuda.
     #[arg(
         long,
@@ -121,6 +136,47 @@ struct ServeArgs {
         default_value = "text"
     )]
     log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum IsolationArg {
+    Shared,
+    Process,
+    Mig,
+    Dedicated,
+}
+
+fn placement(args: &ServeArgs) -> anyhow::Result<bulkhead_worker::server::Placement> {
+    use bulkhead_proto::common::Isolation;
+    let isolation = match args.isolation {
+        IsolationArg::Shared => Isolation::Shared,
+        IsolationArg::Process => Isolation::Process,
+        IsolationArg::Mig => Isolation::Mig,
+        IsolationArg::Dedicated => Isolation::Dedicated,
+    };
+    if let Some(bad) = args
+        .admit
+        .iter()
+        .find(|t| !bulkhead_proto::names::valid_tenant_id(t))
+    {
+        anyhow::bail!("--admit: invalid tenant id {bad:?}");
+    }
+    match isolation {
+        Isolation::Shared => anyhow::ensure!(
+            args.admit.is_empty(),
+            "--admit is for non-shared pools; a shared worker serves every shared-tier tenant"
+        ),
+        _ => anyhow::ensure!(
+            !args.admit.is_empty(),
+            "--isolation {:?} needs --admit <tenant,...>: a dedicated pool serves only its tenants",
+            args.isolation
+        ),
+    }
+    Ok(bulkhead_worker::server::Placement {
+        pool: args.pool.clone(),
+        isolation: isolation as i32,
+        admitted: args.admit.clone(),
+    })
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -200,6 +256,9 @@ async fn shutdown_signal() {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     bulkhead_proto::identity::install_crypto_provider();
     let device = choose_device(args.device)?;
+    let placement = placement(&args)?;
+    tracing::info!(pool = %placement.pool, isolation = ?args.isolation,
+        tenants = ?placement.admitted, "pool");
     anyhow::ensure!(args.block_size > 0, "--block-size must be positive");
     anyhow::ensure!(args.kv_blocks > 0, "--kv-blocks must be positive");
     anyhow::ensure!(args.max_seqs > 0, "--max-seqs must be positive");
@@ -291,6 +350,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         worker_id: worker_id.clone(),
         block_size: args.block_size as u32,
         device,
+        placement: Arc::new(placement),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

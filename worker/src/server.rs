@@ -33,6 +33,29 @@ pub struct WorkerService {
     pub block_size: u32,
     /// The device the model runs on (`cpu`), as reported by ModelInfo.
     pub device: &'static str,
+    /// The pool this worker belongs to and the tenants it admits.
+    pub placement: Arc<Placement>,
+}
+
+/// A worker's pool (DESIGN.md isolation tiers). A `shared` worker serves
+/// whatever the routers send it (they send only shared-tier tenants); any
+/// other tier serves only the listed tenants, and refuses others itself too.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    pub pool: String,
+    /// `bulkhead.common.v1.Isolation`.
+    pub isolation: i32,
+    pub admitted: Vec<String>,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            pool: "shared".into(),
+            isolation: bulkhead_proto::common::Isolation::Shared as i32,
+            admitted: vec![],
+        }
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> Status {
@@ -79,6 +102,15 @@ impl WorkerService {
             return Err(invalid(
                 "tenant_id must be 1-64 characters of [a-z0-9-_] starting with a letter or digit",
             ));
+        }
+        let p = &self.placement;
+        if p.isolation != bulkhead_proto::common::Isolation::Shared as i32
+            && !p.admitted.contains(&req.tenant_id)
+        {
+            return Err(Status::permission_denied(format!(
+                "this worker's pool {:?} does not admit this tenant",
+                p.pool
+            )));
         }
         if req.request_id.len() > MAX_ID_LEN {
             return Err(invalid(format!(
@@ -185,6 +217,7 @@ impl Worker for WorkerService {
                 worker_id: self.worker_id.clone(),
                 block_size: self.block_size,
                 device: self.device,
+                placement: self.placement.clone(),
             };
             tokio::task::spawn_blocking(move || {
                 let p = this.prepare(&req);
@@ -291,6 +324,9 @@ impl Worker for WorkerService {
             kv_block_size: self.block_size,
             device: self.device.into(),
             worker_id: self.worker_id.clone(),
+            pool: self.placement.pool.clone(),
+            isolation: self.placement.isolation,
+            admitted_tenants: self.placement.admitted.clone(),
         }))
     }
 }

@@ -21,6 +21,7 @@ fn service() -> (tempfile::TempDir, WorkerService) {
         worker_id: "w1".into(),
         block_size: 16,
         device: "cpu",
+        placement: Default::default(),
     };
     (d, svc)
 }

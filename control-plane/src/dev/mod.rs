@@ -33,6 +33,10 @@ pub struct DevArgs {
     /// Name under which the worker serves the generated model.
     #[arg(long, default_value = "bulkhead-tiny")]
     pub model_name: String,
+    /// Also create this tenant at the `process` isolation tier, with a
+    /// worker of its own that admits only it.
+    #[arg(long)]
+    pub dedicated: Option<String>,
     /// How many workers to start (each serves the model on the CPU).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -275,6 +279,42 @@ async fn start(
             pid,
         });
     }
+    if let Some(t) = &args.dedicated {
+        // A pool of its own for one tenant (the `process` tier).
+        let ready = run_dir.join("worker-dedicated.json");
+        let mut cmd = tokio::process::Command::new(bin("bulkhead-worker"));
+        cmd.arg("serve")
+            .arg("--model")
+            .arg(&model_dir)
+            .args(["--model-name", &args.model_name, "--listen", "127.0.0.1:0"])
+            .args([
+                "--certs-dir",
+                &certs_s,
+                "--worker-id",
+                &format!("dev-worker-{t}"),
+            ])
+            .args([
+                "--pool",
+                &format!("dedicated-{t}"),
+                "--isolation",
+                "process",
+                "--admit",
+                t,
+            ])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .arg("--ready-file")
+            .arg(&ready);
+        let pid = kids.spawn_expendable("worker-dedicated", cmd)?;
+        let w = kids.wait_ready(&ready).await?;
+        let (grpc, metrics) = (ready_addr(&w, "grpc")?, ready_addr(&w, "metrics")?);
+        println!("worker-dedicated {grpc} (admits only {t})");
+        workers.push(WorkerInfo {
+            id: format!("dev-worker-{t}"),
+            grpc,
+            metrics: format!("http://{metrics}/metrics"),
+            pid,
+        });
+    }
     let (worker_grpc, worker_metrics) = (workers[0].grpc.clone(), workers[0].metrics.clone());
 
     // Router
@@ -312,6 +352,7 @@ async fn start(
         &format!("https://{control_grpc}"),
         &certs,
         &args.tenants,
+        args.dedicated.as_deref(),
         &args.model_name,
         args.max_tokens,
     )

@@ -17,6 +17,7 @@ pub async fn create_demo(
     control_url: &str,
     certs: &Path,
     ids: &[String],
+    dedicated: Option<&str>,
     model: &str,
     max_tokens: u32,
 ) -> Result<Vec<TenantInfo>> {
@@ -27,14 +28,21 @@ pub async fn create_demo(
         .context("connecting to the control-plane")?;
     let mut client = ControlClient::new(channel);
     let mut out = vec![];
-    for id in ids {
+    let all: Vec<&String> = ids.iter().collect();
+    let extra = dedicated.map(str::to_string);
+    for id in all.into_iter().chain(extra.as_ref()) {
+        let isolation = if Some(id.as_str()) == dedicated {
+            bulkhead_proto::common::Isolation::Process as i32
+        } else {
+            bulkhead_proto::common::Isolation::Shared as i32
+        };
         let created = client
             .create_tenant(CreateTenantRequest {
                 id: id.clone(),
                 weight: 1,
                 allowed_models: vec![model.to_string()],
                 max_tokens_per_request: max_tokens,
-                isolation: 0,
+                isolation,
                 ..Default::default()
             })
             .await;

@@ -30,22 +30,22 @@ struct Shared(Arc<FakePool>);
 
 impl Pool for Shared {
     type Lease = FakeLease;
-    fn serves(&self, model: &str) -> bool {
-        self.0.free.lock().unwrap().contains_key(model)
+    fn serves(&self, t: &Target) -> bool {
+        self.0.free.lock().unwrap().contains_key(&t.model)
     }
-    fn has_free(&self, model: &str) -> bool {
+    fn has_free(&self, t: &Target) -> bool {
         self.0
             .free
             .lock()
             .unwrap()
-            .get(model)
+            .get(&t.model)
             .is_some_and(|n| *n > 0)
     }
-    fn try_acquire(&self, model: &str) -> Option<FakeLease> {
+    fn try_acquire(&self, t: &Target) -> Option<FakeLease> {
         let mut f = self.0.free.lock().unwrap();
-        let n = f.get_mut(model).filter(|n| **n > 0)?;
+        let n = f.get_mut(&t.model).filter(|n| **n > 0)?;
         *n -= 1;
-        Some(FakeLease(self.0.clone(), model.to_string()))
+        Some(FakeLease(self.0.clone(), t.model.clone()))
     }
 }
 
