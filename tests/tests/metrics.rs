@@ -73,6 +73,8 @@ async fn metrics_parse_and_move_with_traffic() -> Result<()> {
         ensure!(get(&r1, &ttft) - get(&r0, &ttft) == 2.0, "ttft histogram did not move");
         let prompt = format!("bulkhead_worker_prompt_tokens_total{{tenant={a}}}");
         ensure!(get(&w1, &prompt) > get(&w0, &prompt), "worker prompt tokens did not move");
+        let generated = format!("bulkhead_worker_generated_tokens_total{{tenant={a}}}");
+        ensure!(get(&w1, &generated) - get(&w0, &generated) >= 2.0, "worker generated tokens did not move");
         ensure!(get(&w1, "bulkhead_worker_step_seconds_count{}") > get(&w0, "bulkhead_worker_step_seconds_count{}"));
         ensure!(get(&w1, "bulkhead_worker_guard_violations{}") == 0.0);
         for k in r1.keys().chain(w1.keys()) {

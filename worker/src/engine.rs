@@ -529,6 +529,9 @@ impl Engine {
                         s.registered += 1;
                     }
                     if let Some(l) = l {
+                        if let Some(m) = &self.cfg.metrics {
+                            m.generated(&self.running[i].req.tenant);
+                        }
                         self.sample(i, &l);
                     }
                 }
