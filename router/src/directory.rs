@@ -1,15 +1,12 @@
-//! The router's view of tenants and API keys: an in-memory copy of the
-//! control-plane's NATS KV buckets, kept current by a watch. Authentication is
-//! a local lookup; no request ever calls the control-plane.
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+//! The router's view of tenants and API keys: the shared
+//! `bulkhead-directory` (an in-memory copy of the control-plane's NATS KV
+//! buckets, kept current by a watch), resolving inference keys. No request
+//! ever calls the control-plane.
+use std::sync::Arc;
 
 use async_nats::jetstream;
-use async_nats::jetstream::kv::{self, Operation};
-use bulkhead_proto::Message;
-use bulkhead_proto::control::{ApiKeyRecord, KeyScope, Tenant};
-use bulkhead_proto::{keys, names};
-use futures::StreamExt;
+use bulkhead_directory::KeyError;
+use bulkhead_proto::control::{KeyScope, Tenant};
 
 use crate::error::ApiError;
 
@@ -21,173 +18,58 @@ pub struct AuthContext {
 }
 
 #[derive(Default)]
-struct State {
-    tenants: HashMap<String, Arc<Tenant>>,
-    keys: HashMap<String, ApiKeyRecord>,
-}
-
-#[derive(Default)]
 pub struct Directory {
-    state: RwLock<State>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    inner: Arc<bulkhead_directory::Directory>,
 }
 
 impl Directory {
-    /// Resolves an `Authorization` header value to a tenant.
+    /// Resolves an `Authorization` header value to a tenant (inference keys).
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<AuthContext, ApiError> {
-        let header = authorization.ok_or_else(|| {
-            ApiError::Unauthenticated(
+        match self.inner.resolve(authorization, KeyScope::Inference) {
+            Ok(r) => Ok(AuthContext {
+                tenant: r.tenant,
+                key_prefix: r.key_prefix,
+            }),
+            Err(KeyError::Missing) => Err(ApiError::Unauthenticated(
                 "missing API key: send the header `Authorization: Bearer <key>`".into(),
-            )
-        })?;
-        let key = header
-            .split_once(' ')
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, k)| k.trim())
-            .ok_or_else(|| {
-                ApiError::Unauthenticated(
-                    "malformed Authorization header: expected `Bearer <key>`".into(),
-                )
-            })?;
-        let invalid = || ApiError::Unauthenticated("invalid API key".into());
-        if !keys::well_formed(key) {
-            return Err(invalid());
-        }
-        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let record = state.keys.get(&keys::key_hash(key)).ok_or_else(invalid)?;
-        if record.revoked {
-            return Err(ApiError::Unauthenticated(
-                "this API key has been revoked".into(),
-            ));
-        }
-        if record.expires_unix_ms != 0 && record.expires_unix_ms <= now_ms() {
-            return Err(ApiError::Unauthenticated("this API key has expired".into()));
-        }
-        if record.scope != KeyScope::Inference as i32 {
-            return Err(ApiError::PermissionDenied(
+            )),
+            Err(KeyError::Malformed) => Err(ApiError::Unauthenticated(
+                "malformed Authorization header: expected `Bearer <key>`".into(),
+            )),
+            Err(KeyError::WrongScope) => Err(ApiError::PermissionDenied(
                 "this key is a tenant-admin key; inference needs an inference key".into(),
-            ));
+            )),
+            Err(e) => Err(ApiError::Unauthenticated(e.to_string())),
         }
-        let tenant = state
-            .tenants
-            .get(&record.tenant_id)
-            .cloned()
-            .ok_or_else(|| {
-                ApiError::Unauthenticated("the tenant of this API key no longer exists".into())
-            })?;
-        Ok(AuthContext {
-            tenant,
-            key_prefix: record.prefix.clone(),
-        })
     }
 
     /// Applies one change of the tenants bucket (`None` = deleted).
     pub fn apply_tenant(&self, id: &str, value: Option<&[u8]>) {
-        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        match value.map(Tenant::decode) {
-            Some(Ok(t)) if t.id == id => {
-                state.tenants.insert(id.to_string(), Arc::new(t));
-            }
-            Some(_) => {
-                tracing::error!(tenant = id, "ignoring an undecodable tenant record");
-                state.tenants.remove(id);
-            }
-            None => {
-                state.tenants.remove(id);
-            }
-        }
+        self.inner.apply_tenant(id, value);
     }
 
     /// Applies one change of the API keys bucket (`None` = deleted).
     pub fn apply_key(&self, hash: &str, value: Option<&[u8]>) {
-        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        match value.map(ApiKeyRecord::decode) {
-            Some(Ok(r)) => {
-                state.keys.insert(hash.to_string(), r);
-            }
-            Some(Err(_)) => {
-                tracing::error!("ignoring an undecodable API key record");
-                state.keys.remove(hash);
-            }
-            None => {
-                state.keys.remove(hash);
-            }
-        }
+        self.inner.apply_key(hash, value);
     }
 
     pub fn tenant_count(&self) -> usize {
-        self.state.read().map(|s| s.tenants.len()).unwrap_or(0)
+        self.inner.tenant_count()
     }
-}
-
-/// Opens (or creates, with the control-plane's settings) a KV bucket.
-async fn bucket(js: &jetstream::Context, name: &str) -> anyhow::Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(name).await {
-        return Ok(store);
-    }
-    Ok(js
-        .create_key_value(kv::Config {
-            bucket: name.to_string(),
-            history: 5,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?)
 }
 
 /// Loads both buckets into `dir`, then keeps it current in the background.
 pub async fn sync(js: &jetstream::Context, dir: Arc<Directory>) -> anyhow::Result<()> {
-    for (name, is_tenants) in [
-        (names::TENANTS_BUCKET, true),
-        (names::API_KEYS_BUCKET, false),
-    ] {
-        let store = bucket(js, name).await?;
-        // Subscribe first, then load: a change in between is seen by both,
-        // and applying the same value twice is harmless.
-        let mut watch = store.watch_all().await?;
-        let mut keys = store.keys().await?;
-        while let Some(key) = keys.next().await {
-            let key = key?;
-            let value = store.get(&key).await?;
-            apply(&dir, is_tenants, &key, value.as_deref());
-        }
-        let dir = dir.clone();
-        tokio::spawn(async move {
-            while let Some(entry) = watch.next().await {
-                match entry {
-                    Ok(e) => {
-                        let value = matches!(e.operation, Operation::Put).then_some(&e.value[..]);
-                        apply(&dir, is_tenants, &e.key, value);
-                    }
-                    Err(err) => tracing::error!(bucket = name, %err, "KV watch error"),
-                }
-            }
-            tracing::error!(
-                bucket = name,
-                "KV watch ended; tenant changes no longer apply"
-            );
-        });
-    }
-    Ok(())
-}
-
-fn apply(dir: &Directory, is_tenants: bool, key: &str, value: Option<&[u8]>) {
-    if is_tenants {
-        dir.apply_tenant(key, value);
-    } else {
-        dir.apply_key(key, value);
-    }
+    bulkhead_directory::sync(js, dir.inner.clone())
+        .await
+        .map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bulkhead_proto::control::ApiKeyRecord;
+    use bulkhead_proto::{Message, keys};
 
     const KEY: &str = "bh_0123456789abcdefghijklmnopqrstuv";
 
