@@ -270,6 +270,23 @@ impl DevStack {
             .records)
     }
 
+    /// Runs the operator CLI against this stack (operator certificate,
+    /// its control-plane) and returns its standard output.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(bin_path("bulkhead"))
+            .args(["--certs-dir", &self.s("certs_dir")])
+            .args(["--control", &format!("https://{}", self.s("control_grpc"))])
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "bulkhead {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
     /// The log of one component (`router`, `worker`, `audit`, `control`).
     pub fn log(&self, name: &str) -> String {
         read_log(&self.dir.path().join("stack/logs"), name)

@@ -2,25 +2,10 @@
 //! requests-per-second limit through the CLI; the routers learn it from the
 //! KV watch; over the limit the tenant gets 429 with Retry-After and an
 //! OpenAI-shaped body, while another tenant is not affected.
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use bulkhead_e2e::{DevStack, bin_path};
-
-fn cli(stack: &DevStack, args: &[&str]) -> Result<String> {
-    let out = Command::new(bin_path("bulkhead"))
-        .args(["--certs-dir", &stack.s("certs_dir")])
-        .args(["--control", &format!("https://{}", stack.s("control_grpc"))])
-        .args(args)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "bulkhead {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
+use bulkhead_e2e::DevStack;
 
 async fn complete(stack: &DevStack, key: &str) -> Result<reqwest::Response> {
     Ok(reqwest::Client::new()
@@ -35,22 +20,20 @@ async fn complete(stack: &DevStack, key: &str) -> Result<reqwest::Response> {
 async fn over_the_limit_is_429_and_others_are_unaffected() -> Result<()> {
     let stack = DevStack::start(&[])?;
     let result = async {
-        cli(
-            &stack,
-            &[
-                "tenants",
-                "create",
-                "--id",
-                "limited",
-                "--models",
-                &stack.s("model"),
-                "--rps",
-                "1",
-                "--burst",
-                "1",
-            ],
-        )?;
-        let key = cli(&stack, &["keys", "issue", "--tenant", "limited"])?
+        stack.cli(&[
+            "tenants",
+            "create",
+            "--id",
+            "limited",
+            "--models",
+            &stack.s("model"),
+            "--rps",
+            "1",
+            "--burst",
+            "1",
+        ])?;
+        let key = stack
+            .cli(&["keys", "issue", "--tenant", "limited"])?
             .trim()
             .to_string();
         // Wait until the router's watch has the new key (propagation).

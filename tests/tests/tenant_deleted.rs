@@ -1,26 +1,11 @@
 //! A tenant deleted mid-stream: its in-flight stream finishes or ends
 //! cleanly ([DONE]); its new requests are refused with 401; other tenants are
 //! unaffected.
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use bulkhead_e2e::{DevStack, bin_path};
+use bulkhead_e2e::DevStack;
 use futures::StreamExt;
-
-fn cli(stack: &DevStack, args: &[&str]) -> Result<String> {
-    let out = Command::new(bin_path("bulkhead"))
-        .args(["--certs-dir", &stack.s("certs_dir")])
-        .args(["--control", &format!("https://{}", stack.s("control_grpc"))])
-        .args(args)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "bulkhead {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
 
 async fn post(
     stack: &DevStack,
@@ -40,20 +25,18 @@ async fn post(
 async fn deleting_a_tenant_mid_stream() -> Result<()> {
     let stack = DevStack::start(&["--max-tokens", "400"])?;
     let result = async {
-        cli(
-            &stack,
-            &[
-                "tenants",
-                "create",
-                "--id",
-                "leaving",
-                "--models",
-                &stack.s("model"),
-                "--max-tokens",
-                "400",
-            ],
-        )?;
-        let key = cli(&stack, &["keys", "issue", "--tenant", "leaving"])?
+        stack.cli(&[
+            "tenants",
+            "create",
+            "--id",
+            "leaving",
+            "--models",
+            &stack.s("model"),
+            "--max-tokens",
+            "400",
+        ])?;
+        let key = stack
+            .cli(&["keys", "issue", "--tenant", "leaving"])?
             .trim()
             .to_string();
         let t0 = Instant::now();
@@ -75,7 +58,7 @@ async fn deleting_a_tenant_mid_stream() -> Result<()> {
             let c = body.next().await.context("stream ended early")??;
             text.push_str(&String::from_utf8_lossy(&c));
         }
-        cli(&stack, &["tenants", "delete", "--id", "leaving"])?;
+        stack.cli(&["tenants", "delete", "--id", "leaving"])?;
         let deleted = Instant::now();
         // New requests are refused as soon as the routers see the deletion.
         loop {
