@@ -3,12 +3,17 @@
 //! `<root>/checkpoint.key` holds the signing key (hex seed, mode 0600,
 //! created on first start); `<root>/checkpoint.pub` its public key (hex), for
 //! verifiers. `<root>/tenants/<t>/checkpoints` is an append-only sequence of
-//! fixed-size entries `[u64 count][32-byte chain hash][64-byte signature]`;
-//! the signature covers a domain tag, the tenant id, the record count and
-//! the chain hash after the last covered record. A checkpoint is written only
-//! after the records it covers are fsynced, so it never runs ahead of the
-//! log. Anyone holding the public key can tell whether the log still matches
-//! what was signed, even without the tenant's data key (after a shred).
+//! fixed-size entries
+//! `[u64 count][u64 segment][u8 closes][32-byte chain hash][64-byte signature]`;
+//! the signature covers a domain tag, the tenant id, the record count, the
+//! segment holding the last covered record, whether this checkpoint closes
+//! that segment, and the chain hash after the last covered record (the chain
+//! runs on across segments). Every closed segment gets a closing checkpoint
+//! (`closes = 1`, `count` = the records up to the segment's end); periodic
+//! ones (`closes = 0`) may fall anywhere. A checkpoint is written only after
+//! the records it covers are fsynced, so it never runs ahead of the log.
+//! Anyone holding the public key can tell whether the log still matches what
+//! was signed, even without the tenant's data key (after a shred).
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
@@ -21,19 +26,39 @@ use crate::store::LogRead;
 pub const KEY_FILE: &str = "checkpoint.key";
 pub const PUB_FILE: &str = "checkpoint.pub";
 pub const FILE: &str = "checkpoints";
-const ENTRY: usize = 8 + 32 + 64;
-const DOMAIN: &[u8] = b"bulkhead-audit-checkpoint-v1\0";
+pub const ENTRY: usize = 8 + 8 + 1 + 32 + 64;
+const DOMAIN: &[u8] = b"bulkhead-audit-checkpoint-v2\0";
 
 /// One signed checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkpoint {
+    /// Records covered (all segments up to and including `segment`).
     pub count: u64,
+    /// The segment holding the last covered record.
+    pub segment: u64,
+    /// Whether this checkpoint closes `segment` (it ends at `count`).
+    pub closes: bool,
     pub hash: [u8; 32],
     pub sig: [u8; 64],
 }
 
-fn message(tenant: &str, count: u64, hash: &[u8; 32]) -> Vec<u8> {
-    [DOMAIN, tenant.as_bytes(), b"\0", &count.to_be_bytes(), hash].concat()
+impl Checkpoint {
+    fn message(&self, tenant: &str) -> Vec<u8> {
+        message(tenant, self.count, self.segment, self.closes, &self.hash)
+    }
+}
+
+fn message(tenant: &str, count: u64, segment: u64, closes: bool, hash: &[u8; 32]) -> Vec<u8> {
+    [
+        DOMAIN,
+        tenant.as_bytes(),
+        b"\0",
+        &count.to_be_bytes(),
+        &segment.to_be_bytes(),
+        &[u8::from(closes)],
+        hash,
+    ]
+    .concat()
 }
 
 /// The audit-service's checkpoint signing key.
@@ -78,25 +103,39 @@ impl CheckpointSigner {
         self.key.verifying_key()
     }
 
-    /// Appends a checkpoint to a tenant's folder and fsyncs it.
+    /// Signs a checkpoint of `count` records (the last in `segment`, which
+    /// it closes when `closes`), appends it to the tenant's folder and
+    /// fsyncs it.
     pub fn append(
         &self,
         tenant_dir: &Path,
         tenant: &str,
         count: u64,
+        segment: u64,
+        closes: bool,
         hash: &[u8; 32],
     ) -> Result<(), StoreError> {
-        let sig = self.key.sign(&message(tenant, count, hash)).to_bytes();
+        let sig = self
+            .key
+            .sign(&message(tenant, count, segment, closes, hash))
+            .to_bytes();
         let path = tenant_dir.join(FILE);
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(|e| StoreError::io(&path, e))?;
-        let entry = [&count.to_be_bytes()[..], hash, &sig].concat();
+        let entry = [
+            &count.to_be_bytes()[..],
+            &segment.to_be_bytes(),
+            &[u8::from(closes)],
+            hash,
+            &sig,
+        ]
+        .concat();
         f.write_all(&entry).map_err(|e| StoreError::io(&path, e))?;
         f.sync_data().map_err(|e| StoreError::io(&path, e))?;
-        tracing::debug!(tenant, count, "wrote a signed checkpoint");
+        tracing::debug!(tenant, count, segment, closes, "wrote a signed checkpoint");
         Ok(())
     }
 }
@@ -135,15 +174,18 @@ pub fn read_all(tenant_dir: &Path) -> Result<Vec<Checkpoint>, StoreError> {
         .chunks_exact(ENTRY)
         .map(|c| Checkpoint {
             count: u64::from_be_bytes(c[..8].try_into().expect("8 bytes")),
-            hash: c[8..40].try_into().expect("32 bytes"),
-            sig: c[40..].try_into().expect("64 bytes"),
+            segment: u64::from_be_bytes(c[8..16].try_into().expect("8 bytes")),
+            closes: c[16] != 0,
+            hash: c[17..49].try_into().expect("32 bytes"),
+            sig: c[49..].try_into().expect("64 bytes"),
         })
         .collect())
 }
 
 /// Checks every checkpoint's signature and that the log still matches each
-/// one. The error names the checkpoint and the first record (or range of
-/// records) that no longer matches.
+/// one, and that every segment but the last was closed by a signed
+/// checkpoint at its end. The error names the checkpoint and the first
+/// record (or range of records) that no longer matches.
 pub fn check(
     vk: &VerifyingKey,
     tenant: &str,
@@ -153,10 +195,7 @@ pub fn check(
     let mut prev = 0u64;
     for (k, cp) in cps.iter().enumerate() {
         let sig = Signature::from_bytes(&cp.sig);
-        if vk
-            .verify_strict(&message(tenant, cp.count, &cp.hash), &sig)
-            .is_err()
-        {
+        if vk.verify_strict(&cp.message(tenant), &sig).is_err() {
             return Err(format!(
                 "checkpoint #{k} (at {} records) has an invalid signature: the checkpoint file was altered or signed with another key",
                 cp.count
@@ -182,7 +221,35 @@ pub fn check(
                 cp.count - 1
             ));
         }
+        let seg = log.segments.iter().find(|s| s.number == cp.segment);
+        let fits = seg.is_some_and(|s| {
+            s.first < cp.count
+                && cp.count <= s.first + s.count
+                && (!cp.closes || s.end() == cp.count)
+        });
+        if !fits {
+            let now = seg
+                .map(|s| format!("holds records {}..{}", s.first, s.end()))
+                .unwrap_or_else(|| "is missing".into());
+            return Err(format!(
+                "signed checkpoint #{k} {} segment {} at {} records, but that segment {now} (records moved between segments)",
+                if cp.closes { "closes" } else { "ends in" },
+                crate::store::segment::file_name(cp.segment),
+                cp.count
+            ));
+        }
         prev = cp.count;
+    }
+    let last = log.segments.last().map(|s| s.number);
+    for s in &log.segments {
+        if Some(s.number) != last && !cps.iter().any(|c| c.closes && c.segment == s.number) {
+            return Err(format!(
+                "segment {} (records {}..{}) was closed without a signed checkpoint (checkpoint removed?)",
+                crate::store::segment::file_name(s.number),
+                s.first,
+                s.end()
+            ));
+        }
     }
     Ok(())
 }

@@ -113,6 +113,11 @@ struct ServeArgs {
     /// is also written at every clean shutdown).
     #[arg(long, env = "BULKHEAD_AUDIT_CHECKPOINT_EVERY", default_value_t = bulkhead_audit::store::DEFAULT_CHECKPOINT_EVERY)]
     checkpoint_every: u64,
+    /// Records in one segment file of a tenant's log; a full segment is
+    /// closed with a signed checkpoint (as is the open one at a clean
+    /// shutdown).
+    #[arg(long, env = "BULKHEAD_AUDIT_SEGMENT_RECORDS", default_value_t = bulkhead_audit::store::DEFAULT_SEGMENT_RECORDS)]
+    segment_records: u64,
 }
 
 #[derive(Args, Debug)]
@@ -223,6 +228,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics,
         operator_reads_any_tenant: args.operator_reads_any_tenant,
         checkpoint_every: args.checkpoint_every.max(1),
+        segment_records: args.segment_records.max(1),
         ..ServeOptions::new(
             &args.nats_url,
             args.keys.data_dir,

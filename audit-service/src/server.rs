@@ -52,6 +52,8 @@ pub struct ServeOptions {
     pub operator_reads_any_tenant: bool,
     /// Records between two signed checkpoints of a tenant's log.
     pub checkpoint_every: u64,
+    /// Records in a segment before it is closed (and checkpointed).
+    pub segment_records: u64,
     /// Where to record Prometheus metrics, if anywhere.
     pub metrics: Option<Arc<crate::metrics::AuditMetrics>>,
 }
@@ -67,6 +69,7 @@ impl ServeOptions {
             trust_domain: trust_domain.to_string(),
             operator_reads_any_tenant: false,
             checkpoint_every: crate::store::DEFAULT_CHECKPOINT_EVERY,
+            segment_records: crate::store::DEFAULT_SEGMENT_RECORDS,
             metrics: None,
         }
     }
@@ -99,8 +102,9 @@ pub async fn serve_with_ready(
     let tls = CertPaths::new(&opts.certs_dir, COMPONENT).server_tls()?;
     let data_dir = opts.data_dir.clone();
     let every = opts.checkpoint_every;
+    let seg = opts.segment_records;
     let store = tokio::task::spawn_blocking(move || {
-        AuditStore::open(&data_dir, wrapper).map(|mut s| {
+        AuditStore::open_with(&data_dir, wrapper, seg).map(|mut s| {
             s.set_checkpoint_every(every);
             s
         })

@@ -1,18 +1,24 @@
 //! Per-tenant append-only audit logs (pure storage, no NATS).
 //!
 //! `<root>/tenants/<tenant>/key.wrapped` holds the tenant's data key, wrapped
-//! by the master key. `<root>/tenants/<tenant>/audit.log` is a sequence of
-//! frames: `[u32 len][u64 seq][32-byte prev_hash][12-byte nonce][ciphertext]`,
-//! big-endian, where `len` counts the bytes after itself, the plaintext is the
-//! protobuf `AuditEvent`, the associated data is `tenant || seq || prev_hash`,
-//! and `prev_hash` is the SHA-256 of the whole previous frame (zeros first):
-//! a hash chain, so a removed, reordered or altered record is detected.
+//! by the master key. The log is a series of segment files
+//! `<root>/tenants/<tenant>/segments/000001.log`, `000002.log`, … (see
+//! `segment` for the frame format). Each record's plaintext is the protobuf
+//! `AuditEvent`, encrypted with AES-256-GCM under a random nonce, with
+//! `tenant || seq || prev_hash` as associated data; `prev_hash` is the
+//! SHA-256 of the whole previous frame (zeros first), across segment
+//! boundaries: a hash chain, so a removed, reordered or altered record is
+//! detected.
+//!
+//! A segment closes after `segment_records` records, or at a clean shutdown
+//! (the next start opens a new one); a closed segment is fsynced, then gets a
+//! signed closing checkpoint (see `checkpoint`), and is never written again.
+//! Periodic checkpoints are also written every `checkpoint_every` records,
+//! once they are fsynced.
 //!
 //! A crypto-shredded tenant (see `shred`) has no `key.wrapped` but a
 //! `shredded` marker: its log can no longer be decrypted, only walked
-//! (lengths, sequence numbers, chain links). Signed checkpoints (see
-//! `checkpoint`) are written next to each log every `checkpoint_every`
-//! records, once they are fsynced, and at a clean shutdown.
+//! (lengths, sequence numbers, chain links).
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -28,12 +34,14 @@ use crate::StoreError;
 use crate::checkpoint::{self, CheckpointSigner};
 use crate::keys::{DataKey, KeyWrapper};
 
+pub mod segment;
+
+use segment::HEADER;
+
 /// Records between two automatic checkpoints of a tenant's log.
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
-
-const HEADER: usize = 4 + 8 + 32 + 12;
-/// Largest frame accepted when reading (guards against a corrupt length).
-const MAX_FRAME: usize = 1 << 20;
+/// Records in a segment before it is closed.
+pub const DEFAULT_SEGMENT_RECORDS: u64 = 10_000;
 
 /// One decoded frame.
 pub struct Frame {
@@ -42,6 +50,7 @@ pub struct Frame {
 }
 
 /// The result of reading a log: its records, and where it stops being valid.
+#[derive(Default)]
 pub struct LogRead {
     /// Decrypted records (empty when read without a key, e.g. shredded).
     pub frames: Vec<Frame>,
@@ -52,15 +61,24 @@ pub struct LogRead {
     pub chain: Vec<[u8; 32]>,
     /// Index of the first record that failed (bad chain, tag or sequence).
     pub first_bad: Option<(u64, String)>,
-    /// Bytes of a trailing partial frame (a crash mid-write), if any.
+    /// Bytes of a trailing partial frame in the last segment (a crash
+    /// mid-write), if any.
     pub torn_tail: Option<u64>,
-    /// Length of the valid prefix, in bytes.
+    /// Length of the last segment's valid prefix, in bytes.
     pub valid_len: u64,
     pub last_hash: [u8; 32],
+    /// The segments read, in order (up to the first bad record).
+    pub segments: Vec<segment::SegmentSpan>,
 }
 
 struct TenantLog {
-    file: File,
+    /// The open segment; None when the last one is closed (the next append
+    /// opens a new one).
+    file: Option<File>,
+    /// Number of the open (or last closed) segment; 0 before the first.
+    segment: u64,
+    /// Records in that segment.
+    seg_count: u64,
     key: DataKey,
     next_seq: u64,
     last_hash: [u8; 32],
@@ -76,6 +94,7 @@ pub struct AuditStore {
     tenants: HashMap<String, TenantLog>,
     signer: Option<CheckpointSigner>,
     checkpoint_every: u64,
+    segment_records: u64,
 }
 
 fn aad(tenant: &str, seq: u64, prev: &[u8; 32]) -> Vec<u8> {
@@ -100,6 +119,15 @@ impl AuditStore {
     /// rebuilding the set of stored request ids). A torn final frame is cut
     /// off with a warning; any other damage is an error.
     pub fn open(root: &Path, wrapper: Arc<dyn KeyWrapper>) -> Result<Self, StoreError> {
+        Self::open_with(root, wrapper, DEFAULT_SEGMENT_RECORDS)
+    }
+
+    /// [`open`](Self::open) with segments of `segment_records` records (min 1).
+    pub fn open_with(
+        root: &Path,
+        wrapper: Arc<dyn KeyWrapper>,
+        segment_records: u64,
+    ) -> Result<Self, StoreError> {
         let tdir = root.join("tenants");
         std::fs::create_dir_all(&tdir).map_err(|e| StoreError::io(&tdir, e))?;
         let mut store = Self {
@@ -108,6 +136,7 @@ impl AuditStore {
             tenants: HashMap::new(),
             signer: Some(CheckpointSigner::load_or_create(root)?),
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            segment_records: segment_records.max(1),
         };
         let entries = std::fs::read_dir(&tdir).map_err(|e| StoreError::io(&tdir, e))?;
         for e in entries.flatten() {
@@ -143,6 +172,7 @@ impl AuditStore {
             tenants: HashMap::new(),
             signer: None,
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            segment_records: DEFAULT_SEGMENT_RECORDS,
         }
     }
 
@@ -172,27 +202,15 @@ impl AuditStore {
     /// Reads and checks a tenant's whole log.
     pub fn read(&self, tenant: &str) -> Result<LogRead, StoreError> {
         let Some(key) = self.data_key(tenant, false)? else {
-            return Ok(LogRead {
-                frames: vec![],
-                count: 0,
-                chain: vec![],
-                first_bad: None,
-                torn_tail: None,
-                valid_len: 0,
-                last_hash: [0; 32],
-            });
+            return Ok(LogRead::default());
         };
-        read_log(
-            &self.tenant_dir(tenant).join("audit.log"),
-            tenant,
-            Some(&key),
-        )
+        segment::read_all(&self.tenant_dir(tenant), tenant, Some(&key))
     }
 
     /// Walks a tenant's log without decrypting: frame structure, sequence
     /// numbers and chain links only (what remains checkable after a shred).
     pub fn read_structure(&self, tenant: &str) -> Result<LogRead, StoreError> {
-        read_log(&self.tenant_dir(tenant).join("audit.log"), tenant, None)
+        segment::read_all(&self.tenant_dir(tenant), tenant, None)
     }
 
     /// Verifies a tenant's log: `Ok(None)` when every record decrypts and the
@@ -206,17 +224,17 @@ impl AuditStore {
     }
 
     fn load(&mut self, tenant: &str) -> Result<(), StoreError> {
-        let path = self.tenant_dir(tenant).join("audit.log");
+        let dir = self.tenant_dir(tenant);
         let key = self
             .data_key(tenant, true)?
             .ok_or_else(|| StoreError::Corrupt(format!("{tenant}: no data key")))?;
-        let log = read_log(&path, tenant, Some(&key))?;
+        let log = segment::read_all(&dir, tenant, Some(&key))?;
         if let Some((idx, why)) = &log.first_bad {
             return Err(StoreError::Corrupt(format!(
                 "{tenant}: record {idx} fails verification ({why}); refusing to append to a damaged log"
             )));
         }
-        let cps = checkpoint::read_all(&self.tenant_dir(tenant))?;
+        let cps = checkpoint::read_all(&dir)?;
         if let Some(signer) = &self.signer
             && let Err(why) = checkpoint::check(&signer.verifying_key(), tenant, &cps, &log)
         {
@@ -224,39 +242,52 @@ impl AuditStore {
                 "{tenant}: {why}; refusing to append to a log that disagrees with its signed checkpoints"
             )));
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| StoreError::io(&path, e))?;
-        if let Some(torn) = log.torn_tail {
-            tracing::warn!(
-                tenant,
-                bytes = torn,
-                "cutting a torn final frame (crash during a write)"
-            );
-            file.set_len(log.valid_len)
-                .map_err(|e| StoreError::io(&path, e))?;
-            file.sync_all().map_err(|e| StoreError::io(&path, e))?;
-        }
         let seen = log
             .frames
             .iter()
             .map(|f| f.event.request_id.clone())
             .collect();
-        self.tenants.insert(
-            tenant.to_string(),
-            TenantLog {
-                file,
-                key,
-                next_seq: log.frames.len() as u64,
-                last_hash: log.last_hash,
-                seen,
-                dirty: false,
-                checkpointed: cps.last().map(|c| c.count).unwrap_or(0),
-            },
-        );
+        let mut tl = TenantLog {
+            file: None,
+            segment: 0,
+            seg_count: 0,
+            key,
+            next_seq: log.count,
+            last_hash: log.last_hash,
+            seen,
+            dirty: false,
+            checkpointed: cps.last().map(|c| c.count).unwrap_or(0),
+        };
+        if let Some(last) = log.segments.last() {
+            tl.segment = last.number;
+            tl.seg_count = last.count;
+            let closed = cps.iter().any(|c| c.closes && c.segment == last.number);
+            if !closed {
+                // A crash left this segment open: append to it (after
+                // cutting a torn final frame), or close it if it is full.
+                let path = segment::path(&dir, last.number);
+                let file = OpenOptions::new()
+                    .read(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| StoreError::io(&path, e))?;
+                if let Some(torn) = log.torn_tail {
+                    tracing::warn!(
+                        tenant,
+                        bytes = torn,
+                        "cutting a torn final frame (crash during a write)"
+                    );
+                    file.set_len(log.valid_len)
+                        .map_err(|e| StoreError::io(&path, e))?;
+                }
+                file.sync_all().map_err(|e| StoreError::io(&path, e))?;
+                tl.file = Some(file);
+                if tl.seg_count >= self.segment_records {
+                    close_segment(&dir, tenant, &mut tl, self.signer.as_ref())?;
+                }
+            }
+        }
+        self.tenants.insert(tenant.to_string(), tl);
         Ok(())
     }
 
@@ -279,9 +310,13 @@ impl AuditStore {
             }
             self.load(tenant)?;
         }
+        let dir = self.root.join("tenants").join(tenant);
         let log = self.tenants.get_mut(tenant).expect("loaded above");
         if log.seen.contains(&ev.request_id) {
             return Ok(false);
+        }
+        if log.file.is_none() {
+            open_next_segment(&dir, log)?;
         }
         let seq = log.next_seq;
         let (nonce, ct) = log
@@ -296,13 +331,17 @@ impl AuditStore {
             &ct,
         ]
         .concat();
-        log.file
-            .write_all(&frame)
-            .map_err(|e| StoreError::io(Path::new(tenant), e))?;
+        let file = log.file.as_mut().expect("opened above");
+        file.write_all(&frame)
+            .map_err(|e| StoreError::io(&segment::path(&dir, log.segment), e))?;
         log.last_hash = Sha256::digest(&frame).into();
         log.next_seq += 1;
+        log.seg_count += 1;
         log.seen.insert(ev.request_id.clone());
         log.dirty = true;
+        if log.seg_count >= self.segment_records {
+            close_segment(&dir, tenant, log, self.signer.as_ref())?;
+        }
         Ok(true)
     }
 
@@ -311,19 +350,31 @@ impl AuditStore {
     /// its last one (only ever covering fsynced records).
     pub fn sync(&mut self) -> Result<(), StoreError> {
         for (tenant, log) in self.tenants.iter_mut().filter(|(_, l)| l.dirty) {
-            log.file
-                .sync_data()
-                .map_err(|e| StoreError::io(Path::new(tenant), e))?;
+            if let Some(f) = &log.file {
+                f.sync_data()
+                    .map_err(|e| StoreError::io(Path::new(tenant), e))?;
+            }
             log.dirty = false;
         }
         self.write_checkpoints(self.checkpoint_every)
     }
 
-    /// Syncs, then checkpoints every log with records past its latest
-    /// checkpoint (a clean shutdown).
+    /// A clean shutdown: syncs, then closes every open segment with a
+    /// signed checkpoint (the next start opens new ones).
     pub fn close(&mut self) -> Result<(), StoreError> {
         self.sync()?;
-        self.write_checkpoints(1)
+        for (tenant, log) in self.tenants.iter_mut() {
+            if log.file.is_some() && log.seg_count > 0 {
+                let dir = self.root.join("tenants").join(tenant);
+                close_segment(&dir, tenant, log, self.signer.as_ref())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the records per segment (min 1); applies from the next record.
+    pub fn set_segment_records(&mut self, n: u64) {
+        self.segment_records = n.max(1);
     }
 
     fn write_checkpoints(&mut self, min_new: u64) -> Result<(), StoreError> {
@@ -335,7 +386,14 @@ impl AuditStore {
                 continue;
             }
             let dir = self.root.join("tenants").join(tenant);
-            signer.append(&dir, tenant, log.next_seq, &log.last_hash)?;
+            signer.append(
+                &dir,
+                tenant,
+                log.next_seq,
+                log.segment,
+                false,
+                &log.last_hash,
+            )?;
             log.checkpointed = log.next_seq;
         }
         Ok(())
@@ -347,70 +405,45 @@ impl AuditStore {
     }
 }
 
-fn read_log(path: &Path, tenant: &str, key: Option<&DataKey>) -> Result<LogRead, StoreError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
-        Err(e) => return Err(StoreError::io(path, e)),
+/// Creates the next segment file (and makes its name durable).
+fn open_next_segment(dir: &Path, log: &mut TenantLog) -> Result<(), StoreError> {
+    let sdir = dir.join(segment::DIR);
+    std::fs::create_dir_all(&sdir).map_err(|e| StoreError::io(&sdir, e))?;
+    let number = log.segment + 1;
+    let path = segment::path(dir, number);
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| StoreError::io(&path, e))?;
+    File::open(&sdir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(&sdir, e))?;
+    log.file = Some(file);
+    log.segment = number;
+    log.seg_count = 0;
+    Ok(())
+}
+
+/// fsyncs the open segment and closes it with a signed checkpoint.
+fn close_segment(
+    dir: &Path,
+    tenant: &str,
+    log: &mut TenantLog,
+    signer: Option<&CheckpointSigner>,
+) -> Result<(), StoreError> {
+    let Some(file) = log.file.take() else {
+        return Ok(());
     };
-    let mut out = LogRead {
-        frames: vec![],
-        count: 0,
-        chain: vec![],
-        first_bad: None,
-        torn_tail: None,
-        valid_len: 0,
-        last_hash: [0; 32],
-    };
-    let mut pos = 0usize;
-    while pos < bytes.len() {
-        let idx = out.count;
-        let rest = &bytes[pos..];
-        if rest.len() < HEADER {
-            out.torn_tail = Some(rest.len() as u64);
-            break;
-        }
-        let len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-        if !(HEADER - 4 + 16..=MAX_FRAME).contains(&len) {
-            out.first_bad = Some((idx, "impossible frame length".into()));
-            break;
-        }
-        if rest.len() < 4 + len {
-            out.torn_tail = Some(rest.len() as u64);
-            break;
-        }
-        let frame = &rest[..4 + len];
-        let seq = u64::from_be_bytes(frame[4..12].try_into().expect("8 bytes"));
-        let prev: [u8; 32] = frame[12..44].try_into().expect("32 bytes");
-        let nonce: [u8; 12] = frame[44..56].try_into().expect("12 bytes");
-        if seq != idx {
-            out.first_bad = Some((idx, format!("sequence {seq} where {idx} was expected")));
-            break;
-        }
-        if prev != out.last_hash {
-            out.first_bad = Some((
-                idx,
-                "hash chain broken (a record before it was removed or altered)".into(),
-            ));
-            break;
-        }
-        if let Some(key) = key {
-            let Some(plain) = key.open(&nonce, &aad(tenant, seq, &prev), &frame[56..]) else {
-                out.first_bad = Some((idx, "authentication tag mismatch (record altered)".into()));
-                break;
-            };
-            let event = AuditEvent::decode(plain.as_slice()).map_err(|_| {
-                StoreError::Corrupt(format!("{tenant}: record {idx} does not decode"))
-            })?;
-            out.frames.push(Frame { seq, event });
-        }
-        out.last_hash = Sha256::digest(frame).into();
-        out.chain.push(out.last_hash);
-        out.count += 1;
-        pos += frame.len();
-        out.valid_len = pos as u64;
+    let path = segment::path(dir, log.segment);
+    file.sync_data().map_err(|e| StoreError::io(&path, e))?;
+    log.dirty = false;
+    if let Some(signer) = signer {
+        signer.append(dir, tenant, log.next_seq, log.segment, true, &log.last_hash)?;
+        log.checkpointed = log.next_seq;
     }
-    Ok(out)
+    tracing::debug!(tenant, segment = log.segment, "closed a segment");
+    Ok(())
 }
 
 #[cfg(test)]

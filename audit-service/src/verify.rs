@@ -1,6 +1,7 @@
-//! `bulkhead-audit verify`: checks a tenant's log offline — every record's
-//! frame, sequence number, chain link and (unless shredded) authentication
-//! tag, then every signed checkpoint against the log — and says in one line
+//! `bulkhead-audit verify`: checks a tenant's log offline — every segment in
+//! order, every record's frame, sequence number, chain link and (unless
+//! shredded) authentication tag, then every signed checkpoint against the
+//! log and a closing checkpoint for every closed segment — and says in one line
 //! what it found, naming the first record that was altered, removed or
 //! reordered.
 use std::path::Path;
@@ -44,21 +45,28 @@ pub fn tenant(
             log.count
         )));
     }
-    let cp_note = match (cps.last(), vk) {
-        (None, _) => "no signed checkpoint yet".to_string(),
-        (Some(_), None) => {
+    let cp_note = match vk {
+        None if cps.is_empty() && log.segments.len() <= 1 => "no signed checkpoint yet".to_string(),
+        None => {
             return Ok(fail(
-                "the log has signed checkpoints but no public key to check them (checkpoint.pub missing)".into(),
+                "the log has signed checkpoints (or closed segments) but no public key to check them (checkpoint.pub missing)".into(),
             ));
         }
-        (Some(last), Some(vk)) => match checkpoint::check(vk, tenant, &cps, &log) {
-            Ok(()) => format!(
-                "{} signed checkpoints verified, the latest at {} records",
-                cps.len(),
-                last.count
-            ),
+        Some(vk) => match checkpoint::check(vk, tenant, &cps, &log) {
+            Ok(()) => match cps.last() {
+                None => "no signed checkpoint yet".to_string(),
+                Some(last) => format!(
+                    "{} signed checkpoints verified, the latest at {} records",
+                    cps.len(),
+                    last.count
+                ),
+            },
             Err(why) => return Ok(fail(why)),
         },
+    };
+    let segs = match log.segments.len() {
+        1 => "1 segment".to_string(),
+        n => format!("{n} segments"),
     };
     let torn = log
         .torn_tail
@@ -68,12 +76,12 @@ pub fn tenant(
         .unwrap_or_default();
     let line = if shredded {
         format!(
-            "{tenant}: shredded: chain intact, {} records, contents unrecoverable; {cp_note}{torn}",
+            "{tenant}: shredded: chain intact, {} records in {segs}, contents unrecoverable; {cp_note}{torn}",
             log.count
         )
     } else {
         format!(
-            "{tenant}: ok, {} records, chain intact; {cp_note}{torn}",
+            "{tenant}: ok, {} records in {segs}, chain intact; {cp_note}{torn}",
             log.count
         )
     };

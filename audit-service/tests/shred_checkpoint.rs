@@ -42,7 +42,7 @@ fn fill(dir: &Path, tenants: &[&str], n: usize, every: u64) {
 }
 
 fn log(dir: &Path, t: &str) -> PathBuf {
-    dir.join(format!("tenants/{t}/audit.log"))
+    dir.join(format!("tenants/{t}/segments/000001.log"))
 }
 
 /// Byte offsets at which each frame starts.
@@ -100,10 +100,15 @@ fn shredded_records_are_unrecoverable_but_the_chain_verifies() {
     let (ok, out) = bin(&["verify", "--data-dir", d]);
     assert!(ok, "{out}");
     assert!(
-        out.contains("acme: shredded: chain intact, 5 records, contents unrecoverable"),
+        out.contains(
+            "acme: shredded: chain intact, 5 records in 1 segment, contents unrecoverable"
+        ),
         "{out}"
     );
-    assert!(out.contains("globex: ok, 5 records, chain intact"), "{out}");
+    assert!(
+        out.contains("globex: ok, 5 records in 1 segment, chain intact"),
+        "{out}"
+    );
     assert!(out.contains("the latest at 5 records"), "{out}");
 
     // Tampering is still caught without the key: an altered chain link
@@ -169,7 +174,7 @@ fn checkpoints_are_signed_and_catch_removed_and_rewritten_records() {
     let cpf = dir.join("tenants/acme/checkpoints");
     let cp_bytes = std::fs::read(&cpf).unwrap();
     let mut b = cp_bytes.clone();
-    b[104 + 50] ^= 1;
+    b[checkpoint::ENTRY + 60] ^= 1;
     std::fs::write(&cpf, &b).unwrap();
     let v = verdict(dir, "acme");
     assert!(!v.ok && v.line.contains("checkpoint #1"), "{}", v.line);
@@ -186,7 +191,7 @@ fn checkpoints_are_signed_and_catch_removed_and_rewritten_records() {
     // The whole log rewritten with a consistent chain (someone holding the
     // master key): the chain verifies, the signed checkpoints do not.
     fill(other.path(), &["acme"], 10, 1000);
-    for f in ["audit.log", "key.wrapped"] {
+    for f in ["segments/000001.log", "key.wrapped"] {
         std::fs::copy(
             other.path().join("tenants/acme").join(f),
             dir.join("tenants/acme").join(f),

@@ -25,7 +25,7 @@ fn store_with(dir: &Path, n: usize) -> AuditStore {
 }
 
 fn log_path(dir: &Path) -> PathBuf {
-    dir.join("tenants/acme/audit.log")
+    dir.join("tenants/acme/segments/000001.log")
 }
 
 #[test]
@@ -70,7 +70,7 @@ fn tenants_have_separate_keys() {
     let kg = m.unwrap_key("globex", &wg).unwrap();
     assert_ne!(m.unwrap_key("acme", &wa).unwrap(), kg);
     // globex's record does not open under acme's key.
-    let bytes = std::fs::read(dir.path().join("tenants/globex/audit.log")).unwrap();
+    let bytes = std::fs::read(dir.path().join("tenants/globex/segments/000001.log")).unwrap();
     let nonce: [u8; 12] = bytes[44..56].try_into().unwrap();
     assert!(
         ka.open(&nonce, &aad("globex", 0, &[0; 32]), &bytes[56..])
