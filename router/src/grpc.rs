@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::pipeline::Event;
-use crate::validate::{Input, Protocol, RawRequest, RequestMeta, validate};
+use crate::validate::{Input, Protocol, RawLogprobs, RawRequest, RequestMeta, validate};
 
 pub struct InferenceService {
     pub state: AppState,
@@ -57,6 +57,10 @@ fn raw_request(r: GenerateRequest) -> Result<RawRequest, ApiError> {
         top_k: r.top_k.map(i64::from),
         seed: r.seed,
         stop: r.stop,
+        logprobs: RawLogprobs::Chat {
+            logprobs: Some(r.logprobs),
+            top_logprobs: r.top_logprobs.map(i64::from),
+        },
     })
 }
 
@@ -138,10 +142,15 @@ impl InferenceService {
             async move {
                 let mut rx = rx?;
                 let item = match rx.recv().await {
-                    Some(Event::Text { text, token_ids }) => Ok(GenerateResponse {
+                    Some(Event::Text {
+                        text,
+                        token_ids,
+                        logprobs,
+                    }) => Ok(GenerateResponse {
                         request_id,
                         text,
                         token_ids,
+                        logprobs,
                         ..Default::default()
                     }),
                     Some(Event::Done { finish, usage }) => {

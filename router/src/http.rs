@@ -20,7 +20,7 @@ use crate::directory::{AuthContext, Directory};
 use crate::error::ApiError;
 use crate::openai::{self, Envelope, Kind};
 use crate::pipeline::{Event, Pipeline};
-use crate::validate::{Protocol, RawRequest, RequestMeta, validate};
+use crate::validate::{Protocol, RawLogprobs, RawRequest, RequestMeta, validate};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -81,18 +81,20 @@ async fn completion(
 
 /// Parses a body into the request and its streaming options.
 fn parse(kind: Kind, body: &[u8]) -> Result<(RawRequest, bool, bool), ApiError> {
-    let (common, input) = match kind {
+    let (common, input, logprobs) = match kind {
         Kind::Chat => {
             let b: openai::ChatBody = openai::parse(body)?;
-            (b.common, openai::chat_input(b.messages)?)
+            let lp = b.raw_logprobs();
+            (b.common, openai::chat_input(b.messages)?, lp)
         }
         Kind::Completion => {
             let b: openai::CompletionBody = openai::parse(body)?;
-            (b.common, openai::completion_input(b.prompt)?)
+            let lp = RawLogprobs::Legacy(b.logprobs);
+            (b.common, openai::completion_input(b.prompt)?, lp)
         }
     };
     let (stream, usage) = (common.stream, common.include_usage());
-    Ok((common.into_raw(input)?, stream, usage))
+    Ok((common.into_raw(input, logprobs)?, stream, usage))
 }
 
 async fn generate(
@@ -169,6 +171,7 @@ async fn traced(
             .map(|d| d.as_secs())
             .unwrap_or(0),
         model: req.model.clone(),
+        logprobs: openai::LogprobsOut::new(req.logprobs.is_some()),
     };
     let request_id = req.request_id.clone();
     tracing::info!(request_id = %request_id, tenant = %req.tenant.id, model = %req.model, max_tokens = req.max_tokens, stream, "request accepted");
@@ -190,13 +193,18 @@ fn with_request_id(mut resp: Response, id: &str) -> Response {
     resp
 }
 
-async fn collect(env: Envelope, mut rx: mpsc::Receiver<Event>) -> Response {
-    let mut text = String::new();
+async fn collect(mut env: Envelope, mut rx: mpsc::Receiver<Event>) -> Response {
+    let (mut text, mut lps) = (String::new(), Vec::new());
     while let Some(ev) = rx.recv().await {
         match ev {
-            Event::Text { text: t, .. } => text.push_str(&t),
+            Event::Text {
+                text: t, logprobs, ..
+            } => {
+                text.push_str(&t);
+                lps.extend(logprobs);
+            }
             Event::Done { finish, usage } => {
-                return Json(env.full(&text, finish, usage)).into_response();
+                return Json(env.full(&text, finish, usage, &lps)).into_response();
             }
             Event::Error(e) => return e.into_response(),
         }
@@ -240,17 +248,19 @@ fn sse(
                 return None;
             }
             match st.rx.recv().await {
-                Some(Event::Text { text, .. }) if text.is_empty() && !st.first => {
+                Some(Event::Text { text, logprobs, .. })
+                    if text.is_empty() && logprobs.is_empty() && !st.first =>
+                {
                     // A token whose text is held back (partial UTF-8 or a
                     // possible stop string): nothing to show yet.
                 }
-                Some(Event::Text { text, .. }) => {
-                    let chunk = st.env.chunk(&text, None, st.first);
+                Some(Event::Text { text, logprobs, .. }) => {
+                    let chunk = st.env.chunk(&text, None, st.first, &logprobs);
                     st.first = false;
                     st.pending.push_back(json_event(&chunk));
                 }
                 Some(Event::Done { finish, usage }) => {
-                    let chunk = st.env.chunk("", Some(finish), st.first);
+                    let chunk = st.env.chunk("", Some(finish), st.first, &[]);
                     st.pending.push_back(json_event(&chunk));
                     if st.include_usage {
                         st.pending.push_back(json_event(&st.env.usage_chunk(usage)));

@@ -1,13 +1,13 @@
 //! OpenAI wire types: the request bodies the router accepts and the response
 //! bodies it writes. Parsing is lenient about fields it does not use (as
 //! OpenAI clients send many) and strict about the ones it does.
-use bulkhead_proto::common::{ChatMessage, FinishReason};
+use bulkhead_proto::common::{ChatMessage, FinishReason, TokenLogprob};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::pipeline::Usage;
-use crate::validate::{Input, RawRequest};
+use crate::validate::{Input, RawLogprobs, RawRequest};
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -73,13 +73,31 @@ pub struct Common {
 #[derive(Deserialize)]
 pub struct ChatBody {
     pub messages: Vec<Message>,
+    /// Return the chosen tokens' log-probabilities.
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    /// Alternatives per position (0..=20; needs `logprobs: true`).
+    #[serde(default)]
+    pub top_logprobs: Option<i64>,
     #[serde(flatten)]
     pub common: Common,
+}
+
+impl ChatBody {
+    pub fn raw_logprobs(&self) -> RawLogprobs {
+        RawLogprobs::Chat {
+            logprobs: self.logprobs,
+            top_logprobs: self.top_logprobs,
+        }
+    }
 }
 
 #[derive(Deserialize)]
 pub struct CompletionBody {
     pub prompt: Value,
+    /// Legacy: how many alternatives per position (0..=5); null = none.
+    #[serde(default)]
+    pub logprobs: Option<i64>,
     #[serde(flatten)]
     pub common: Common,
 }
@@ -94,7 +112,7 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
 }
 
 impl Common {
-    pub fn into_raw(self, input: Input) -> Result<RawRequest, ApiError> {
+    pub fn into_raw(self, input: Input, logprobs: RawLogprobs) -> Result<RawRequest, ApiError> {
         if let Some(n) = self.n
             && n != 1
         {
@@ -114,6 +132,7 @@ impl Common {
             top_k: self.top_k,
             seed: self.seed,
             stop,
+            logprobs,
         })
     }
 
@@ -197,20 +216,101 @@ pub struct Envelope {
     pub id: String,
     pub created: u64,
     pub model: String,
+    pub logprobs: LogprobsOut,
+}
+
+/// Whether a response carries log-probabilities, and where the next token
+/// starts in the completion text (the legacy `text_offset`, in characters,
+/// counted from the start of the completion as vLLM does).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogprobsOut {
+    requested: bool,
+    offset: usize,
+}
+
+impl LogprobsOut {
+    pub fn new(requested: bool) -> Self {
+        Self {
+            requested,
+            offset: 0,
+        }
+    }
+}
+
+/// Chat shape: `{"content": [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]}`.
+pub fn chat_logprobs(lps: &[TokenLogprob]) -> Value {
+    let content: Vec<Value> = lps
+        .iter()
+        .map(|l| {
+            let top: Vec<Value> = l
+                .top_logprobs
+                .iter()
+                .map(|t| json!({"token": t.text, "logprob": t.logprob, "bytes": &t.bytes}))
+                .collect();
+            json!({"token": l.text, "logprob": l.logprob, "bytes": &l.bytes, "top_logprobs": top})
+        })
+        .collect();
+    json!({ "content": content })
+}
+
+/// Legacy completions shape: `{tokens, token_logprobs, top_logprobs: [{token: logprob}], text_offset}`.
+/// `offset` is where the first token starts; it is advanced past the last.
+pub fn legacy_logprobs(lps: &[TokenLogprob], offset: &mut usize) -> Value {
+    let mut text_offset = Vec::with_capacity(lps.len());
+    for l in lps {
+        text_offset.push(*offset);
+        *offset += l.text.chars().count();
+    }
+    let top: Vec<Value> = lps
+        .iter()
+        .map(|l| {
+            let m: serde_json::Map<String, Value> = l
+                .top_logprobs
+                .iter()
+                .map(|t| (t.text.clone(), json!(t.logprob)))
+                .collect();
+            Value::Object(m)
+        })
+        .collect();
+    json!({
+        "tokens": lps.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(),
+        "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+        "top_logprobs": top,
+        "text_offset": text_offset,
+    })
 }
 
 impl Envelope {
+    /// The `logprobs` of a choice for these tokens: `null` when not asked
+    /// for (or, in a streamed chunk, when the chunk has no tokens).
+    fn logprobs_json(&mut self, lps: &[TokenLogprob], chunk: bool) -> Value {
+        if !self.logprobs.requested || (chunk && lps.is_empty()) {
+            return Value::Null;
+        }
+        match self.kind {
+            Kind::Chat => chat_logprobs(lps),
+            Kind::Completion => legacy_logprobs(lps, &mut self.logprobs.offset),
+        }
+    }
+
     /// The whole (non-streaming) response.
-    pub fn full(&self, text: &str, finish: FinishReason, usage: Usage) -> Value {
+    pub fn full(
+        &mut self,
+        text: &str,
+        finish: FinishReason,
+        usage: Usage,
+        lps: &[TokenLogprob],
+    ) -> Value {
+        let logprobs = self.logprobs_json(lps, false);
         let choice = match self.kind {
             Kind::Chat => json!({
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
                 "finish_reason": finish_str(finish),
-                "logprobs": null,
+                "logprobs": logprobs,
             }),
             Kind::Completion => json!({
-                "index": 0, "text": text, "finish_reason": finish_str(finish), "logprobs": null,
+                "index": 0, "text": text, "finish_reason": finish_str(finish), "logprobs": logprobs,
             }),
         };
         json!({
@@ -223,8 +323,16 @@ impl Envelope {
         })
     }
 
-    /// One streamed chunk; `first` adds the assistant role for chat.
-    pub fn chunk(&self, text: &str, finish: Option<FinishReason>, first: bool) -> Value {
+    /// One streamed chunk; `first` adds the assistant role for chat; `lps`
+    /// are the log-probabilities of the tokens in it (if asked for).
+    pub fn chunk(
+        &mut self,
+        text: &str,
+        finish: Option<FinishReason>,
+        first: bool,
+        lps: &[TokenLogprob],
+    ) -> Value {
+        let logprobs = self.logprobs_json(lps, true);
         let finish = finish.map(finish_str);
         let choice = match self.kind {
             Kind::Chat => {
@@ -235,10 +343,10 @@ impl Envelope {
                 } else {
                     json!({"content": text})
                 };
-                json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null})
+                json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs})
             }
             Kind::Completion => {
-                json!({"index": 0, "text": text, "finish_reason": finish, "logprobs": null})
+                json!({"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs})
             }
         };
         json!({
@@ -260,5 +368,77 @@ impl Envelope {
             "choices": [],
             "usage": usage_json(usage),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulkhead_proto::common::TopLogprob;
+
+    fn lp(id: u32, text: &str, logprob: f32, top: &[(&str, f32)]) -> TokenLogprob {
+        TokenLogprob {
+            id,
+            text: text.into(),
+            bytes: text.as_bytes().to_vec(),
+            logprob,
+            top_logprobs: top
+                .iter()
+                .map(|(t, l)| TopLogprob {
+                    id: 0,
+                    text: (*t).into(),
+                    bytes: t.as_bytes().to_vec(),
+                    logprob: *l,
+                })
+                .collect(),
+        }
+    }
+
+    fn env(kind: Kind, requested: bool) -> Envelope {
+        Envelope {
+            kind,
+            id: "x".into(),
+            created: 0,
+            model: "m".into(),
+            logprobs: LogprobsOut::new(requested),
+        }
+    }
+
+    #[test]
+    fn chat_shape() {
+        let lps = [lp(5, "Hi", -0.5, &[("Hi", -0.5), ("Yo", -1.0)])];
+        let v = env(Kind::Chat, true).full("Hi", FinishReason::Stop, Usage::default(), &lps);
+        let c = &v["choices"][0]["logprobs"]["content"][0];
+        assert_eq!(c["token"], "Hi");
+        assert_eq!(c["logprob"], -0.5);
+        assert_eq!(c["bytes"], json!([72, 105]));
+        assert_eq!(
+            c["top_logprobs"][1],
+            json!({"token": "Yo", "logprob": -1.0, "bytes": [89, 111]})
+        );
+        let v = env(Kind::Chat, false).full("Hi", FinishReason::Stop, Usage::default(), &[]);
+        assert!(v["choices"][0]["logprobs"].is_null());
+        // Asked for, nothing generated: an empty list, not null.
+        let v = env(Kind::Chat, true).full("", FinishReason::Stop, Usage::default(), &[]);
+        assert_eq!(v["choices"][0]["logprobs"], json!({"content": []}));
+    }
+
+    #[test]
+    fn legacy_shape_and_offsets_across_chunks() {
+        let mut e = env(Kind::Completion, true);
+        let a = e.chunk(
+            "ab",
+            None,
+            true,
+            &[lp(1, "a", -0.1, &[("a", -0.1)]), lp(2, "b", -0.2, &[])],
+        );
+        let l = &a["choices"][0]["logprobs"];
+        assert_eq!(l["tokens"], json!(["a", "b"]));
+        assert_eq!(l["text_offset"], json!([0, 1]));
+        assert_eq!(l["top_logprobs"], json!([{"a": -0.1f32}, {}]));
+        let b = e.chunk("é", None, false, &[lp(3, "é", -1.0, &[])]);
+        assert_eq!(b["choices"][0]["logprobs"]["text_offset"], json!([2]));
+        let end = e.chunk("", Some(FinishReason::Stop), false, &[]);
+        assert!(end["choices"][0]["logprobs"].is_null());
     }
 }

@@ -36,7 +36,12 @@ pub struct Usage {
 #[derive(Debug)]
 pub enum Event {
     /// Text produced since the previous event.
-    Text { text: String, token_ids: Vec<u32> },
+    Text {
+        text: String,
+        token_ids: Vec<u32>,
+        /// Log-probabilities of those tokens, when the request asked.
+        logprobs: Vec<bulkhead_proto::common::TokenLogprob>,
+    },
     /// The last event of a successful request.
     Done { finish: FinishReason, usage: Usage },
     /// The last event of a request that failed after it started.
@@ -224,6 +229,8 @@ impl Pipeline {
             max_tokens: req.max_tokens,
             sampling: Some(req.sampling),
             stop: req.stop.clone(),
+            logprobs: req.logprobs.is_some(),
+            top_logprobs: req.logprobs.unwrap_or(0),
         };
         dispatch.record("worker", outcome.worker.as_str());
         let mut call = tonic::Request::new(wreq);
@@ -324,6 +331,7 @@ impl Pipeline {
                     Event::Text {
                         text: t.text,
                         token_ids: vec![t.id],
+                        logprobs: t.logprobs.into_iter().collect(),
                     }
                 }
                 Some(WorkerEvent::Finished(f)) => {

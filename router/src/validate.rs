@@ -16,6 +16,25 @@ pub const MAX_STOP_STRINGS: usize = 16;
 pub const MAX_STOP_BYTES: usize = 256;
 /// `max_tokens` when the client sends none: the tenant's limit, capped by this.
 pub const DEFAULT_MAX_TOKENS: u32 = 256;
+/// Most alternatives per position: `top_logprobs` (chat, gRPC).
+pub const MAX_TOP_LOGPROBS: i64 = 20;
+/// Most alternatives per position: `logprobs` of the legacy completions API.
+pub const MAX_LEGACY_LOGPROBS: i64 = 5;
+
+/// Log-probabilities as the client asked for them, in its API's terms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RawLogprobs {
+    #[default]
+    Off,
+    /// Chat completions and gRPC: the `logprobs` flag plus `top_logprobs`
+    /// (0..=20, only with `logprobs: true`).
+    Chat {
+        logprobs: Option<bool>,
+        top_logprobs: Option<i64>,
+    },
+    /// Legacy completions: `logprobs: <int>` (0..=5) alternatives.
+    Legacy(Option<i64>),
+}
 
 #[derive(Clone, Debug)]
 pub enum Input {
@@ -66,6 +85,7 @@ pub struct RawRequest {
     pub top_k: Option<i64>,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
+    pub logprobs: RawLogprobs,
 }
 
 /// A request that passed authentication and every check.
@@ -80,6 +100,9 @@ pub struct ValidRequest {
     pub max_tokens: u32,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
+    /// `Some(k)`: return each token's log-probability and its top `k`
+    /// alternatives (`k <= MAX_TOP_LOGPROBS`).
+    pub logprobs: Option<u32>,
     pub protocol: Protocol,
     pub source_addr: String,
 }
@@ -138,6 +161,7 @@ pub fn validate(
         Some(n) => n as u32,
     };
     let sampling = sampling(&raw)?;
+    let logprobs = logprobs(raw.logprobs)?;
     check_input(&raw.input)?;
     if raw.stop.len() > MAX_STOP_STRINGS {
         return Err(ApiError::invalid_param(
@@ -171,6 +195,7 @@ pub fn validate(
         max_tokens,
         sampling,
         stop: raw.stop,
+        logprobs,
         protocol: meta.protocol,
         source_addr: meta.source_addr.clone(),
     })
@@ -204,6 +229,36 @@ fn sampling(raw: &RawRequest) -> Result<SamplingParams, ApiError> {
         top_k: top_k as u32,
         seed: raw.seed,
     })
+}
+
+fn logprobs(raw: RawLogprobs) -> Result<Option<u32>, ApiError> {
+    match raw {
+        RawLogprobs::Off | RawLogprobs::Legacy(None) => Ok(None),
+        RawLogprobs::Chat {
+            logprobs,
+            top_logprobs,
+        } => {
+            let on = logprobs.unwrap_or(false);
+            match top_logprobs {
+                Some(k) if !(0..=MAX_TOP_LOGPROBS).contains(&k) => Err(ApiError::invalid_param(
+                    "top_logprobs",
+                    format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {k}"),
+                )),
+                Some(_) if !on => Err(ApiError::invalid_param(
+                    "top_logprobs",
+                    "top_logprobs requires logprobs to be true",
+                )),
+                k => Ok(on.then_some(k.unwrap_or(0) as u32)),
+            }
+        }
+        RawLogprobs::Legacy(Some(n)) if !(0..=MAX_LEGACY_LOGPROBS).contains(&n) => {
+            Err(ApiError::invalid_param(
+                "logprobs",
+                format!("logprobs must be between 0 and {MAX_LEGACY_LOGPROBS}, got {n}"),
+            ))
+        }
+        RawLogprobs::Legacy(Some(n)) => Ok(Some(n as u32)),
+    }
 }
 
 fn check_input(input: &Input) -> Result<(), ApiError> {

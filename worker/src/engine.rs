@@ -11,10 +11,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::LoadedModel;
 use crate::kv::{BlockHash, BlockId, KvPool, KvQuota, PrefixSecret, TenantId};
+use crate::logprobs::TokenLogprobs;
 use crate::model::SeqInput;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::Detokenizer;
 
+mod emit;
 mod sched;
 use sched::Pending;
 
@@ -57,7 +59,7 @@ pub enum FinishReason {
 }
 
 /// What the engine streams back for one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum EngineEvent {
     Started {
         prompt_tokens: u32,
@@ -66,6 +68,9 @@ pub enum EngineEvent {
     Token {
         id: u32,
         text: String,
+        /// When the request asked for them (see [`crate::logprobs`]); none
+        /// for an end-of-sequence token that only flushes held-back text.
+        logprobs: Option<Box<TokenLogprobs>>,
     },
     Finished {
         reason: FinishReason,
@@ -86,6 +91,11 @@ pub struct GenerateRequest {
     pub params: SamplingParams,
     pub stop: Vec<String>,
     pub max_tokens: u32,
+    /// Top-k alternatives per generated token (`Some(0)`: the chosen token's
+    /// log-probability only; at most [`crate::logprobs::MAX_TOP_LOGPROBS`]).
+    pub logprobs: Option<u32>,
+    /// Generate past end-of-sequence tokens (benchmarks: a fixed length).
+    pub ignore_eos: bool,
     pub events: mpsc::Sender<EngineEvent>,
 }
 
@@ -545,50 +555,5 @@ impl Engine {
         }
         self.requeue_preempted();
         self.reap();
-    }
-
-    fn sample(&mut self, i: usize, logits: &[f32]) {
-        let tok = &self.model.tokenizer;
-        let s = &mut self.running[i];
-        if s.done.is_some() {
-            return;
-        }
-        let id = s.sampler.sample(logits);
-        s.generated += 1;
-        if tok.eos_ids().contains(&id) {
-            let rest = s.detok.flush();
-            if !rest.is_empty() {
-                s.send(EngineEvent::Token { id, text: rest });
-            }
-            s.done.get_or_insert((FinishReason::Stop, None));
-            return;
-        }
-        s.tokens.push(id);
-        let delta = match s.detok.push(tok, id) {
-            Ok(d) => d,
-            Err(e) => {
-                s.fail(format!("internal error: {e}"));
-                return;
-            }
-        };
-        if delta.stopped {
-            if !delta.text.is_empty() {
-                s.send(EngineEvent::Token {
-                    id,
-                    text: delta.text,
-                });
-            }
-            s.done.get_or_insert((FinishReason::Stop, None));
-            return;
-        }
-        let mut text = delta.text;
-        let last = s.generated >= s.req.max_tokens;
-        if last {
-            text.push_str(&s.detok.flush());
-        }
-        s.send(EngineEvent::Token { id, text });
-        if last {
-            s.done.get_or_insert((FinishReason::Length, None));
-        }
     }
 }

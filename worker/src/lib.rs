@@ -9,6 +9,7 @@ pub mod cuda;
 pub mod engine;
 pub mod genmodel;
 pub mod kv;
+pub mod logprobs;
 pub mod metrics;
 pub mod model;
 pub mod sampling;

@@ -3,7 +3,9 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bulkhead_proto::common::FinishReason as PbFinish;
+use bulkhead_proto::common::{
+    FinishReason as PbFinish, TokenLogprob as PbTokenLogprob, TopLogprob,
+};
 use bulkhead_proto::worker::{
     CancelRequest, CancelResponse, CapacityRequest, CapacityResponse, Finished, ModelInfoRequest,
     ModelInfoResponse, Started, Token, WorkerGenerateRequest, WorkerGenerateResponse,
@@ -15,6 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::LoadedModel;
 use crate::engine::{EngineEvent, EngineHandle, FinishReason, GenerateRequest};
+use crate::logprobs::{MAX_TOP_LOGPROBS, TokenLogprobs};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::ChatMessage;
 
@@ -62,6 +65,25 @@ fn invalid(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg.into())
 }
 
+fn token_logprob_pb(l: TokenLogprobs) -> PbTokenLogprob {
+    PbTokenLogprob {
+        id: l.chosen.id,
+        text: l.chosen.text,
+        bytes: l.chosen.bytes,
+        logprob: l.chosen.logprob,
+        top_logprobs: l
+            .top
+            .into_iter()
+            .map(|a| TopLogprob {
+                id: a.id,
+                text: a.text,
+                bytes: a.bytes,
+                logprob: a.logprob,
+            })
+            .collect(),
+    }
+}
+
 fn to_pb(ev: EngineEvent) -> WorkerGenerateResponse {
     let event = match ev {
         EngineEvent::Started {
@@ -71,7 +93,11 @@ fn to_pb(ev: EngineEvent) -> WorkerGenerateResponse {
             prompt_tokens,
             cached_tokens,
         }),
-        EngineEvent::Token { id, text } => Event::Token(Token { id, text }),
+        EngineEvent::Token { id, text, logprobs } => Event::Token(Token {
+            id,
+            text,
+            logprobs: logprobs.map(|l| token_logprob_pb(*l)),
+        }),
         EngineEvent::Finished {
             reason,
             prompt_tokens,
@@ -134,6 +160,15 @@ impl WorkerService {
             seed: sp.seed,
         };
         params.validate().map_err(|e| invalid(e.to_string()))?;
+        if req.top_logprobs > MAX_TOP_LOGPROBS {
+            return Err(invalid(format!(
+                "top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {}",
+                req.top_logprobs
+            )));
+        }
+        if req.top_logprobs > 0 && !req.logprobs {
+            return Err(invalid("top_logprobs needs logprobs to be set"));
+        }
         if req.stop.len() > MAX_STOP_STRINGS {
             return Err(invalid(format!(
                 "at most {MAX_STOP_STRINGS} stop strings are allowed"
@@ -251,6 +286,8 @@ impl Worker for WorkerService {
                 params,
                 stop: req.stop.clone(),
                 max_tokens: req.max_tokens,
+                logprobs: req.logprobs.then_some(req.top_logprobs),
+                ignore_eos: false,
                 events: tx,
             })
             .map_err(|e| Status::unavailable(e.to_string()))?;

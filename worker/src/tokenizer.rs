@@ -30,6 +30,8 @@ pub struct TextTokenizer {
     bos_token: String,
     eos_token: String,
     eos_ids: Vec<u32>,
+    /// The decoder maps bytes to printable characters (GPT-2 byte-level BPE).
+    byte_level: bool,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -87,7 +89,12 @@ impl TextTokenizer {
         {
             eos_ids.push(id);
         }
+        let byte_level = tok
+            .get_decoder()
+            .and_then(|d| serde_json::to_string(d).ok())
+            .is_some_and(|j| j.contains("\"ByteLevel\""));
         Ok(Self {
+            byte_level,
             tok,
             chat_template,
             bos_token,
@@ -161,6 +168,38 @@ impl TextTokenizer {
         self.tok
             .decode(ids, true)
             .map_err(|e| TokenizeError::Tokenizer(e.to_string()))
+    }
+}
+
+impl TextTokenizer {
+    /// The exact bytes one token stands for (for logprobs): byte-level BPE
+    /// pieces are mapped back through the GPT-2 byte alphabet, `<0xHH>`
+    /// byte-fallback pieces give their byte, SentencePiece's `▁` is a space,
+    /// special tokens are their text. An unknown id gives no bytes.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let Some(piece) = self.tok.id_to_token(id) else {
+            return Vec::new();
+        };
+        if self.byte_level {
+            let mut out = Vec::with_capacity(piece.len());
+            for c in piece.chars() {
+                match crate::logprobs::byte_of_char(c) {
+                    Some(b) => out.push(b),
+                    // Not from the byte alphabet (an added/special token).
+                    None => return piece.into_bytes(),
+                }
+            }
+            return out;
+        }
+        let hex = piece
+            .strip_prefix("<0x")
+            .and_then(|h| h.strip_suffix('>'))
+            .filter(|h| h.len() == 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(b) => vec![b],
+            None => piece.replace('\u{2581}', " ").into_bytes(),
+        }
     }
 }
 

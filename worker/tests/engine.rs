@@ -43,6 +43,8 @@ fn request(
         params,
         stop: vec![],
         max_tokens,
+        logprobs: None,
+        ignore_eos: false,
         events: tx,
     };
     (req, rx)

@@ -36,6 +36,7 @@ fn ok_req() -> WorkerGenerateRequest {
         max_tokens: 4,
         sampling: None,
         stop: vec![],
+        ..Default::default()
     }
 }
 
@@ -97,6 +98,17 @@ fn rejects_bad_requests_with_clear_statuses() {
     }
     let e = err(&svc, |r| r.stop = vec![String::new()]);
     assert_eq!(e.code(), Code::InvalidArgument);
+    let e = err(&svc, |r| {
+        r.logprobs = true;
+        r.top_logprobs = 21;
+    });
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("top_logprobs"), "{}", e.message());
+    let e = err(&svc, |r| r.top_logprobs = 3);
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let mut r = ok_req();
+    (r.logprobs, r.top_logprobs) = (true, 20);
+    assert!(svc.prepare(&r).is_ok());
 }
 
 #[test]

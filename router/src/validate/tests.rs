@@ -29,6 +29,7 @@ fn raw() -> RawRequest {
         top_k: None,
         seed: None,
         stop: vec![],
+        logprobs: RawLogprobs::Off,
     }
 }
 
@@ -131,5 +132,45 @@ fn refuses_what_it_must() {
         let e = check(f).expect_err(name);
         assert!(ok(&e), "{name}: {e:?}");
         assert!(!e.to_string().is_empty(), "{name}");
+    }
+}
+
+#[test]
+fn logprobs_are_validated_per_api() {
+    let chat = |logprobs, top_logprobs| {
+        check(|r| {
+            r.logprobs = RawLogprobs::Chat {
+                logprobs,
+                top_logprobs,
+            }
+        })
+    };
+    assert_eq!(check(|_| {}).unwrap().logprobs, None);
+    assert_eq!(chat(None, None).unwrap().logprobs, None);
+    assert_eq!(chat(Some(false), None).unwrap().logprobs, None);
+    assert_eq!(chat(Some(true), None).unwrap().logprobs, Some(0));
+    assert_eq!(chat(Some(true), Some(0)).unwrap().logprobs, Some(0));
+    assert_eq!(chat(Some(true), Some(20)).unwrap().logprobs, Some(20));
+    for (logprobs, top, needle) in [
+        (Some(true), Some(21), "between 0 and 20, got 21"),
+        (Some(true), Some(-1), "between 0 and 20, got -1"),
+        (Some(true), Some(i64::MAX), "between 0 and 20"),
+        (None, Some(3), "requires logprobs to be true"),
+        (Some(false), Some(0), "requires logprobs to be true"),
+    ] {
+        let e = chat(logprobs, top).expect_err(needle);
+        assert!(matches!(e, ApiError::InvalidArgument { .. }), "{e:?}");
+        assert!(e.to_string().contains(needle), "{e}");
+        assert_eq!(e.http_status(), axum::http::StatusCode::BAD_REQUEST);
+        assert_eq!(e.body()["error"]["param"], "top_logprobs");
+    }
+    let legacy = |n| check(|r| r.logprobs = RawLogprobs::Legacy(n));
+    assert_eq!(legacy(None).unwrap().logprobs, None);
+    assert_eq!(legacy(Some(0)).unwrap().logprobs, Some(0));
+    assert_eq!(legacy(Some(5)).unwrap().logprobs, Some(5));
+    for n in [6, -1, 20] {
+        let e = legacy(Some(n)).expect_err("legacy out of range");
+        assert!(e.to_string().contains("between 0 and 5"), "{e}");
+        assert_eq!(e.body()["error"]["param"], "logprobs");
     }
 }
