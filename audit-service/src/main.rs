@@ -118,6 +118,10 @@ struct ServeArgs {
     /// shutdown).
     #[arg(long, env = "BULKHEAD_AUDIT_SEGMENT_RECORDS", default_value_t = bulkhead_audit::store::DEFAULT_SEGMENT_RECORDS)]
     segment_records: u64,
+    /// Records encrypted under one tenant data key before a new key epoch
+    /// is started (AES-GCM random-nonce limit; capped at 2^28).
+    #[arg(long, env = "BULKHEAD_AUDIT_MAX_RECORDS_PER_KEY", default_value_t = bulkhead_audit::store::keyring::DEFAULT_MAX_RECORDS_PER_KEY)]
+    max_records_per_key: u64,
 }
 
 #[derive(Args, Debug)]
@@ -181,8 +185,8 @@ fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
 
 fn shred(args: ShredArgs) -> anyhow::Result<()> {
     match bulkhead_audit::shred::shred(&args.data_dir, &args.tenant)? {
-        Shredded::Now => println!(
-            "{}: data key destroyed; its audit records are now unrecoverable (the chain still verifies)",
+        Shredded::Now(n) => println!(
+            "{}: {n} data key(s) destroyed (every key epoch); its audit records are now unrecoverable (the chain still verifies)",
             args.tenant
         ),
         Shredded::Already => println!("{}: already shredded", args.tenant),
@@ -197,6 +201,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .certs_dir
         .clone()
         .context("--certs-dir (or BULKHEAD_CERTS_DIR) is required")?;
+    anyhow::ensure!(
+        args.max_records_per_key <= bulkhead_audit::store::keyring::MAX_RECORDS_PER_KEY_CAP,
+        "--max-records-per-key {} is above the hard cap of {} records per data key",
+        args.max_records_per_key,
+        bulkhead_audit::store::keyring::MAX_RECORDS_PER_KEY_CAP
+    );
     let wrapper = master_key(&args.keys)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -227,8 +237,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let opts = ServeOptions {
         metrics,
         operator_reads_any_tenant: args.operator_reads_any_tenant,
-        checkpoint_every: args.checkpoint_every.max(1),
-        segment_records: args.segment_records.max(1),
+        store: bulkhead_audit::store::StoreOptions {
+            checkpoint_every: args.checkpoint_every,
+            segment_records: args.segment_records,
+            max_records_per_key: args.max_records_per_key,
+        },
         ..ServeOptions::new(
             &args.nats_url,
             args.keys.data_dir,

@@ -7,13 +7,15 @@ use bulkhead_proto::audit::{AuditEvent, AuditReport};
 pub const DENIED: &str = "denied";
 
 pub const RETENTION: &str = "Records are kept append-only with no automatic expiry; a tenant's \
-records are erased only by crypto-shredding its data key, after which they cannot be decrypted \
+records are erased only by crypto-shredding its data keys (every key epoch), after which they cannot be decrypted \
 while the hash chain still verifies.";
 pub const ENCRYPTION: &str = "Each record is encrypted with AES-256-GCM under the tenant's own \
-data key (random 96-bit nonce; tenant, sequence number and previous chain hash as associated \
-data); data keys are wrapped by the audit-service master key. Records hold content hashes \
-(keyed HMAC-SHA-256), never prompt or response text. Each tenant's records form a SHA-256 hash \
-chain with Ed25519-signed checkpoints.";
+data key (random 96-bit nonce; tenant, sequence number, key epoch and previous chain hash as \
+associated data); a tenant's data key is rotated to a new epoch long before 2^32 encryptions \
+(by default after 2^24 records, never more than 2^28), and data keys are wrapped by the \
+audit-service master key. Records hold content hashes (keyed HMAC-SHA-256), never prompt or \
+response text. Each tenant's records form a SHA-256 hash chain across append-only segment \
+files, each closed segment carrying an Ed25519-signed checkpoint.";
 
 /// Nearest-rank percentile of sorted values (0 when empty).
 fn percentile(sorted: &[u64], p: f64) -> u64 {

@@ -14,7 +14,7 @@ use crate::access::{self, AccessDirectory};
 use crate::consumer::{self, ConsumerError};
 use crate::keys::KeyWrapper;
 use crate::query::QueryService;
-use crate::store::AuditStore;
+use crate::store::{AuditStore, StoreOptions};
 
 /// SPIFFE components allowed to call the query API at all. Each tenant read
 /// then also needs that tenant's tenant-admin key (see `query`).
@@ -50,17 +50,15 @@ pub struct ServeOptions {
     /// Explicit operator override: an `operator`-certificate caller without
     /// a key may read any tenant. Off unless asked for.
     pub operator_reads_any_tenant: bool,
-    /// Records between two signed checkpoints of a tenant's log.
-    pub checkpoint_every: u64,
-    /// Records in a segment before it is closed (and checkpointed).
-    pub segment_records: u64,
+    /// Checkpoint interval, segment size and key rotation.
+    pub store: StoreOptions,
     /// Where to record Prometheus metrics, if anywhere.
     pub metrics: Option<Arc<crate::metrics::AuditMetrics>>,
 }
 
 impl ServeOptions {
-    /// Options with the defaults (no operator override, checkpoints every
-    /// `store::DEFAULT_CHECKPOINT_EVERY` records).
+    /// Options with the defaults (no operator override, default store
+    /// tunables).
     pub fn new(nats_url: &str, data_dir: PathBuf, certs_dir: PathBuf, trust_domain: &str) -> Self {
         Self {
             nats_url: nats_url.to_string(),
@@ -68,8 +66,7 @@ impl ServeOptions {
             certs_dir,
             trust_domain: trust_domain.to_string(),
             operator_reads_any_tenant: false,
-            checkpoint_every: crate::store::DEFAULT_CHECKPOINT_EVERY,
-            segment_records: crate::store::DEFAULT_SEGMENT_RECORDS,
+            store: StoreOptions::default(),
             metrics: None,
         }
     }
@@ -101,16 +98,11 @@ pub async fn serve_with_ready(
     bulkhead_proto::identity::install_crypto_provider();
     let tls = CertPaths::new(&opts.certs_dir, COMPONENT).server_tls()?;
     let data_dir = opts.data_dir.clone();
-    let every = opts.checkpoint_every;
-    let seg = opts.segment_records;
-    let store = tokio::task::spawn_blocking(move || {
-        AuditStore::open_with(&data_dir, wrapper, seg).map(|mut s| {
-            s.set_checkpoint_every(every);
-            s
-        })
-    })
-    .await
-    .map_err(|e| ServeError::Task(e.to_string()))??;
+    let store_opts = opts.store;
+    let store =
+        tokio::task::spawn_blocking(move || AuditStore::open_with(&data_dir, wrapper, store_opts))
+            .await
+            .map_err(|e| ServeError::Task(e.to_string()))??;
     let store = Arc::new(Mutex::new(store));
     let nats = async_nats::connect(&opts.nats_url)
         .await

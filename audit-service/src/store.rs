@@ -1,11 +1,13 @@
 //! Per-tenant append-only audit logs (pure storage, no NATS).
 //!
-//! `<root>/tenants/<tenant>/key.wrapped` holds the tenant's data key, wrapped
-//! by the master key. The log is a series of segment files
+//! `<root>/tenants/<tenant>/key.<epoch>.wrapped` hold the tenant's data keys,
+//! one per key epoch, wrapped by the master key (see `keyring`: a key is
+//! rotated after `max_records_per_key` records). The log is a series of segment files
 //! `<root>/tenants/<tenant>/segments/000001.log`, `000002.log`, … (see
 //! `segment` for the frame format). Each record's plaintext is the protobuf
-//! `AuditEvent`, encrypted with AES-256-GCM under a random nonce, with
-//! `tenant || seq || prev_hash` as associated data; `prev_hash` is the
+//! `AuditEvent`, encrypted with AES-256-GCM under a random nonce and the
+//! key of the epoch the frame names, with `tenant || seq || epoch ||
+//! prev_hash` as associated data; `prev_hash` is the
 //! SHA-256 of the whole previous frame (zeros first), across segment
 //! boundaries: a hash chain, so a removed, reordered or altered record is
 //! detected.
@@ -16,7 +18,7 @@
 //! Periodic checkpoints are also written every `checkpoint_every` records,
 //! once they are fsynced.
 //!
-//! A crypto-shredded tenant (see `shred`) has no `key.wrapped` but a
+//! A crypto-shredded tenant (see `shred`) has no key files but a
 //! `shredded` marker: its log can no longer be decrypted, only walked
 //! (lengths, sequence numbers, chain links).
 use std::collections::{HashMap, HashSet};
@@ -32,10 +34,12 @@ use sha2::{Digest, Sha256};
 
 use crate::StoreError;
 use crate::checkpoint::{self, CheckpointSigner};
-use crate::keys::{DataKey, KeyWrapper};
+use crate::keys::KeyWrapper;
 
+pub mod keyring;
 pub mod segment;
 
+use keyring::KeyRing;
 use segment::HEADER;
 
 /// Records between two automatic checkpoints of a tenant's log.
@@ -46,6 +50,8 @@ pub const DEFAULT_SEGMENT_RECORDS: u64 = 10_000;
 /// One decoded frame.
 pub struct Frame {
     pub seq: u64,
+    /// Epoch of the data key it was encrypted under.
+    pub epoch: u32,
     pub event: AuditEvent,
 }
 
@@ -69,6 +75,8 @@ pub struct LogRead {
     pub last_hash: [u8; 32],
     /// The segments read, in order (up to the first bad record).
     pub segments: Vec<segment::SegmentSpan>,
+    /// Key epoch of the last valid record (0: none yet).
+    pub last_epoch: u32,
 }
 
 struct TenantLog {
@@ -79,7 +87,10 @@ struct TenantLog {
     segment: u64,
     /// Records in that segment.
     seg_count: u64,
-    key: DataKey,
+    keys: KeyRing,
+    /// The epoch new records are encrypted under, and how many already were.
+    epoch: u32,
+    used: u64,
     next_seq: u64,
     last_hash: [u8; 32],
     seen: HashSet<String>,
@@ -93,12 +104,51 @@ pub struct AuditStore {
     wrapper: Arc<dyn KeyWrapper>,
     tenants: HashMap<String, TenantLog>,
     signer: Option<CheckpointSigner>,
-    checkpoint_every: u64,
-    segment_records: u64,
+    opts: StoreOptions,
 }
 
-fn aad(tenant: &str, seq: u64, prev: &[u8; 32]) -> Vec<u8> {
-    [tenant.as_bytes(), &seq.to_be_bytes(), prev].concat()
+/// Tunables of a store (every value at least 1).
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// Records between two automatic checkpoints of a tenant's log.
+    pub checkpoint_every: u64,
+    /// Records in a segment before it is closed.
+    pub segment_records: u64,
+    /// Records encrypted under one data key before it is rotated (capped at
+    /// `keyring::MAX_RECORDS_PER_KEY_CAP`).
+    pub max_records_per_key: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            segment_records: DEFAULT_SEGMENT_RECORDS,
+            max_records_per_key: keyring::DEFAULT_MAX_RECORDS_PER_KEY,
+        }
+    }
+}
+
+impl StoreOptions {
+    fn clamped(self) -> Self {
+        Self {
+            checkpoint_every: self.checkpoint_every.max(1),
+            segment_records: self.segment_records.max(1),
+            max_records_per_key: self
+                .max_records_per_key
+                .clamp(1, keyring::MAX_RECORDS_PER_KEY_CAP),
+        }
+    }
+}
+
+fn aad(tenant: &str, seq: u64, epoch: u32, prev: &[u8; 32]) -> Vec<u8> {
+    [
+        tenant.as_bytes(),
+        &seq.to_be_bytes(),
+        &epoch.to_be_bytes(),
+        prev,
+    ]
+    .concat()
 }
 
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
@@ -119,14 +169,14 @@ impl AuditStore {
     /// rebuilding the set of stored request ids). A torn final frame is cut
     /// off with a warning; any other damage is an error.
     pub fn open(root: &Path, wrapper: Arc<dyn KeyWrapper>) -> Result<Self, StoreError> {
-        Self::open_with(root, wrapper, DEFAULT_SEGMENT_RECORDS)
+        Self::open_with(root, wrapper, StoreOptions::default())
     }
 
-    /// [`open`](Self::open) with segments of `segment_records` records (min 1).
+    /// [`open`](Self::open) with other tunables.
     pub fn open_with(
         root: &Path,
         wrapper: Arc<dyn KeyWrapper>,
-        segment_records: u64,
+        opts: StoreOptions,
     ) -> Result<Self, StoreError> {
         let tdir = root.join("tenants");
         std::fs::create_dir_all(&tdir).map_err(|e| StoreError::io(&tdir, e))?;
@@ -135,8 +185,7 @@ impl AuditStore {
             wrapper,
             tenants: HashMap::new(),
             signer: Some(CheckpointSigner::load_or_create(root)?),
-            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
-            segment_records: segment_records.max(1),
+            opts: opts.clamped(),
         };
         let entries = std::fs::read_dir(&tdir).map_err(|e| StoreError::io(&tdir, e))?;
         for e in entries.flatten() {
@@ -150,7 +199,7 @@ impl AuditStore {
 
     /// Sets how many records pass between automatic checkpoints (min 1).
     pub fn set_checkpoint_every(&mut self, n: u64) {
-        self.checkpoint_every = n.max(1);
+        self.opts.checkpoint_every = n.max(1);
     }
 
     /// Whether the tenant's data key was destroyed (crypto-shredded).
@@ -171,8 +220,7 @@ impl AuditStore {
             wrapper,
             tenants: HashMap::new(),
             signer: None,
-            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
-            segment_records: DEFAULT_SEGMENT_RECORDS,
+            opts: StoreOptions::default(),
         }
     }
 
@@ -180,31 +228,18 @@ impl AuditStore {
         self.root.join("tenants").join(tenant)
     }
 
-    fn data_key(&self, tenant: &str, create: bool) -> Result<Option<DataKey>, StoreError> {
+    /// Every data key of a tenant (none yet for a new tenant).
+    fn keys(&self, tenant: &str) -> Result<KeyRing, StoreError> {
         if self.is_shredded(tenant) {
             return Err(StoreError::Shredded(tenant.to_string()));
         }
-        let path = self.tenant_dir(tenant).join("key.wrapped");
-        match std::fs::read(&path) {
-            Ok(w) => Ok(Some(DataKey::new(&self.wrapper.unwrap_key(tenant, &w)?))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-                let key: [u8; 32] = rand::random();
-                std::fs::create_dir_all(self.tenant_dir(tenant))
-                    .map_err(|e| StoreError::io(&path, e))?;
-                write_private(&path, &self.wrapper.wrap(tenant, &key)?)?;
-                Ok(Some(DataKey::new(&key)))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::io(&path, e)),
-        }
+        KeyRing::load(&self.tenant_dir(tenant), tenant, self.wrapper.as_ref())
     }
 
     /// Reads and checks a tenant's whole log.
     pub fn read(&self, tenant: &str) -> Result<LogRead, StoreError> {
-        let Some(key) = self.data_key(tenant, false)? else {
-            return Ok(LogRead::default());
-        };
-        segment::read_all(&self.tenant_dir(tenant), tenant, Some(&key))
+        let keys = self.keys(tenant)?;
+        segment::read_all(&self.tenant_dir(tenant), tenant, Some(&keys))
     }
 
     /// Walks a tenant's log without decrypting: frame structure, sequence
@@ -225,10 +260,11 @@ impl AuditStore {
 
     fn load(&mut self, tenant: &str) -> Result<(), StoreError> {
         let dir = self.tenant_dir(tenant);
-        let key = self
-            .data_key(tenant, true)?
-            .ok_or_else(|| StoreError::Corrupt(format!("{tenant}: no data key")))?;
-        let log = segment::read_all(&dir, tenant, Some(&key))?;
+        let mut keys = self.keys(tenant)?;
+        if keys.is_empty() {
+            keys.rotate(&dir, tenant, self.wrapper.as_ref())?;
+        }
+        let log = segment::read_all(&dir, tenant, Some(&keys))?;
         if let Some((idx, why)) = &log.first_bad {
             return Err(StoreError::Corrupt(format!(
                 "{tenant}: record {idx} fails verification ({why}); refusing to append to a damaged log"
@@ -247,11 +283,15 @@ impl AuditStore {
             .iter()
             .map(|f| f.event.request_id.clone())
             .collect();
+        let epoch = keys.current().expect("created above");
+        let used = log.frames.iter().filter(|f| f.epoch == epoch).count() as u64;
         let mut tl = TenantLog {
             file: None,
             segment: 0,
             seg_count: 0,
-            key,
+            keys,
+            epoch,
+            used,
             next_seq: log.count,
             last_hash: log.last_hash,
             seen,
@@ -282,7 +322,7 @@ impl AuditStore {
                 }
                 file.sync_all().map_err(|e| StoreError::io(&path, e))?;
                 tl.file = Some(file);
-                if tl.seg_count >= self.segment_records {
+                if tl.seg_count >= self.opts.segment_records {
                     close_segment(&dir, tenant, &mut tl, self.signer.as_ref())?;
                 }
             }
@@ -318,14 +358,21 @@ impl AuditStore {
         if log.file.is_none() {
             open_next_segment(&dir, log)?;
         }
+        if log.used >= self.opts.max_records_per_key {
+            log.epoch = log.keys.rotate(&dir, tenant, self.wrapper.as_ref())?;
+            log.used = 0;
+        }
         let seq = log.next_seq;
-        let (nonce, ct) = log
-            .key
-            .seal(&aad(tenant, seq, &log.last_hash), &ev.encode_to_vec())?;
+        let key = log.keys.get(log.epoch).expect("the current epoch's key");
+        let (nonce, ct) = key.seal(
+            &aad(tenant, seq, log.epoch, &log.last_hash),
+            &ev.encode_to_vec(),
+        )?;
         let len = (HEADER - 4 + ct.len()) as u32;
         let frame = [
             &len.to_be_bytes()[..],
             &seq.to_be_bytes(),
+            &log.epoch.to_be_bytes(),
             &log.last_hash,
             &nonce,
             &ct,
@@ -337,9 +384,10 @@ impl AuditStore {
         log.last_hash = Sha256::digest(&frame).into();
         log.next_seq += 1;
         log.seg_count += 1;
+        log.used += 1;
         log.seen.insert(ev.request_id.clone());
         log.dirty = true;
-        if log.seg_count >= self.segment_records {
+        if log.seg_count >= self.opts.segment_records {
             close_segment(&dir, tenant, log, self.signer.as_ref())?;
         }
         Ok(true)
@@ -356,7 +404,7 @@ impl AuditStore {
             }
             log.dirty = false;
         }
-        self.write_checkpoints(self.checkpoint_every)
+        self.write_checkpoints(self.opts.checkpoint_every)
     }
 
     /// A clean shutdown: syncs, then closes every open segment with a
@@ -374,7 +422,7 @@ impl AuditStore {
 
     /// Sets the records per segment (min 1); applies from the next record.
     pub fn set_segment_records(&mut self, n: u64) {
-        self.segment_records = n.max(1);
+        self.opts.segment_records = n.max(1);
     }
 
     fn write_checkpoints(&mut self, min_new: u64) -> Result<(), StoreError> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bulkhead_audit::checkpoint;
 use bulkhead_audit::keys::{KeyWrapper, LocalMasterKey};
-use bulkhead_audit::store::AuditStore;
+use bulkhead_audit::store::{AuditStore, StoreOptions};
 use bulkhead_audit::verify;
 use bulkhead_proto::audit::AuditEvent;
 
@@ -16,6 +16,13 @@ const MASTER: [u8; 32] = [5; 32];
 
 fn master() -> Arc<dyn KeyWrapper> {
     Arc::new(LocalMasterKey::from_bytes(&MASTER))
+}
+
+fn opts(segment_records: u64) -> StoreOptions {
+    StoreOptions {
+        segment_records,
+        ..Default::default()
+    }
 }
 
 fn ev(i: usize) -> AuditEvent {
@@ -29,7 +36,7 @@ fn ev(i: usize) -> AuditEvent {
 
 /// Appends records `from..to`, one sync each, then closes cleanly.
 fn fill(dir: &Path, per_segment: u64, from: usize, to: usize) {
-    let mut s = AuditStore::open_with(dir, master(), per_segment).unwrap();
+    let mut s = AuditStore::open_with(dir, master(), opts(per_segment)).unwrap();
     for i in from..to {
         assert!(s.append(&ev(i)).unwrap());
         s.sync().unwrap();
@@ -103,7 +110,7 @@ fn segments_roll_over_and_each_closed_one_is_checkpointed() {
     drop(store);
 
     // Dedup spans segments after a restart.
-    let mut s = AuditStore::open_with(dir, master(), 3).unwrap();
+    let mut s = AuditStore::open_with(dir, master(), opts(3)).unwrap();
     assert!(
         !s.append(&ev(1)).unwrap(),
         "a record of segment 1 stored again"
@@ -117,13 +124,13 @@ fn segments_roll_over_and_each_closed_one_is_checkpointed() {
 fn a_crash_leaves_the_segment_open_and_the_next_start_continues_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut s = AuditStore::open_with(dir, master(), 3).unwrap();
+    let mut s = AuditStore::open_with(dir, master(), opts(3)).unwrap();
     for i in 0..4 {
         s.append(&ev(i)).unwrap();
     }
     s.sync().unwrap();
     drop(s); // no close(): a crash
-    let mut s = AuditStore::open_with(dir, master(), 3).unwrap();
+    let mut s = AuditStore::open_with(dir, master(), opts(3)).unwrap();
     s.append(&ev(4)).unwrap();
     s.sync().unwrap();
     drop(s);

@@ -82,7 +82,7 @@ fn shredded_records_are_unrecoverable_but_the_chain_verifies() {
     let d = dir.to_str().unwrap();
     let (ok, out) = bin(&["shred", "--tenant", "acme", "--data-dir", d]);
     assert!(ok, "{out}");
-    assert!(!dir.join("tenants/acme/key.wrapped").exists());
+    assert!(!dir.join("tenants/acme/key.1.wrapped").exists());
     assert!(dir.join("tenants/acme/shredded").exists());
     let (ok, out) = bin(&["shred", "--tenant", "acme", "--data-dir", d]);
     assert!(ok && out.contains("already shredded"), "{out}");
@@ -116,7 +116,7 @@ fn shredded_records_are_unrecoverable_but_the_chain_verifies() {
     let original = std::fs::read(log(dir, "acme")).unwrap();
     let starts = frame_starts(&original);
     let mut b = original.clone();
-    b[starts[2] + 12] ^= 1; // prev_hash of record 2
+    b[starts[2] + 16] ^= 1; // prev_hash of record 2
     std::fs::write(log(dir, "acme"), &b).unwrap();
     let (ok, out) = bin(&["verify", "--data-dir", d, "--tenant", "acme"]);
     assert!(!ok && out.contains("acme: FAILED at record 2"), "{out}");
@@ -191,7 +191,7 @@ fn checkpoints_are_signed_and_catch_removed_and_rewritten_records() {
     // The whole log rewritten with a consistent chain (someone holding the
     // master key): the chain verifies, the signed checkpoints do not.
     fill(other.path(), &["acme"], 10, 1000);
-    for f in ["segments/000001.log", "key.wrapped"] {
+    for f in ["segments/000001.log", "key.1.wrapped"] {
         std::fs::copy(
             other.path().join("tenants/acme").join(f),
             dir.join("tenants/acme").join(f),

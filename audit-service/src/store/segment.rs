@@ -2,7 +2,7 @@
 //!
 //! A tenant's log is the concatenation of `<tenant>/segments/000001.log`,
 //! `000002.log`, … (numbered from 1, no gaps). Each holds whole frames
-//! `[u32 len][u64 seq][32-byte prev_hash][12-byte nonce][ciphertext]`
+//! `[u32 len][u64 seq][u32 key epoch][32-byte prev_hash][12-byte nonce][ciphertext]`
 //! (big-endian, `len` counts the bytes after itself). Sequence numbers and
 //! the hash chain run on across segments: the first record of a segment
 //! links to the last record of the one before.
@@ -12,12 +12,12 @@ use bulkhead_proto::Message;
 use bulkhead_proto::audit::AuditEvent;
 use sha2::{Digest, Sha256};
 
+use super::keyring::KeyRing;
 use super::{Frame, LogRead, aad};
 use crate::StoreError;
-use crate::keys::DataKey;
 
 pub const DIR: &str = "segments";
-pub(crate) const HEADER: usize = 4 + 8 + 32 + 12;
+pub(crate) const HEADER: usize = 4 + 8 + 4 + 32 + 12;
 /// Largest frame accepted when reading (guards against a corrupt length).
 const MAX_FRAME: usize = 1 << 20;
 
@@ -70,11 +70,12 @@ pub fn list(tenant_dir: &Path) -> Result<Vec<u64>, StoreError> {
 }
 
 /// Reads and checks every segment of a tenant's log, in order: frame
-/// structure, sequence numbers, chain links and (with a key) tags.
+/// structure, sequence numbers, key epochs (never decreasing), chain links
+/// and (with the keys) tags.
 pub fn read_all(
     tenant_dir: &Path,
     tenant: &str,
-    key: Option<&DataKey>,
+    keys: Option<&KeyRing>,
 ) -> Result<LogRead, StoreError> {
     let numbers = list(tenant_dir)?;
     let mut out = LogRead::default();
@@ -94,7 +95,7 @@ pub fn read_all(
         let last = i + 1 == numbers.len();
         let p = path(tenant_dir, number);
         let bytes = std::fs::read(&p).map_err(|e| StoreError::io(&p, e))?;
-        let span = read_segment(&bytes, number, last, tenant, key, &mut out)?;
+        let span = read_segment(&bytes, number, last, tenant, keys, &mut out)?;
         out.segments.push(span);
         if out.first_bad.is_some() {
             break;
@@ -108,7 +109,7 @@ fn read_segment(
     number: u64,
     last: bool,
     tenant: &str,
-    key: Option<&DataKey>,
+    keys: Option<&KeyRing>,
     out: &mut LogRead,
 ) -> Result<SegmentSpan, StoreError> {
     let mut span = SegmentSpan {
@@ -141,8 +142,9 @@ fn read_segment(
         }
         let frame = &rest[..4 + len.expect("checked")];
         let seq = u64::from_be_bytes(frame[4..12].try_into().expect("8 bytes"));
-        let prev: [u8; 32] = frame[12..44].try_into().expect("32 bytes");
-        let nonce: [u8; 12] = frame[44..56].try_into().expect("12 bytes");
+        let epoch = u32::from_be_bytes(frame[12..16].try_into().expect("4 bytes"));
+        let prev: [u8; 32] = frame[16..48].try_into().expect("32 bytes");
+        let nonce: [u8; 12] = frame[48..60].try_into().expect("12 bytes");
         if seq != idx {
             let why = if seq > idx {
                 format!(
@@ -163,8 +165,28 @@ fn read_segment(
             ));
             break;
         }
-        if let Some(key) = key {
-            let Some(plain) = key.open(&nonce, &aad(tenant, seq, &prev), &frame[HEADER..]) else {
+        if epoch == 0 || epoch < out.last_epoch {
+            out.first_bad = Some((
+                idx,
+                format!(
+                    "key epoch {epoch} after epoch {} (record altered, in {name})",
+                    out.last_epoch
+                ),
+            ));
+            break;
+        }
+        if let Some(keys) = keys {
+            let Some(key) = keys.get(epoch) else {
+                out.first_bad = Some((
+                    idx,
+                    format!(
+                        "encrypted under key epoch {epoch}, whose key file is missing (in {name})"
+                    ),
+                ));
+                break;
+            };
+            let Some(plain) = key.open(&nonce, &aad(tenant, seq, epoch, &prev), &frame[HEADER..])
+            else {
                 out.first_bad = Some((
                     idx,
                     format!("authentication tag mismatch: record altered (in {name})"),
@@ -174,9 +196,10 @@ fn read_segment(
             let event = AuditEvent::decode(plain.as_slice()).map_err(|_| {
                 StoreError::Corrupt(format!("{tenant}: record {idx} does not decode"))
             })?;
-            out.frames.push(Frame { seq, event });
+            out.frames.push(Frame { seq, epoch, event });
         }
         out.last_hash = Sha256::digest(frame).into();
+        out.last_epoch = epoch;
         out.chain.push(out.last_hash);
         out.count += 1;
         span.count += 1;

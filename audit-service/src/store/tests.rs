@@ -1,5 +1,5 @@
 use super::*;
-use crate::keys::LocalMasterKey;
+use crate::keys::{DataKey, LocalMasterKey};
 
 fn ev(tenant: &str, id: &str) -> AuditEvent {
     AuditEvent {
@@ -64,16 +64,20 @@ fn tenants_have_separate_keys() {
     s.append(&ev("globex", "g")).unwrap();
     s.sync().unwrap();
     let m = LocalMasterKey::from_bytes(&[9; 32]);
-    let wa = std::fs::read(dir.path().join("tenants/acme/key.wrapped")).unwrap();
-    let wg = std::fs::read(dir.path().join("tenants/globex/key.wrapped")).unwrap();
-    let ka = DataKey::new(&m.unwrap_key("acme", &wa).unwrap());
-    let kg = m.unwrap_key("globex", &wg).unwrap();
-    assert_ne!(m.unwrap_key("acme", &wa).unwrap(), kg);
+    let wa = std::fs::read(dir.path().join("tenants/acme/key.1.wrapped")).unwrap();
+    let wg = std::fs::read(dir.path().join("tenants/globex/key.1.wrapped")).unwrap();
+    let ka = DataKey::new(&m.unwrap_key("acme#1", &wa).unwrap());
+    let kg = m.unwrap_key("globex#1", &wg).unwrap();
+    assert_ne!(m.unwrap_key("acme#1", &wa).unwrap(), kg);
+    assert!(
+        m.unwrap_key("acme#2", &wa).is_err(),
+        "epoch bound in the wrap"
+    );
     // globex's record does not open under acme's key.
     let bytes = std::fs::read(dir.path().join("tenants/globex/segments/000001.log")).unwrap();
-    let nonce: [u8; 12] = bytes[44..56].try_into().unwrap();
+    let nonce: [u8; 12] = bytes[48..60].try_into().unwrap();
     assert!(
-        ka.open(&nonce, &aad("globex", 0, &[0; 32]), &bytes[56..])
+        ka.open(&nonce, &aad("globex", 0, 1, &[0; 32]), &bytes[60..])
             .is_none()
     );
 }
