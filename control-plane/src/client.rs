@@ -7,9 +7,9 @@ use bulkhead_proto::audit::audit_query_client::AuditQueryClient;
 use bulkhead_proto::audit::{AuditQueryRequest, AuditQueryResponse};
 use bulkhead_proto::control::control_client::ControlClient as RawControlClient;
 use bulkhead_proto::control::{
-    CreateTenantRequest, DeleteTenantRequest, IssueKeyRequest, IssueKeyResponse, KeyInfo, KeyScope,
-    ListKeysRequest, ListTenantsRequest, RevokeKeyRequest, RotateKeyRequest, RotateKeyResponse,
-    Tenant, UpdateTenantRequest,
+    ClusterStatusRequest, ClusterStatusResponse, CreateTenantRequest, DeleteTenantRequest,
+    IssueKeyRequest, IssueKeyResponse, KeyInfo, KeyScope, ListKeysRequest, ListTenantsRequest,
+    RevokeKeyRequest, RotateKeyRequest, RotateKeyResponse, Tenant, UpdateTenantRequest,
 };
 use bulkhead_proto::identity::{CertPaths, IdentityError};
 use tonic::transport::{Channel, Endpoint};
@@ -111,6 +111,15 @@ impl ControlClient {
 
     pub async fn create_tenant(&mut self, req: CreateTenantRequest) -> Result<Tenant, ClientError> {
         Ok(self.inner.create_tenant(req).await?.into_inner())
+    }
+
+    /// Live routers (with their view of the workers) and the tenants.
+    pub async fn cluster_status(&mut self) -> Result<ClusterStatusResponse, ClientError> {
+        Ok(self
+            .inner
+            .cluster_status(ClusterStatusRequest {})
+            .await?
+            .into_inner())
     }
 
     pub async fn list_tenants(&mut self) -> Result<Vec<Tenant>, ClientError> {

@@ -18,5 +18,6 @@ pub mod pki;
 pub mod registry;
 pub mod server;
 pub mod service;
+pub mod status;
 
 pub use client::{AuditClient, ClientError, ControlClient};

@@ -52,6 +52,7 @@ fn now_ms() -> i64 {
 pub struct Registry {
     tenants: kv::Store,
     keys: kv::Store,
+    routers: kv::Store,
 }
 
 async fn bucket(js: &jetstream::Context, name: &str) -> Result<kv::Store, ControlError> {
@@ -83,7 +84,38 @@ impl Registry {
         Ok(Self {
             tenants: bucket(js, names::TENANTS_BUCKET).await?,
             keys: bucket(js, names::API_KEYS_BUCKET).await?,
+            routers: bulkhead_directory::routers_bucket(js)
+                .await
+                .map_err(ControlError::Unavailable)?,
         })
+    }
+
+    /// The routers whose heartbeat is younger than `stale_after_ms` at
+    /// `now_ms`, sorted by id.
+    pub async fn live_routers(
+        &self,
+        now_ms: i64,
+        stale_after_ms: i64,
+    ) -> Result<Vec<bulkhead_proto::control::RouterHeartbeat>, ControlError> {
+        use bulkhead_proto::Message;
+        let mut ids = vec![];
+        let mut keys = self.routers.keys().await.map_err(unavailable)?;
+        while let Some(k) = keys.next().await {
+            ids.push(k.map_err(unavailable)?);
+        }
+        ids.sort();
+        let mut out = vec![];
+        for id in ids {
+            let Some(v) = self.routers.get(&id).await.map_err(unavailable)? else {
+                continue;
+            };
+            match bulkhead_proto::control::RouterHeartbeat::decode(&v[..]) {
+                Ok(hb) if now_ms - hb.sent_unix_ms <= stale_after_ms => out.push(hb),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(router = %id, error = %e, "undecodable router heartbeat"),
+            }
+        }
+        Ok(out)
     }
 
     pub async fn create_tenant(&self, r: CreateTenantRequest) -> Result<Tenant, ControlError> {

@@ -1,10 +1,10 @@
 //! The control-plane's gRPC API; the server admits operators only.
 use bulkhead_proto::control::control_server::Control;
 use bulkhead_proto::control::{
-    CreateTenantRequest, DeleteTenantRequest, DeleteTenantResponse, IssueKeyRequest,
-    IssueKeyResponse, KeyInfo, KeyScope, ListKeysRequest, ListKeysResponse, ListTenantsRequest,
-    ListTenantsResponse, RevokeKeyRequest, RotateKeyRequest, RotateKeyResponse, Tenant,
-    UpdateTenantRequest,
+    ClusterStatusRequest, ClusterStatusResponse, CreateTenantRequest, DeleteTenantRequest,
+    DeleteTenantResponse, IssueKeyRequest, IssueKeyResponse, KeyInfo, KeyScope, ListKeysRequest,
+    ListKeysResponse, ListTenantsRequest, ListTenantsResponse, RevokeKeyRequest, RotateKeyRequest,
+    RotateKeyResponse, Tenant, UpdateTenantRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -23,6 +23,20 @@ fn caller<T>(r: &Request<T>) -> String {
 
 #[tonic::async_trait]
 impl Control for ControlService {
+    async fn cluster_status(
+        &self,
+        _request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        let now = bulkhead_directory::now_ms();
+        let stale = bulkhead_proto::names::ROUTER_STALE_AFTER_MS;
+        Ok(Response::new(ClusterStatusResponse {
+            routers: self.registry.live_routers(now, stale).await?,
+            tenants: self.registry.list_tenants().await?,
+            now_unix_ms: now,
+            stale_after_ms: stale,
+        }))
+    }
+
     async fn create_tenant(
         &self,
         request: Request<CreateTenantRequest>,

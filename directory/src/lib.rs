@@ -160,6 +160,24 @@ async fn bucket(js: &jetstream::Context, name: &str) -> Result<kv::Store, String
     .map_err(|e| format!("KV bucket {name}: {e}"))
 }
 
+/// Opens (or creates) the `bulkhead_routers` bucket of router heartbeats:
+/// in memory, one value per router, values older than a minute dropped.
+pub async fn routers_bucket(js: &jetstream::Context) -> Result<kv::Store, String> {
+    let name = names::ROUTERS_BUCKET;
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: name.to_string(),
+        history: 1,
+        max_age: std::time::Duration::from_secs(60),
+        storage: jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("KV bucket {name}: {e}"))
+}
+
 /// Loads both buckets into `dir`, then keeps it current in the background
 /// (a revoked key stops working as soon as the watch delivers the change).
 pub async fn sync(js: &jetstream::Context, dir: Arc<Directory>) -> Result<(), String> {

@@ -16,11 +16,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bulkhead_proto::control::Tenant;
+use bulkhead_proto::control::{Tenant, TenantLoad};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cluster::ClusterView;
 use crate::error::ApiError;
-use crate::fair::{FairQueue, Ticket};
+use crate::fair::{FairQueue, INPUT_COST, OUTPUT_COST, Ticket};
 use crate::limits::{Limiter, Limits};
 
 /// How often queued requests are retried when nothing else happens (worker
@@ -127,6 +128,12 @@ pub struct Stats {
 
 enum Msg {
     Stats(oneshot::Sender<Stats>),
+    Loads(oneshot::Sender<Vec<TenantLoad>>),
+    /// Service another router replica delivered (see `cluster`).
+    Remote {
+        tenant: String,
+        cost: f64,
+    },
     Cancel {
         ticket: u64,
     },
@@ -185,6 +192,16 @@ impl<L: Send + 'static> Dispatcher<L> {
     }
 
     pub fn spawn_with_clock<P: Pool<Lease = L>>(pool: Arc<P>, clock: Clock) -> Self {
+        Self::spawn_in_cluster(pool, clock, Arc::new(ClusterView::default()))
+    }
+
+    /// Starts the dispatcher as one of several router replicas: tenant
+    /// limits are divided by `cluster`'s live replica count.
+    pub fn spawn_in_cluster<P: Pool<Lease = L>>(
+        pool: Arc<P>,
+        clock: Clock,
+        cluster: Arc<ClusterView>,
+    ) -> Self {
         let (enqueue, enq_rx) = mpsc::unbounded_channel();
         let (tx, rx) = mpsc::unbounded_channel();
         let actor = Actor {
@@ -195,6 +212,8 @@ impl<L: Send + 'static> Dispatcher<L> {
             limiter: Limiter::new(),
             queued: HashMap::new(),
             running: HashMap::new(),
+            cluster,
+            served: HashMap::new(),
         };
         tokio::spawn(actor.run(enq_rx, rx));
         Self {
@@ -209,6 +228,19 @@ impl<L: Send + 'static> Dispatcher<L> {
         let (reply, rx) = oneshot::channel();
         let _ = self.tx.send(Msg::Stats(reply));
         rx.await.unwrap_or_default()
+    }
+
+    /// Per tenant: queued, running, and the service and requests this
+    /// replica dispatched since it started (for the heartbeat).
+    pub async fn loads(&self) -> Vec<TenantLoad> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Msg::Loads(reply));
+        rx.await.unwrap_or_default()
+    }
+
+    /// Charges service another replica delivered to `tenant`.
+    pub fn charge_remote(&self, tenant: String, cost: f64) {
+        let _ = self.tx.send(Msg::Remote { tenant, cost });
     }
 
     /// Admits, queues and waits until the request may run on a worker.
@@ -264,6 +296,9 @@ struct Actor<P: Pool> {
     queued: HashMap<u64, (String, Ticket)>,
     /// Requests running per tenant.
     running: HashMap<String, u32>,
+    cluster: Arc<ClusterView>,
+    /// Service cost and requests this replica dispatched, per tenant.
+    served: HashMap<String, (f64, u64)>,
 }
 
 impl<P: Pool> Actor<P> {
@@ -301,7 +336,7 @@ impl<P: Pool> Actor<P> {
             ))));
             return;
         }
-        let limits = Limits::from_tenant(&e.tenant);
+        let limits = Limits::from_tenant(&e.tenant).share(self.cluster.replicas());
         let id = e.tenant.id.as_str();
         let queued = self.queue.queued(id) as u32;
         let in_flight = queued + self.running.get(id).copied().unwrap_or(0);
@@ -350,11 +385,31 @@ impl<P: Pool> Actor<P> {
                         .refund_tokens(&tenant, &p.limits, now, p.reserve as i64);
                 }
             }
+            Msg::Loads(reply) => {
+                let mut loads: HashMap<String, TenantLoad> = HashMap::new();
+                for (t, (service, requests)) in &self.served {
+                    let l = tenant_load(&mut loads, t);
+                    l.service = *service;
+                    l.requests = *requests;
+                }
+                for (t, n) in &self.running {
+                    tenant_load(&mut loads, t).running = *n;
+                }
+                for (t, _) in self.queued.values() {
+                    tenant_load(&mut loads, t).queued += 1;
+                }
+                let _ = reply.send(loads.into_values().collect());
+            }
+            Msg::Remote { tenant, cost } => self.queue.charge_cost(&tenant, cost),
             Msg::Charge {
                 tenant,
                 input,
                 output,
-            } => self.queue.charge(&tenant, input, output),
+            } => {
+                let cost = f64::from(input) * INPUT_COST + f64::from(output) * OUTPUT_COST;
+                self.served.entry(tenant.clone()).or_default().0 += cost;
+                self.queue.charge(&tenant, input, output);
+            }
             Msg::Finish {
                 tenant,
                 limits,
@@ -415,6 +470,7 @@ impl<P: Pool> Actor<P> {
                 }
             };
             *self.running.entry(tenant.clone()).or_default() += 1;
+            self.served.entry(tenant.clone()).or_default().1 += 1;
             let meter = Meter {
                 tx: self.tx.clone(),
                 tenant,
@@ -427,6 +483,13 @@ impl<P: Pool> Actor<P> {
             let _ = p.reply.send(Ok(Grant { lease, meter }));
         }
     }
+}
+
+fn tenant_load<'a>(loads: &'a mut HashMap<String, TenantLoad>, t: &str) -> &'a mut TenantLoad {
+    loads.entry(t.to_string()).or_insert_with(|| TenantLoad {
+        tenant_id: t.to_string(),
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]

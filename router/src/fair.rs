@@ -194,6 +194,19 @@ impl<T> FairQueue<T> {
         t.counter += cost / f64::from(t.weight);
     }
 
+    /// Charges service another router replica delivered to `tenant`
+    /// (`cost` in input/output cost units, not yet divided by the weight).
+    /// Ignored for a tenant not known here: when it becomes backlogged it
+    /// is lifted to the smallest backlogged counter anyway.
+    pub fn charge_cost(&mut self, tenant: &str, cost: f64) {
+        if !cost.is_finite() || cost <= 0.0 {
+            return;
+        }
+        if let Some(t) = self.tenants.get_mut(tenant) {
+            t.counter += cost / f64::from(t.weight);
+        }
+    }
+
     /// Forgets tenants with nothing queued whose counter is at or below the
     /// floor: they would be lifted to at least that on their next request,
     /// except when other tenants are backlogged below the floor, so call

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod cluster;
 pub mod directory;
 pub mod dispatch;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod openai;
+pub mod peers;
 pub mod pipeline;
 pub mod validate;
 pub mod workers;

@@ -11,10 +11,10 @@
 //! each request (the directory's KV watch keeps it current), so a change to
 //! a tenant's limits applies from its next request on.
 //!
-//! Scope: these limits are enforced per router replica. With N replicas a
-//! tenant can get up to N times its configured rates; sharing them between
-//! replicas (e.g. dividing by the live replica count published in NATS) is
-//! not implemented yet.
+//! Replicas: each router replica enforces its share of every limit — the
+//! configured value divided by the live replica count it sees in the
+//! `bulkhead_routers` heartbeats, rounded up ([`Limits::share`]; see
+//! `cluster` for the scheme and its failure modes).
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -39,6 +39,25 @@ impl Limits {
             tokens_per_minute: t.tokens_per_minute,
             max_in_flight: t.max_in_flight,
             max_queued: t.max_queued,
+        }
+    }
+
+    /// This replica's share when `replicas` routers serve the tenant: each
+    /// limit divided by the replica count, rounded up (a limit stays a
+    /// limit: never 0, which would mean unlimited).
+    pub fn share(self, replicas: u32) -> Self {
+        let n = replicas.max(1);
+        let div = |x: u32| if x == 0 { 0 } else { x.div_ceil(n).max(1) };
+        Self {
+            requests_per_second: div(self.requests_per_second),
+            burst: div(self.burst),
+            tokens_per_minute: if self.tokens_per_minute == 0 {
+                0
+            } else {
+                self.tokens_per_minute.div_ceil(u64::from(n)).max(1)
+            },
+            max_in_flight: div(self.max_in_flight),
+            max_queued: div(self.max_queued),
         }
     }
 }

@@ -10,10 +10,12 @@ use anyhow::Context;
 use bulkhead_proto::client::inference_server::InferenceServer;
 use bulkhead_proto::identity::install_crypto_provider;
 use bulkhead_router::audit::{AuditPublisher, ContentHasher};
+use bulkhead_router::cluster::ClusterView;
 use bulkhead_router::directory::{self, Directory};
 use bulkhead_router::grpc::InferenceService;
 use bulkhead_router::http::{self, AppState};
 use bulkhead_router::metrics::RouterMetrics;
+use bulkhead_router::peers::{Identity, Membership};
 use bulkhead_router::pipeline::Pipeline;
 use bulkhead_router::workers::WorkerPool;
 use clap::Parser;
@@ -75,6 +77,10 @@ struct Args {
     /// Once serving, write the bound addresses here as JSON.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// This replica's id in the `bulkhead_routers` heartbeats (default: a
+    /// random `router-<hex>`; in Kubernetes, the pod name).
+    #[arg(long, env = "BULKHEAD_ROUTER_ID")]
+    router_id: Option<String>,
     /// Log format.
     #[arg(long, env = "BULKHEAD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -132,15 +138,17 @@ async fn main() -> anyhow::Result<()> {
     let mut registry =
         bulkhead_telemetry::metrics::prometheus_client::registry::Registry::default();
     let metrics = Arc::new(RouterMetrics::new(&mut registry, args.metrics_max_tenants));
+    let cluster = Arc::new(ClusterView::default());
     let pipeline = Arc::new(Pipeline::new(
         workers,
         audit,
         ContentHasher::new(secret),
         metrics,
+        cluster.clone(),
     ));
     let state = AppState {
         directory: dir,
-        pipeline,
+        pipeline: pipeline.clone(),
     };
 
     let http_l = TcpListener::bind(args.http_listen)
@@ -168,7 +176,35 @@ async fn main() -> anyhow::Result<()> {
             bulkhead_telemetry::incoming_nodelay(grpc_l),
             shutdown_signal(stop_rx),
         );
-    tracing::info!(http = %http_addr, grpc = %grpc_addr, "router serving");
+    let router_id = args.router_id.clone().unwrap_or_else(|| {
+        format!(
+            "router-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        )
+    });
+    anyhow::ensure!(
+        !router_id.is_empty()
+            && router_id.len() <= 128
+            && router_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "--router-id must be 1-128 of [A-Za-z0-9-_]"
+    );
+    let membership = Membership::join(
+        &js,
+        Identity {
+            router_id: router_id.clone(),
+            http_addr: http_addr.to_string(),
+            grpc_addr: grpc_addr.to_string(),
+            started_unix_ms: bulkhead_directory::now_ms(),
+        },
+        pipeline,
+        cluster,
+    )
+    .await
+    .map_err(anyhow::Error::msg)
+    .context("joining the router replicas")?;
+    tracing::info!(http = %http_addr, grpc = %grpc_addr, router.id = %router_id, "router serving");
     if let Some(path) = &args.ready_file {
         let json =
             serde_json::json!({"http": http_addr.to_string(), "grpc": grpc_addr.to_string()});
@@ -179,6 +215,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down: finishing open streams");
+        membership.leave().await;
         let _ = stop_tx.send(true);
     });
     let (h, g) = tokio::join!(http_srv.into_future(), grpc_srv);

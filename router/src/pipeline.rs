@@ -15,6 +15,7 @@ use tonic::Streaming;
 use tracing::Instrument;
 
 use crate::audit::{AuditPublisher, ContentHasher};
+use crate::cluster::ClusterView;
 use crate::directory::AuthContext;
 use crate::dispatch::{Dispatcher, Grant, Meter};
 use crate::error::ApiError;
@@ -77,9 +78,15 @@ impl Pipeline {
         audit: AuditPublisher,
         hasher: ContentHasher,
         metrics: Arc<RouterMetrics>,
+        cluster: Arc<ClusterView>,
     ) -> Self {
+        let start = std::time::Instant::now();
         Self {
-            dispatcher: Dispatcher::spawn(workers.clone()),
+            dispatcher: Dispatcher::spawn_in_cluster(
+                workers.clone(),
+                Arc::new(move || start.elapsed()),
+                cluster,
+            ),
             workers,
             audit,
             hasher,
@@ -89,6 +96,10 @@ impl Pipeline {
 
     pub fn workers(&self) -> &WorkerPool {
         &self.workers
+    }
+
+    pub fn dispatcher(&self) -> &Dispatcher<WorkerLease> {
+        &self.dispatcher
     }
 
     /// Audits a request from a known tenant that was refused before dispatch.

@@ -26,6 +26,7 @@ pub struct WorkerState {
     /// `bulkhead.common.v1.Isolation` of the worker's pool.
     pub isolation: i32,
     pub admitted_tenants: Vec<String>,
+    pub device: String,
 }
 
 impl WorkerState {
@@ -120,6 +121,7 @@ impl WorkerHandle {
             pool: info.pool,
             isolation: info.isolation,
             admitted_tenants: info.admitted_tenants,
+            device: info.device,
         };
         Ok(())
     }
@@ -204,6 +206,31 @@ impl WorkerPool {
     /// Whether a healthy worker admitting the tenant serves the model.
     pub fn serves(&self, target: &Target) -> bool {
         self.workers.iter().any(|w| w.state().admits(target))
+    }
+
+    /// Every worker as the last poll saw it (for the heartbeat).
+    pub fn views(&self) -> Vec<bulkhead_proto::control::WorkerView> {
+        self.workers
+            .iter()
+            .map(|w| {
+                let s = w.state();
+                bulkhead_proto::control::WorkerView {
+                    url: w.url.clone(),
+                    worker_id: s.worker_id,
+                    healthy: s.healthy,
+                    model: s.model,
+                    pool: s.pool,
+                    isolation: s.isolation,
+                    device: s.device,
+                    running: s.capacity.running,
+                    waiting: s.capacity.waiting,
+                    max_seqs: s.capacity.max_seqs,
+                    free_kv_blocks: s.capacity.free_kv_blocks,
+                    total_kv_blocks: s.capacity.total_kv_blocks,
+                    admitted_tenants: s.admitted_tenants,
+                }
+            })
+            .collect()
     }
 
     /// Models served by at least one healthy worker, with their context size.

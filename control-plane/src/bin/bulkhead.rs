@@ -58,6 +58,11 @@ enum Cmd {
     /// Kubernetes manifests rendered from a cluster config.
     #[command(subcommand)]
     Deploy(bulkhead_control::deploy::DeployCmd),
+    /// The cluster at a glance: live routers, workers (pool, device, load)
+    /// and tenants (queue depth, usage), from the routers' heartbeats.
+    Status,
+    /// `status`, refreshed live in the terminal.
+    Top(bulkhead_control::status::TopArgs),
 }
 
 #[tokio::main]
@@ -74,6 +79,8 @@ async fn main() -> std::process::ExitCode {
         Cmd::Bench(b) => bulkhead_control::bench::run(b).await,
         Cmd::Mig(c) => bulkhead_control::mig_cli::run(c, &cli.remote),
         Cmd::Deploy(c) => bulkhead_control::deploy::run(c),
+        Cmd::Status => bulkhead_control::status::status(&cli.remote).await,
+        Cmd::Top(a) => bulkhead_control::status::top(a, &cli.remote).await,
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -40,6 +40,10 @@ pub struct DevArgs {
     /// How many workers to start (each serves the model on the CPU).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// How many router replicas to start (they share tenant limits and
+    /// fair-queue service through their heartbeats in NATS).
+    #[arg(long, default_value_t = 1)]
+    pub routers: usize,
     /// Per-request token limit of the demo tenants.
     #[arg(long, default_value_t = 128)]
     pub max_tokens: u32,
@@ -50,6 +54,8 @@ pub struct DevArgs {
 pub struct StackInfo {
     pub router_http: String,
     pub router_grpc: String,
+    /// Every router replica (the first is `router_http`/`router_grpc`).
+    pub routers: Vec<RouterInfo>,
     pub audit_grpc: String,
     /// The audit-service's Prometheus endpoint.
     pub audit_metrics: String,
@@ -66,6 +72,13 @@ pub struct StackInfo {
     pub model: String,
     pub tenants: Vec<TenantInfo>,
     pub logs_dir: PathBuf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
+pub struct RouterInfo {
+    pub id: String,
+    pub http: String,
+    pub grpc: String,
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
@@ -322,31 +335,44 @@ async fn start(
     if !secret.exists() {
         write_private(&secret, &hex::encode(rand::random::<[u8; 32]>()))?;
     }
-    let ready = run_dir.join("router.json");
-    let mut cmd = tokio::process::Command::new(bin("bulkhead-router"));
-    cmd.args([
-        "--http-listen",
-        "127.0.0.1:0",
-        "--grpc-listen",
-        "127.0.0.1:0",
-    ])
-    .args(["--nats-url", &nats_url, "--certs-dir", &certs_s])
-    .args([
-        "--worker",
-        &workers
-            .iter()
-            .map(|w| format!("https://{}", w.grpc))
-            .collect::<Vec<_>>()
-            .join(","),
-    ])
-    .arg("--hash-secret-file")
-    .arg(&secret)
-    .arg("--ready-file")
-    .arg(&ready);
-    kids.spawn("router", cmd)?;
-    let r = kids.wait_ready(&ready).await?;
-    let (router_http, router_grpc) = (ready_addr(&r, "http")?, ready_addr(&r, "grpc")?);
-    println!("router           http://{router_http}  grpc {router_grpc}");
+    let worker_urls = workers
+        .iter()
+        .map(|w| format!("https://{}", w.grpc))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut routers = vec![];
+    for i in 0..args.routers.max(1) {
+        let id = format!("dev-router-{i}");
+        let ready = run_dir.join(format!("{id}.json"));
+        let mut cmd = tokio::process::Command::new(bin("bulkhead-router"));
+        cmd.args([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--nats-url", &nats_url, "--certs-dir", &certs_s])
+        .args(["--worker", &worker_urls, "--router-id", &id])
+        .arg("--hash-secret-file")
+        .arg(&secret)
+        .arg("--ready-file")
+        .arg(&ready);
+        let name = if i == 0 {
+            "router".to_string()
+        } else {
+            id.clone()
+        };
+        kids.spawn(&name, cmd)?;
+        let r = kids.wait_ready(&ready).await?;
+        let (http, grpc) = (ready_addr(&r, "http")?, ready_addr(&r, "grpc")?);
+        println!("{name:<16} http://{http}  grpc {grpc}");
+        routers.push(RouterInfo {
+            id,
+            http: format!("http://{http}"),
+            grpc,
+        });
+    }
+    let (router_http, router_grpc) = (routers[0].http.clone(), routers[0].grpc.clone());
 
     let tenants = tenants::create_demo(
         &format!("https://{control_grpc}"),
@@ -357,11 +383,14 @@ async fn start(
         args.max_tokens,
     )
     .await?;
-    tenants::wait_until_router_knows(&router_grpc, &tenants).await?;
+    for r in &routers {
+        tenants::wait_until_router_knows(&r.grpc, &tenants).await?;
+    }
 
     let info = StackInfo {
-        router_http: format!("http://{router_http}"),
+        router_http,
         router_grpc,
+        routers,
         audit_grpc,
         audit_metrics: format!("http://{audit_metrics}/metrics"),
         control_grpc,

@@ -205,3 +205,56 @@ async fn unknown_model_is_unavailable_at_once() {
         .unwrap();
     assert!(matches!(e, ApiError::Unavailable(_)), "{e:?}");
 }
+
+#[tokio::test]
+async fn service_another_replica_delivered_counts_here() {
+    let (d, _) = setup(1);
+    let a = tenant("a", |_| {});
+    let b = tenant("b", |_| {});
+    // Both tenants backlogged behind one running request; a queued first.
+    let running = d.acquire(a.clone(), "m".into(), 10).await.unwrap();
+    let a1 = spawn_acquire(&d, &a);
+    until_queued(&d, 1).await;
+    let b1 = spawn_acquire(&d, &b);
+    until_queued(&d, 2).await;
+    // Another replica reports it served `a` a lot: `b` goes first here.
+    d.charge_remote("a".into(), 1_000.0);
+    drop(running);
+    let g = b1.await.unwrap().expect("b goes before a");
+    assert!(!a1.is_finished());
+    drop(g);
+    drop(a1.await.unwrap().unwrap());
+    // The heartbeat reports what this replica itself dispatched.
+    let mut loads = d.loads().await;
+    loads.sort_by(|x, y| x.tenant_id.cmp(&y.tenant_id));
+    let got: Vec<(&str, u64)> = loads
+        .iter()
+        .map(|l| (l.tenant_id.as_str(), l.requests))
+        .collect();
+    assert_eq!(got, vec![("a", 2), ("b", 1)]);
+}
+
+#[tokio::test]
+async fn limits_are_divided_by_the_live_replicas() {
+    let pool = Arc::new(FakePool::default());
+    pool.free.lock().unwrap().insert("m".into(), 16);
+    let cluster = Arc::new(ClusterView::default());
+    let clock: Clock = Arc::new(|| Duration::ZERO);
+    let d = Dispatcher::spawn_in_cluster(Arc::new(Shared(pool)), clock, cluster.clone());
+    let a = tenant("a", |t| t.max_in_flight = 4);
+    cluster.set_replicas(2);
+    let mut held = vec![];
+    for _ in 0..2 {
+        held.push(
+            d.acquire(a.clone(), "m".into(), 1)
+                .await
+                .expect("2 of 4 fit here"),
+        );
+    }
+    let e = d.acquire(a.clone(), "m".into(), 1).await.err().unwrap();
+    assert!(matches!(e, ApiError::RateLimited { .. }), "{e:?}");
+    // The other replica left: this one may take the whole limit again.
+    cluster.set_replicas(1);
+    let more = d.acquire(a.clone(), "m".into(), 1).await.unwrap();
+    drop((held, more));
+}

@@ -134,6 +134,34 @@ fn limit_changes_apply_to_the_next_request() {
     assert!(l.admit("a", &rps(1, 1), secs(100.0), 1, 0, 0).is_err());
 }
 
+#[test]
+fn replicas_share_each_limit() {
+    let l = Limits {
+        requests_per_second: 10,
+        burst: 20,
+        tokens_per_minute: 1_000,
+        max_in_flight: 3,
+        max_queued: 0,
+    };
+    assert_eq!(l.share(1), l);
+    let half = l.share(2);
+    assert_eq!(
+        half,
+        Limits {
+            requests_per_second: 5,
+            burst: 10,
+            tokens_per_minute: 500,
+            max_in_flight: 2, // rounded up
+            max_queued: 0,    // unlimited stays unlimited
+        }
+    );
+    // Never rounded down to 0, which would mean unlimited.
+    let many = l.share(50);
+    assert_eq!(many.max_in_flight, 1);
+    assert_eq!(many.requests_per_second, 1);
+    assert_eq!(l.share(0), l);
+}
+
 proptest! {
     /// Over any window starting at 0, admitted requests never exceed
     /// burst + rate × elapsed; and a refusal's retry_after is honest.

@@ -1,0 +1,189 @@
+//! What router replicas share with each other (pure: no I/O, clocks are
+//! arguments). The NATS side is in `peers`.
+//!
+//! Every replica writes a `RouterHeartbeat` about once a second into the
+//! `bulkhead_routers` KV bucket and watches everyone else's. From them:
+//!
+//! - **Limits**: a replica counts the live replicas (itself included: any
+//!   heartbeat received within `ROUTER_STALE_AFTER_MS`) and enforces
+//!   `limit / replicas` of each tenant limit ([`crate::limits::Limits::share`]).
+//!   Behind a load balancer that spreads a tenant's requests evenly this
+//!   delivers the configured limit in total; behind a skewed one a tenant
+//!   gets less than its limit, never more (fail safe). While NATS is
+//!   unreachable no heartbeat arrives, the count falls back to 1, and each
+//!   replica enforces the full limit — but with `--audit-mode reject` nothing
+//!   is served then anyway.
+//! - **Fair queuing**: each heartbeat carries, per tenant, the cumulative
+//!   weighted-service cost the replica has dispatched. A replica charges the
+//!   growth of every peer's figure to its own fair-queue counter for that
+//!   tenant, so its counters measure service delivered by the whole cluster
+//!   and a tenant that is served by another replica is not served again here
+//!   ahead of others (per-router fair queuing alone delivers 1:1 whatever
+//!   the weights when the load balancer is skewed).
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bulkhead_proto::control::RouterHeartbeat;
+use bulkhead_proto::names::ROUTER_STALE_AFTER_MS;
+
+/// The live replica count, written by the peer watch, read per request.
+#[derive(Debug)]
+pub struct ClusterView {
+    replicas: AtomicU32,
+}
+
+impl Default for ClusterView {
+    fn default() -> Self {
+        Self {
+            replicas: AtomicU32::new(1),
+        }
+    }
+}
+
+impl ClusterView {
+    /// Live router replicas, this one included (at least 1).
+    pub fn replicas(&self) -> u32 {
+        self.replicas.load(Ordering::Relaxed).max(1)
+    }
+
+    pub fn set_replicas(&self, n: u32) {
+        self.replicas.store(n.max(1), Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+struct Peer {
+    /// Local time (ms) the latest heartbeat arrived.
+    received_ms: i64,
+    /// Cumulative service per tenant in that heartbeat.
+    service: HashMap<String, f64>,
+}
+
+/// Other replicas as seen through their heartbeats.
+#[derive(Debug)]
+pub struct Peers {
+    me: String,
+    peers: HashMap<String, Peer>,
+}
+
+impl Peers {
+    pub fn new(me: impl Into<String>) -> Self {
+        Self {
+            me: me.into(),
+            peers: HashMap::new(),
+        }
+    }
+
+    /// Takes in a heartbeat received at local time `now_ms`. Returns, per
+    /// tenant, the service the sender dispatched since its previous
+    /// heartbeat. The first heartbeat from a replica (or one whose figure
+    /// went down: it restarted) only sets the baseline. Heartbeats that
+    /// were already stale when sent (an old value replayed when the watch
+    /// starts) are ignored.
+    pub fn apply(&mut self, hb: &RouterHeartbeat, now_ms: i64) -> Vec<(String, f64)> {
+        if hb.router_id == self.me || now_ms - hb.sent_unix_ms > ROUTER_STALE_AFTER_MS {
+            return vec![];
+        }
+        let service: HashMap<String, f64> = hb
+            .tenants
+            .iter()
+            .filter(|t| t.service.is_finite() && t.service >= 0.0)
+            .map(|t| (t.tenant_id.clone(), t.service))
+            .collect();
+        let mut deltas = vec![];
+        if let Some(prev) = self.peers.get(&hb.router_id) {
+            for (tenant, now) in &service {
+                let before = prev.service.get(tenant).copied().unwrap_or(0.0);
+                if *now > before {
+                    deltas.push((tenant.clone(), now - before));
+                }
+            }
+        }
+        self.peers.insert(
+            hb.router_id.clone(),
+            Peer {
+                received_ms: now_ms,
+                service,
+            },
+        );
+        deltas
+    }
+
+    /// A replica said goodbye (its key was deleted).
+    pub fn remove(&mut self, router_id: &str) {
+        self.peers.remove(router_id);
+    }
+
+    /// Live replicas at local time `now_ms`, this one included; forgets
+    /// replicas silent for much longer than the staleness bound.
+    pub fn live(&mut self, now_ms: i64) -> u32 {
+        self.peers
+            .retain(|_, p| now_ms - p.received_ms <= 10 * ROUTER_STALE_AFTER_MS);
+        1 + self
+            .peers
+            .values()
+            .filter(|p| now_ms - p.received_ms <= ROUTER_STALE_AFTER_MS)
+            .count() as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulkhead_proto::control::TenantLoad;
+
+    fn hb(id: &str, sent: i64, service: &[(&str, f64)]) -> RouterHeartbeat {
+        RouterHeartbeat {
+            router_id: id.into(),
+            sent_unix_ms: sent,
+            tenants: service
+                .iter()
+                .map(|(t, s)| TenantLoad {
+                    tenant_id: t.to_string(),
+                    service: *s,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn counts_live_replicas_including_itself() {
+        let mut p = Peers::new("r1");
+        assert_eq!(p.live(0), 1);
+        p.apply(&hb("r2", 1_000, &[]), 1_000);
+        p.apply(&hb("r3", 1_000, &[]), 1_000);
+        // Its own heartbeat does not count twice.
+        p.apply(&hb("r1", 1_000, &[]), 1_000);
+        assert_eq!(p.live(1_500), 3);
+        // r3 goes silent; r2 keeps beating.
+        p.apply(&hb("r2", 5_000, &[]), 5_000);
+        assert_eq!(p.live(1_000 + ROUTER_STALE_AFTER_MS + 1), 2);
+        p.remove("r2");
+        assert_eq!(p.live(6_100), 1);
+    }
+
+    #[test]
+    fn stale_replayed_heartbeats_are_ignored() {
+        let mut p = Peers::new("r1");
+        p.apply(&hb("dead", 0, &[("a", 5.0)]), 60_000);
+        assert_eq!(p.live(60_000), 1);
+    }
+
+    #[test]
+    fn charges_only_growth_since_the_previous_heartbeat() {
+        let mut p = Peers::new("r1");
+        // First sight: a baseline, not a charge for the peer's whole past.
+        assert!(p.apply(&hb("r2", 0, &[("a", 100.0)]), 0).is_empty());
+        let d = p.apply(&hb("r2", 1_000, &[("a", 130.0), ("b", 4.0)]), 1_000);
+        let mut d: Vec<_> = d.into_iter().collect();
+        d.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(d, vec![("a".to_string(), 30.0), ("b".to_string(), 4.0)]);
+        // A restarted peer (figure went down) resets the baseline.
+        assert!(p.apply(&hb("r2", 2_000, &[("a", 3.0)]), 2_000).is_empty());
+        // Garbage figures are ignored.
+        let d = p.apply(&hb("r2", 3_000, &[("a", f64::NAN), ("b", -1.0)]), 3_000);
+        assert!(d.is_empty());
+    }
+}
