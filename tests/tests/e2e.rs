@@ -262,7 +262,8 @@ async fn two_tenants_end_to_end() -> Result<()> {
         // Each tenant made 3 successful requests with the same secret prompt
         // (plus tenant 0 made refused ones). Their records are separate.
         let (a, b) = (stack.tenant(0), stack.tenant(1));
-        let ra = audit_records(&stack, 0, 3).await?;
+        // Tenant 0: 3 served + at least one refused (stored asynchronously).
+        let ra = audit_records(&stack, 0, 4).await?;
         let rb = audit_records(&stack, 1, 3).await?;
         ensure!(
             ra.iter().filter(|r| r.status == "ok").count() == 3,
@@ -285,12 +286,30 @@ async fn two_tenants_end_to_end() -> Result<()> {
         );
 
         let root = stack.dir.path().join("stack");
-        let log_a = root.join(format!("audit/tenants/{a}/audit.log"));
-        let log_b = root.join(format!("audit/tenants/{b}/audit.log"));
-        ensure!(log_a.exists() && log_b.exists(), "per-tenant logs missing");
-        let ka = std::fs::read(root.join(format!("audit/tenants/{a}/key.wrapped")))?;
-        let kb = std::fs::read(root.join(format!("audit/tenants/{b}/key.wrapped")))?;
-        ensure!(ka != kb, "tenants share a data key");
+        // Each tenant has its own segment files and its own data keys.
+        let files = |t: &str, dir: &str, prefix: &str, suffix: &str| -> Result<Vec<Vec<u8>>> {
+            let mut out = vec![];
+            for e in std::fs::read_dir(root.join(format!("audit/tenants/{t}{dir}")))? {
+                let e = e?;
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.starts_with(prefix) && name.ends_with(suffix) {
+                    out.push(std::fs::read(e.path())?);
+                }
+            }
+            Ok(out)
+        };
+        ensure!(
+            !files(&a, "/segments", "", ".log")?.is_empty()
+                && !files(&b, "/segments", "", ".log")?.is_empty(),
+            "per-tenant logs missing"
+        );
+        let (ka, kb) = (
+            files(&a, "", "key.", ".wrapped")?,
+            files(&b, "", "key.", ".wrapped")?,
+        );
+        ensure!(!ka.is_empty() && !kb.is_empty(), "data keys missing");
+        let ka: Vec<_> = ka.into_iter().filter(|k| kb.contains(k)).collect();
+        ensure!(ka.is_empty(), "tenants share a data key");
 
         let mut leaks = vec![];
         files_containing(stack.dir.path(), SECRET_PROMPT.as_bytes(), &mut leaks);
