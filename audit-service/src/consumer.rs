@@ -1,6 +1,6 @@
 //! The JetStream side: a durable pull consumer feeding the store. A batch is
-//! appended, every touched log is fsynced, and only then are its messages
-//! acknowledged — so a crash at any point leads to redelivery, and
+//! appended, every touched tenant's segment is fsynced once, and only then
+//! are its messages acknowledged — so a crash at any point leads to redelivery, and
 //! redelivered events are recognised by request id and stored once.
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,19 +50,54 @@ pub async fn ensure_stream(
     .map_err(nats)
 }
 
-/// Gets or creates the durable pull consumer.
+/// Gets or creates the audit-service's durable pull consumer.
 pub async fn ensure_consumer(
     js: &jetstream::Context,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, ConsumerError> {
+    ensure_named_consumer(js, &ConsumerSpec::default()).await
+}
+
+/// Which durable consumer to read with. The default is the audit-service's
+/// own, over every tenant's subject; another name (e.g. `bench`'s) reads
+/// only `subjects`, from the time it is created, without taking events from
+/// the audit-service.
+#[derive(Clone, Debug)]
+pub struct ConsumerSpec {
+    pub durable: String,
+    /// Subjects to read (empty: every audit subject, from the start).
+    pub subjects: Vec<String>,
+}
+
+impl Default for ConsumerSpec {
+    fn default() -> Self {
+        Self {
+            durable: CONSUMER_NAME.to_string(),
+            subjects: vec![],
+        }
+    }
+}
+
+/// Gets or creates a durable pull consumer on the audit stream.
+pub async fn ensure_named_consumer(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, ConsumerError> {
+    let deliver_policy = if spec.subjects.is_empty() {
+        jetstream::consumer::DeliverPolicy::All
+    } else {
+        jetstream::consumer::DeliverPolicy::New
+    };
     ensure_stream(js)
         .await?
         .get_or_create_consumer(
-            CONSUMER_NAME,
+            &spec.durable,
             pull::Config {
-                durable_name: Some(CONSUMER_NAME.to_string()),
+                durable_name: Some(spec.durable.clone()),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: Duration::from_secs(30),
                 max_ack_pending: 20_000,
+                filter_subjects: spec.subjects.clone(),
+                deliver_policy,
                 ..Default::default()
             },
         )
@@ -70,17 +105,84 @@ pub async fn ensure_consumer(
         .map_err(nats)
 }
 
-/// Consumes until `stop` turns true (finishing the batch in hand). Returns an
-/// error only for a storage failure or when the consumer cannot be set up;
-/// fetch errors (NATS restarting) are retried.
+/// What a consumer run may do besides storing.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Where to record Prometheus metrics, if anywhere.
+    pub metrics: Option<Arc<crate::metrics::AuditMetrics>>,
+    /// Told the request ids of every batch once it is durable (fsynced and
+    /// acknowledged), e.g. by `bench` to time publish → durable.
+    pub on_durable: Option<tokio::sync::mpsc::UnboundedSender<Vec<String>>>,
+    /// The durable consumer to read with.
+    pub consumer: ConsumerSpec,
+}
+
+/// Consumes until `stop` turns true (storing every message fetched by
+/// then). Returns an error only for a storage failure or when the consumer
+/// cannot be set up; fetch errors (NATS restarting) are retried.
 pub async fn run(
     js: jetstream::Context,
     store: Arc<Mutex<AuditStore>>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
     metrics: Option<Arc<crate::metrics::AuditMetrics>>,
 ) -> Result<(), ConsumerError> {
-    let consumer = ensure_consumer(&js).await?;
-    tracing::info!(consumer = CONSUMER_NAME, "consuming audit events");
+    let opts = RunOptions {
+        metrics,
+        ..Default::default()
+    };
+    run_with(js, store, stop, opts).await
+}
+
+/// [`run`] with [`RunOptions`].
+///
+/// Fetching and storing overlap: one task fetches batches into a short
+/// queue while the other stores. The storer takes everything queued at
+/// once (up to [`MAX_GROUP`] messages), appends it, fsyncs each touched
+/// tenant's segment once, and only then acknowledges every message of the
+/// group — so the fsync cost is shared by all events that arrived during the
+/// previous one (group commit).
+pub async fn run_with(
+    js: jetstream::Context,
+    store: Arc<Mutex<AuditStore>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    opts: RunOptions,
+) -> Result<(), ConsumerError> {
+    let consumer = ensure_named_consumer(&js, &opts.consumer).await?;
+    tracing::info!(consumer = %opts.consumer.durable, "consuming audit events");
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<jetstream::Message>>(QUEUE);
+    let fetcher = tokio::spawn(fetch_loop(consumer, tx, stop));
+    // Stores until the fetcher stops (at `stop`) and the queue is drained.
+    let result = async {
+        while let Some(first) = rx.recv().await {
+            let mut msgs = first;
+            while msgs.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(more) => msgs.extend(more),
+                    Err(_) => break,
+                }
+            }
+            store_and_ack(&store, msgs, &opts).await?;
+        }
+        Ok(())
+    }
+    .await;
+    rx.close();
+    fetcher.abort();
+    let _ = fetcher.await;
+    tracing::info!("audit consumer stopped");
+    result
+}
+
+/// Batches queued between fetching and storing.
+const QUEUE: usize = 16;
+/// Most messages stored under one fsync.
+pub const MAX_GROUP: usize = 8_192;
+
+async fn fetch_loop(
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    tx: tokio::sync::mpsc::Sender<Vec<jetstream::Message>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     while !*stop.borrow() {
         let fetch = consumer
             .fetch()
@@ -105,33 +207,48 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "bad message in batch"),
             }
         }
-        if msgs.is_empty() {
-            continue;
-        }
-        let events: Vec<Option<AuditEvent>> = msgs.iter().map(check).collect();
-        let store = store.clone();
-        let t0 = std::time::Instant::now();
-        let (verdicts, stored, dups) =
-            tokio::task::spawn_blocking(move || store_batch(&store, events))
-                .await
-                .map_err(|e| ConsumerError::Task(e.to_string()))??;
-        if let Some(m) = &metrics {
-            let terminated = verdicts.iter().filter(|ok| !**ok).count() as u64;
-            m.batch(&stored, dups, terminated, t0.elapsed());
-        }
-        for (m, ok) in msgs.iter().zip(verdicts) {
-            let r = if ok {
-                m.ack().await
-            } else {
-                m.ack_with(AckKind::Term).await
-            };
-            if let Err(e) = r {
-                // Not acked: it will be redelivered and recognised by id.
-                tracing::warn!(error = %e, "ack failed");
-            }
+        if !msgs.is_empty() && tx.send(msgs).await.is_err() {
+            break; // the storer stopped
         }
     }
-    tracing::info!("audit consumer stopped");
+}
+
+async fn store_and_ack(
+    store: &Arc<Mutex<AuditStore>>,
+    msgs: Vec<jetstream::Message>,
+    opts: &RunOptions,
+) -> Result<(), ConsumerError> {
+    let events: Vec<Option<AuditEvent>> = msgs.iter().map(check).collect();
+    let ids: Option<Vec<String>> = opts.on_durable.as_ref().map(|_| {
+        events
+            .iter()
+            .flatten()
+            .map(|e| e.request_id.clone())
+            .collect()
+    });
+    let store = store.clone();
+    let t0 = std::time::Instant::now();
+    let (verdicts, stored, dups) = tokio::task::spawn_blocking(move || store_batch(&store, events))
+        .await
+        .map_err(|e| ConsumerError::Task(e.to_string()))??;
+    if let Some(m) = &opts.metrics {
+        let terminated = verdicts.iter().filter(|ok| !**ok).count() as u64;
+        m.batch(&stored, dups, terminated, t0.elapsed());
+    }
+    for (m, ok) in msgs.iter().zip(verdicts) {
+        let r = if ok {
+            m.ack().await
+        } else {
+            m.ack_with(AckKind::Term).await
+        };
+        if let Err(e) = r {
+            // Not acked: it will be redelivered and recognised by id.
+            tracing::warn!(error = %e, "ack failed");
+        }
+    }
+    if let (Some(tx), Some(ids)) = (&opts.on_durable, ids) {
+        let _ = tx.send(ids);
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 use std::path::Path;
 
 pub mod access;
+pub mod bench;
 pub mod checkpoint;
 pub mod consumer;
 pub mod keys;

@@ -38,6 +38,38 @@ enum Cmd {
     /// be decrypted again (the chain still verifies). Offline: stop the
     /// audit-service first. Irreversible.
     Shred(ShredArgs),
+    /// Measure end-to-end throughput and publish → durable latency: publish
+    /// audit events for several tenants to JetStream while the real consumer
+    /// pipeline stores them (fsync, then ack) in a temporary folder.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// NATS server to publish to (use a dedicated one: an audit-service
+    /// consuming from it would store the bench's events too). Default:
+    /// start a local nats-server (BULKHEAD_NATS_SERVER, the project's
+    /// .bulkhead/venv, or PATH) in a temporary folder.
+    #[arg(long)]
+    nats: Option<String>,
+    /// Events to publish in all.
+    #[arg(long, default_value_t = 200_000)]
+    events: usize,
+    /// Tenants publishing at once.
+    #[arg(long, default_value_t = 8)]
+    tenants: usize,
+    /// Publishes awaiting their JetStream ack, per tenant.
+    #[arg(long, default_value_t = 1024)]
+    in_flight: usize,
+    /// Records per segment file of the temporary store.
+    #[arg(long, default_value_t = bulkhead_audit::store::DEFAULT_SEGMENT_RECORDS)]
+    segment_records: u64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -194,6 +226,36 @@ fn shred(args: ShredArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    let cfg = bulkhead_audit::bench::BenchConfig {
+        nats_url: args.nats,
+        events: args.events,
+        tenants: args.tenants,
+        in_flight: args.in_flight,
+        store: bulkhead_audit::store::StoreOptions {
+            segment_records: args.segment_records,
+            ..Default::default()
+        },
+        timeout: std::time::Duration::from_secs(args.timeout_secs),
+    };
+    let report = bulkhead_audit::bench::run(&cfg).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", report.text());
+    }
+    anyhow::ensure!(
+        report.verified,
+        "the stored logs did not verify after the bench"
+    );
+    Ok(())
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _telemetry = runtime::init("bulkhead-audit", args.log_format);
     bulkhead_proto::identity::install_crypto_provider();
@@ -279,6 +341,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.cmd {
         Some(Cmd::Verify(v)) => verify(v).map(|ok| if ok { 0 } else { 2 }),
         Some(Cmd::Shred(a)) => shred(a).map(|_| 0),
+        Some(Cmd::Bench(a)) => bench(a).await.map(|_| 0),
         Some(Cmd::Serve(s)) => serve(s).await.map(|_| 0),
         None => serve(cli.serve).await.map(|_| 0),
     };

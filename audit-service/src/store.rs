@@ -83,6 +83,9 @@ struct TenantLog {
     /// The open segment; None when the last one is closed (the next append
     /// opens a new one).
     file: Option<File>,
+    /// Frames appended since the last sync, written out in one go by it
+    /// (one write and one fsync per tenant per batch).
+    pending: Vec<u8>,
     /// Number of the open (or last closed) segment; 0 before the first.
     segment: u64,
     /// Records in that segment.
@@ -287,6 +290,7 @@ impl AuditStore {
         let used = log.frames.iter().filter(|f| f.epoch == epoch).count() as u64;
         let mut tl = TenantLog {
             file: None,
+            pending: Vec::new(),
             segment: 0,
             seg_count: 0,
             keys,
@@ -378,9 +382,7 @@ impl AuditStore {
             &ct,
         ]
         .concat();
-        let file = log.file.as_mut().expect("opened above");
-        file.write_all(&frame)
-            .map_err(|e| StoreError::io(&segment::path(&dir, log.segment), e))?;
+        log.pending.extend_from_slice(&frame);
         log.last_hash = Sha256::digest(&frame).into();
         log.next_seq += 1;
         log.seg_count += 1;
@@ -398,11 +400,8 @@ impl AuditStore {
     /// its last one (only ever covering fsynced records).
     pub fn sync(&mut self) -> Result<(), StoreError> {
         for (tenant, log) in self.tenants.iter_mut().filter(|(_, l)| l.dirty) {
-            if let Some(f) = &log.file {
-                f.sync_data()
-                    .map_err(|e| StoreError::io(Path::new(tenant), e))?;
-            }
-            log.dirty = false;
+            let dir = self.root.join("tenants").join(tenant);
+            flush(&dir, log)?;
         }
         self.write_checkpoints(self.opts.checkpoint_every)
     }
@@ -473,6 +472,21 @@ fn open_next_segment(dir: &Path, log: &mut TenantLog) -> Result<(), StoreError> 
     Ok(())
 }
 
+/// Writes the pending frames to the open segment and fsyncs it.
+fn flush(dir: &Path, log: &mut TenantLog) -> Result<(), StoreError> {
+    if let Some(f) = log.file.as_mut() {
+        let path = || segment::path(dir, log.segment);
+        if !log.pending.is_empty() {
+            f.write_all(&log.pending)
+                .map_err(|e| StoreError::io(&path(), e))?;
+            log.pending.clear();
+        }
+        f.sync_data().map_err(|e| StoreError::io(&path(), e))?;
+    }
+    log.dirty = false;
+    Ok(())
+}
+
 /// fsyncs the open segment and closes it with a signed checkpoint.
 fn close_segment(
     dir: &Path,
@@ -480,12 +494,11 @@ fn close_segment(
     log: &mut TenantLog,
     signer: Option<&CheckpointSigner>,
 ) -> Result<(), StoreError> {
-    let Some(file) = log.file.take() else {
+    if log.file.is_none() {
         return Ok(());
-    };
-    let path = segment::path(dir, log.segment);
-    file.sync_data().map_err(|e| StoreError::io(&path, e))?;
-    log.dirty = false;
+    }
+    flush(dir, log)?;
+    log.file = None;
     if let Some(signer) = signer {
         signer.append(dir, tenant, log.next_seq, log.segment, true, &log.last_hash)?;
         log.checkpointed = log.next_seq;
