@@ -133,8 +133,21 @@ enum Command {
     Shutdown,
 }
 
+/// Where step time goes (cheap `Instant` timing; `bench decode` reads it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepTiming {
+    /// Steps run and their total time (admission, guard, forward, sampling).
+    pub steps: u64,
+    pub step: std::time::Duration,
+    /// In the KV ownership guard (`check_table` of every scheduled sequence).
+    pub guard: std::time::Duration,
+    /// Zeroing blocks that changed owner (inside KV allocation).
+    pub scrub: std::time::Duration,
+}
+
 #[derive(Debug, Default)]
 struct Shared {
+    timing: StepTiming,
     capacity: Capacity,
     guard_violations: u64,
     preemptions: u64,
@@ -170,6 +183,7 @@ impl EngineHandle {
             running: Vec::new(),
             admissions: 0,
             preemptions: 0,
+            timing: StepTiming::default(),
             shared: shared.clone(),
             observer,
         };
@@ -218,6 +232,10 @@ impl EngineHandle {
     }
 
     /// How many KV blocks were reused from the prefix cache.
+    pub fn step_timing(&self) -> StepTiming {
+        self.shared.lock().map(|s| s.timing).unwrap_or_default()
+    }
+
     pub fn cache_hit_blocks(&self) -> u64 {
         self.shared.lock().map(|s| s.cache_hit_blocks).unwrap_or(0)
     }
@@ -269,6 +287,7 @@ struct Engine {
     running: Vec<Sequence>,
     admissions: u64,
     preemptions: u64,
+    timing: StepTiming,
     shared: Arc<Mutex<Shared>>,
     observer: Option<StepObserver>,
 }
@@ -329,7 +348,10 @@ impl Engine {
             if stop {
                 break;
             }
+            let t = std::time::Instant::now();
             self.step();
+            (self.timing.steps, self.timing.step) =
+                (self.timing.steps + 1, self.timing.step + t.elapsed());
             self.publish();
             if self.running.is_empty() && !self.waiting.is_empty() {
                 // Nothing admissible right now: wait for a command briefly
@@ -421,6 +443,10 @@ impl Engine {
             s.guard_violations = self.pool.guard_violations();
             s.preemptions = self.preemptions;
             s.cache_hit_blocks = self.pool.cache_hit_blocks();
+            s.timing = StepTiming {
+                scrub: self.pool.scrub_time(),
+                ..self.timing
+            };
         }
     }
 
@@ -473,6 +499,7 @@ impl Engine {
         // Blocks, then the ownership guard, for every scheduled sequence.
         // Out of blocks: preempt (recompute later) rather than fail.
         self.reserve_blocks(&mut plan);
+        let guard = std::time::Instant::now();
         plan.retain(|&(i, _)| {
             let s = &mut self.running[i];
             if let Err(e) = self.pool.check_table(&s.req.tenant, &s.blocks) {
@@ -483,6 +510,7 @@ impl Engine {
             }
             true
         });
+        self.timing.guard += guard.elapsed();
         if let Some(obs) = &self.observer {
             let tables = plan
                 .iter()

@@ -18,6 +18,8 @@ pub enum GenError {
     Tokenizer(String),
     #[error("safetensors: {0}")]
     Safetensors(String),
+    #[error("bad model shape (hidden must divide by heads, heads by kv_heads): {0}")]
+    Shape(String),
 }
 
 /// English text the BPE merges are trained on.
@@ -37,6 +39,31 @@ pub const LAYERS: usize = 2;
 pub const HEADS: usize = 4;
 pub const KV_HEADS: usize = 2;
 pub const MAX_POS: usize = 512;
+/// The size of a generated model (the tokenizer is always the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GenShape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub max_pos: usize,
+}
+
+impl Default for GenShape {
+    /// The test model: tiny, fast, what `gen-model` writes.
+    fn default() -> Self {
+        Self {
+            hidden: HIDDEN,
+            intermediate: INTERMEDIATE,
+            layers: LAYERS,
+            heads: HEADS,
+            kv_heads: KV_HEADS,
+            max_pos: MAX_POS,
+        }
+    }
+}
+
 pub const CHAT_TEMPLATE: &str =
     "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}<|assistant|>\n";
 
@@ -65,8 +92,25 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), GenError> {
     std::fs::write(path, bytes).map_err(|e| GenError::Io(path.display().to_string(), e))
 }
 
-/// Writes the model directory. Same seed ⇒ byte-identical files.
+/// Writes the test model directory. Same seed ⇒ byte-identical files.
 pub fn generate(out: &Path, seed: u64) -> Result<(), GenError> {
+    generate_with(out, seed, GenShape::default())
+}
+
+/// Writes a model of the given size (`hidden` a multiple of `heads`, and
+/// `heads` of `kv_heads`). Same seed and shape ⇒ byte-identical files.
+pub fn generate_with(out: &Path, seed: u64, shape: GenShape) -> Result<(), GenError> {
+    let GenShape {
+        hidden,
+        intermediate,
+        layers,
+        heads,
+        kv_heads,
+        max_pos,
+    } = shape;
+    if heads == 0 || kv_heads == 0 || hidden % heads != 0 || heads % kv_heads != 0 {
+        return Err(GenError::Shape(format!("{shape:?}")));
+    }
     std::fs::create_dir_all(out).map_err(|e| GenError::Io(out.display().to_string(), e))?;
     let tok = build_tokenizer()?;
     let vocab = tok.get_vocab_size(true);
@@ -80,13 +124,13 @@ pub fn generate(out: &Path, seed: u64) -> Result<(), GenError> {
     let config = serde_json::json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "hidden_size": HIDDEN,
-        "intermediate_size": INTERMEDIATE,
-        "num_hidden_layers": LAYERS,
-        "num_attention_heads": HEADS,
-        "num_key_value_heads": KV_HEADS,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
         "vocab_size": vocab,
-        "max_position_embeddings": MAX_POS,
+        "max_position_embeddings": max_pos,
         "rope_theta": 10000.0,
         "rms_norm_eps": 1e-5,
         "tie_word_embeddings": false,
@@ -99,7 +143,7 @@ pub fn generate(out: &Path, seed: u64) -> Result<(), GenError> {
         "bos_token": "<s>",
         "eos_token": "</s>",
         "add_bos_token": false,
-        "model_max_length": MAX_POS,
+        "model_max_length": max_pos,
         "tokenizer_class": "PreTrainedTokenizerFast",
         "chat_template": CHAT_TEMPLATE,
     });
@@ -120,44 +164,44 @@ pub fn generate(out: &Path, seed: u64) -> Result<(), GenError> {
     let ones = |n: usize| -> (Vec<usize>, Vec<u8>) {
         (vec![n], (0..n).flat_map(|_| 1f32.to_le_bytes()).collect())
     };
-    let hd = HIDDEN / HEADS;
+    let hd = hidden / heads;
     let mut tensors: Vec<(String, RawTensor)> =
-        vec![("model.embed_tokens.weight".into(), rand_t(&[vocab, HIDDEN]))];
-    for l in 0..LAYERS {
+        vec![("model.embed_tokens.weight".into(), rand_t(&[vocab, hidden]))];
+    for l in 0..layers {
         let p = format!("model.layers.{l}");
-        tensors.push((format!("{p}.input_layernorm.weight"), ones(HIDDEN)));
-        tensors.push((format!("{p}.post_attention_layernorm.weight"), ones(HIDDEN)));
+        tensors.push((format!("{p}.input_layernorm.weight"), ones(hidden)));
+        tensors.push((format!("{p}.post_attention_layernorm.weight"), ones(hidden)));
         tensors.push((
             format!("{p}.self_attn.q_proj.weight"),
-            rand_t(&[HEADS * hd, HIDDEN]),
+            rand_t(&[heads * hd, hidden]),
         ));
         tensors.push((
             format!("{p}.self_attn.k_proj.weight"),
-            rand_t(&[KV_HEADS * hd, HIDDEN]),
+            rand_t(&[kv_heads * hd, hidden]),
         ));
         tensors.push((
             format!("{p}.self_attn.v_proj.weight"),
-            rand_t(&[KV_HEADS * hd, HIDDEN]),
+            rand_t(&[kv_heads * hd, hidden]),
         ));
         tensors.push((
             format!("{p}.self_attn.o_proj.weight"),
-            rand_t(&[HIDDEN, HEADS * hd]),
+            rand_t(&[hidden, heads * hd]),
         ));
         tensors.push((
             format!("{p}.mlp.gate_proj.weight"),
-            rand_t(&[INTERMEDIATE, HIDDEN]),
+            rand_t(&[intermediate, hidden]),
         ));
         tensors.push((
             format!("{p}.mlp.up_proj.weight"),
-            rand_t(&[INTERMEDIATE, HIDDEN]),
+            rand_t(&[intermediate, hidden]),
         ));
         tensors.push((
             format!("{p}.mlp.down_proj.weight"),
-            rand_t(&[HIDDEN, INTERMEDIATE]),
+            rand_t(&[hidden, intermediate]),
         ));
     }
-    tensors.push(("model.norm.weight".into(), ones(HIDDEN)));
-    tensors.push(("lm_head.weight".into(), rand_t(&[vocab, HIDDEN])));
+    tensors.push(("model.norm.weight".into(), ones(hidden)));
+    tensors.push(("lm_head.weight".into(), rand_t(&[vocab, hidden])));
     let views = tensors
         .iter()
         .map(|(name, (shape, data))| {

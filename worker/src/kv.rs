@@ -172,6 +172,7 @@ pub struct KvPool {
     total_deficit: usize,
     guard_violations: u64,
     scrubbed_blocks: u64,
+    scrub_time: std::time::Duration,
     evicted_blocks: u64,
     cache_hit_blocks: u64,
 }
@@ -203,6 +204,7 @@ impl KvPool {
             total_deficit: 0,
             guard_violations: 0,
             scrubbed_blocks: 0,
+            scrub_time: std::time::Duration::ZERO,
             evicted_blocks: 0,
             cache_hit_blocks: 0,
         }
@@ -267,6 +269,10 @@ impl KvPool {
         self.scrubbed_blocks
     }
     /// How many cached blocks were evicted.
+    /// Time spent zeroing blocks that changed owner.
+    pub fn scrub_time(&self) -> std::time::Duration {
+        self.scrub_time
+    }
     pub fn evicted_blocks(&self) -> u64 {
         self.evicted_blocks
     }
@@ -425,7 +431,9 @@ impl KvPool {
             m.last_owner = Some(tenant.clone());
             m.refs = 1;
             if scrub {
+                let t = std::time::Instant::now();
                 self.zero_block(b);
+                self.scrub_time += t.elapsed();
                 self.scrubbed_blocks += 1;
             }
         }

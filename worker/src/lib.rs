@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+pub mod bench;
 pub mod config;
 pub mod cuda;
 pub mod engine;

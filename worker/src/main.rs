@@ -14,6 +14,8 @@ use bulkhead_worker::kv::{KvQuota, PrefixSecret};
 use bulkhead_worker::server::{MAX_REQUEST_BYTES, WorkerService};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod bench_cli;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "bulkhead-worker",
@@ -37,6 +39,11 @@ enum Cmd {
         /// Seed of the random weights; the same seed gives byte-identical files.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+    /// Benchmarks (text, or JSON with --json).
+    Bench {
+        #[command(subcommand)]
+        which: bench_cli::BenchCmd,
     },
 }
 
@@ -392,6 +399,7 @@ fn main() -> std::process::ExitCode {
         Cmd::GenModel { out, seed } => bulkhead_worker::genmodel::generate(&out, seed)
             .map_err(anyhow::Error::from)
             .map(|_| println!("wrote model to {}", out.display())),
+        Cmd::Bench { which } => bench_cli::run(which),
         Cmd::Serve(args) => {
             let format = match args.log_format {
                 LogFormat::Text => bulkhead_telemetry::LogFormat::Text,

@@ -1,0 +1,453 @@
+//! `bench decode`: tokens per second of the real engine on a generated model.
+//!
+//! - **Batch scaling**: `b` requests submitted at once (distinct random
+//!   prompts, a fixed number of generated tokens each: end-of-sequence is
+//!   ignored), for each batch size; tokens/s = generated tokens / wall time
+//!   from submission to the last `Finished` (prefill of the short prompts
+//!   included).
+//! - **Isolation overhead**: one workload (`iso_requests` requests, no shared
+//!   prefixes) run with every request from one tenant, then with the requests
+//!   spread over `tenants` tenants, in adjacent pairs (A-B, then B-A), `rounds`
+//!   pairs in one process; the overhead is the median over pairs of
+//!   `1 - tokens/s(many) / tokens/s(one)` (pairing cancels slow drift from
+//!   other load on the machine). What differs is what isolation costs: per-tenant prefix salts,
+//!   per-tenant quota bookkeeping and zeroing blocks that change owner.
+//! - **Guard and scrub share**: the engine's own step timing
+//!   ([`crate::engine::StepTiming`]) over the whole bench.
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::{BenchError, rate};
+use crate::LoadedModel;
+use crate::engine::{EngineConfig, EngineEvent, EngineHandle, FinishReason, GenerateRequest};
+use crate::genmodel::GenShape;
+use crate::kv::PrefixSecret;
+use crate::sampling::SamplingParams;
+
+#[derive(Debug, Clone)]
+pub struct DecodeBenchConfig {
+    pub shape: GenShape,
+    pub batches: Vec<usize>,
+    pub prompt_tokens: usize,
+    pub gen_tokens: u32,
+    pub tenants: usize,
+    pub iso_requests: usize,
+    /// Concurrent sequences in the isolation runs.
+    pub iso_batch: usize,
+    pub rounds: usize,
+    pub block_size: usize,
+    pub seed: u64,
+}
+
+impl Default for DecodeBenchConfig {
+    fn default() -> Self {
+        Self {
+            // ~13M parameters (52 MB of f32 weights): big enough that batching
+            // matters on a CPU, small enough to run in seconds.
+            shape: GenShape {
+                hidden: 512,
+                intermediate: 1536,
+                layers: 4,
+                heads: 8,
+                kv_heads: 4,
+                max_pos: 1024,
+            },
+            batches: vec![1, 8, 32],
+            prompt_tokens: 16,
+            gen_tokens: 64,
+            tenants: 64,
+            iso_requests: 64,
+            iso_batch: 64,
+            rounds: 8,
+            block_size: 16,
+            seed: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchFigure {
+    pub batch: usize,
+    pub tokens: u64,
+    pub seconds: f64,
+    pub tokens_per_sec: f64,
+    /// Relative to batch 1 (when measured).
+    pub speedup_vs_batch1: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IsolationFigure {
+    pub tenants: usize,
+    pub requests: usize,
+    pub batch: usize,
+    pub rounds: usize,
+    pub one_tenant_tokens_per_sec: Vec<f64>,
+    pub many_tenants_tokens_per_sec: Vec<f64>,
+    pub one_tenant_median: f64,
+    pub many_tenants_median: f64,
+    /// Per pair: `1 - many / one`, in percent.
+    pub pair_overhead_percent: Vec<f64>,
+    /// Median of the pairs (negative: many tenants were faster, i.e. noise).
+    pub overhead_percent: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepShare {
+    pub steps: u64,
+    pub step_seconds: f64,
+    pub guard_seconds: f64,
+    pub scrub_seconds: f64,
+    pub guard_percent: f64,
+    pub scrub_percent: f64,
+    pub guard_and_scrub_percent: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DecodeBenchReport {
+    pub model: String,
+    pub parameters: u64,
+    pub prompt_tokens: usize,
+    pub gen_tokens: u32,
+    pub threads: usize,
+    pub batches: Vec<BatchFigure>,
+    pub batch32_over_batch1: Option<f64>,
+    /// Target: batch 32 >= 8x batch 1.
+    pub batch_target_met: Option<bool>,
+    pub isolation: IsolationFigure,
+    /// Target: <= 1 %.
+    pub isolation_target_met: bool,
+    pub step_share: StepShare,
+}
+
+fn parameters(s: &GenShape, vocab: usize) -> u64 {
+    let hd = s.hidden / s.heads.max(1);
+    let attn = 2 * s.hidden * s.heads * hd + 2 * s.hidden * s.kv_heads * hd;
+    let mlp = 3 * s.hidden * s.intermediate;
+    ((attn + mlp + 2 * s.hidden) * s.layers + 2 * vocab * s.hidden + s.hidden) as u64
+}
+
+struct Bench {
+    model: Arc<LoadedModel>,
+    engine: EngineHandle,
+    cfg: DecodeBenchConfig,
+    rng: StdRng,
+    next_id: u64,
+}
+
+impl Bench {
+    fn prompt(&mut self) -> Vec<u32> {
+        let vocab = self.model.model.vocab_size() as u32;
+        let eos = self.model.tokenizer.eos_ids().to_vec();
+        (0..self.cfg.prompt_tokens)
+            .map(|_| {
+                loop {
+                    let t = self.rng.random_range(0..vocab);
+                    if !eos.contains(&t) {
+                        break t;
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Submits one request per tenant name (all at once); returns
+    /// (generated tokens, seconds) once every request finished.
+    fn run(&mut self, tenants: &[Arc<str>]) -> Result<(u64, f64), BenchError> {
+        let mut rxs = Vec::with_capacity(tenants.len());
+        let reqs: Vec<GenerateRequest> = tenants
+            .iter()
+            .map(|t| {
+                let (tx, rx) = mpsc::channel(self.cfg.gen_tokens as usize + 8);
+                rxs.push(rx);
+                self.next_id += 1;
+                GenerateRequest {
+                    request_id: format!("bench-{}", self.next_id),
+                    tenant: t.clone(),
+                    prompt: self.prompt(),
+                    params: SamplingParams::default(),
+                    stop: vec![],
+                    max_tokens: self.cfg.gen_tokens,
+                    logprobs: None,
+                    ignore_eos: true,
+                    events: tx,
+                }
+            })
+            .collect();
+        let t0 = Instant::now();
+        for r in reqs {
+            self.engine
+                .submit(r)
+                .map_err(|e| BenchError::Engine(e.to_string()))?;
+        }
+        let mut tokens = 0u64;
+        for mut rx in rxs {
+            loop {
+                match rx.blocking_recv() {
+                    Some(EngineEvent::Token { .. }) => tokens += 1,
+                    Some(EngineEvent::Finished {
+                        reason: FinishReason::Error,
+                        error,
+                        ..
+                    }) => return Err(BenchError::Engine(error.unwrap_or_default())),
+                    Some(EngineEvent::Finished { .. }) | None => break,
+                    Some(EngineEvent::Started { .. }) => {}
+                }
+            }
+        }
+        Ok((tokens, t0.elapsed().as_secs_f64()))
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// Generates the model under `dir`, then runs every measurement.
+pub fn run(cfg: &DecodeBenchConfig, dir: &Path) -> Result<DecodeBenchReport, BenchError> {
+    if cfg.batches.is_empty() || cfg.batches.contains(&0) || cfg.gen_tokens == 0 {
+        return Err(BenchError::Param(
+            "batch sizes and generated tokens must be positive".into(),
+        ));
+    }
+    if cfg.prompt_tokens == 0 || cfg.tenants == 0 || cfg.iso_requests == 0 || cfg.rounds == 0 {
+        return Err(BenchError::Param(
+            "prompt tokens, tenants, isolation requests and rounds must be positive".into(),
+        ));
+    }
+    if cfg.prompt_tokens + cfg.gen_tokens as usize > cfg.shape.max_pos {
+        return Err(BenchError::Param(format!(
+            "prompt + generated tokens exceed the model's context of {}",
+            cfg.shape.max_pos
+        )));
+    }
+    crate::genmodel::generate_with(dir, cfg.seed, cfg.shape)?;
+    let model = Arc::new(LoadedModel::load(dir)?);
+    let max_batch = cfg
+        .batches
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .max(cfg.iso_batch.max(1));
+    let per_seq = (cfg.prompt_tokens + cfg.gen_tokens as usize).div_ceil(cfg.block_size) + 1;
+    let engine = EngineHandle::start(
+        model.clone(),
+        EngineConfig {
+            max_seqs: max_batch,
+            // Every prompt of the largest batch in one step.
+            prefill_chunk: (max_batch * cfg.prompt_tokens).max(256),
+            // Room for every sequence, plus as much again for cached blocks.
+            kv_blocks: 2 * max_batch * per_seq,
+            block_size: cfg.block_size,
+            prefix_secret: PrefixSecret::from_bytes([9; 32]),
+            ..EngineConfig::default()
+        },
+        None,
+    )?;
+    let mut b = Bench {
+        model: model.clone(),
+        engine,
+        cfg: cfg.clone(),
+        rng: StdRng::seed_from_u64(cfg.seed),
+        next_id: 0,
+    };
+    let one: Arc<str> = Arc::from("bench-tenant-0");
+    let many: Vec<Arc<str>> = (0..cfg.tenants)
+        .map(|i| Arc::from(format!("bench-tenant-{i}")))
+        .collect();
+    // Warm-up (allocator, caches, thread pool).
+    b.run(&vec![one.clone(); max_batch.min(4)])?;
+
+    let mut batches: Vec<BatchFigure> = Vec::new();
+    for &n in &cfg.batches {
+        let names: Vec<Arc<str>> = (0..n).map(|i| many[i % many.len()].clone()).collect();
+        let (tokens, secs) = b.run(&names)?;
+        batches.push(BatchFigure {
+            batch: n,
+            tokens,
+            seconds: secs,
+            tokens_per_sec: rate(tokens, secs),
+            speedup_vs_batch1: None,
+        });
+    }
+    let base = batches
+        .iter()
+        .find(|f| f.batch == 1)
+        .map(|f| f.tokens_per_sec);
+    for f in &mut batches {
+        f.speedup_vs_batch1 = base.filter(|b| *b > 0.0).map(|b| f.tokens_per_sec / b);
+    }
+    let batch32_over_batch1 = batches
+        .iter()
+        .find(|f| f.batch == 32)
+        .and_then(|f| f.speedup_vs_batch1);
+
+    // Isolation: the same workload, one tenant vs many, alternating rounds
+    // in A-B-B-A order so that drift (other load, thermals) cancels out.
+    let iso_batch = cfg.iso_batch.max(1);
+    let (mut one_tps, mut many_tps) = (Vec::new(), Vec::new());
+    for round in 0..cfg.rounds {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for spread in order {
+            let (mut tokens, mut secs) = (0u64, 0f64);
+            for wave in 0..cfg.iso_requests.div_ceil(iso_batch) {
+                let n = iso_batch.min(cfg.iso_requests - wave * iso_batch);
+                let names: Vec<Arc<str>> = (0..n)
+                    .map(|i| match spread {
+                        false => one.clone(),
+                        true => many[(wave * iso_batch + i) % many.len()].clone(),
+                    })
+                    .collect();
+                let (t, s) = b.run(&names)?;
+                tokens += t;
+                secs += s;
+            }
+            let v = if spread { &mut many_tps } else { &mut one_tps };
+            v.push(rate(tokens, secs));
+        }
+    }
+    let (m1, mn) = (median(&one_tps), median(&many_tps));
+    let pairs: Vec<f64> = one_tps
+        .iter()
+        .zip(&many_tps)
+        .filter(|(o, _)| **o > 0.0)
+        .map(|(o, m)| (1.0 - m / o) * 100.0)
+        .collect();
+    let overhead = if !pairs.is_empty() {
+        median(&pairs)
+    } else if m1 > 0.0 {
+        (1.0 - mn / m1) * 100.0
+    } else {
+        0.0
+    };
+    let t = b.engine.step_timing();
+    let step = t.step.as_secs_f64();
+    let pct = |d: std::time::Duration| {
+        if step > 0.0 {
+            d.as_secs_f64() / step * 100.0
+        } else {
+            0.0
+        }
+    };
+    let s = cfg.shape;
+    Ok(DecodeBenchReport {
+        model: format!(
+            "generated llama: hidden {}, intermediate {}, {} layers, {} heads ({} KV), vocab {}",
+            s.hidden,
+            s.intermediate,
+            s.layers,
+            s.heads,
+            s.kv_heads,
+            model.model.vocab_size()
+        ),
+        parameters: parameters(&s, model.model.vocab_size()),
+        prompt_tokens: cfg.prompt_tokens,
+        gen_tokens: cfg.gen_tokens,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        batch_target_met: batch32_over_batch1.map(|r| r >= 8.0),
+        batch32_over_batch1,
+        batches,
+        isolation: IsolationFigure {
+            tenants: cfg.tenants,
+            requests: cfg.iso_requests,
+            batch: iso_batch,
+            rounds: cfg.rounds,
+            one_tenant_tokens_per_sec: one_tps,
+            many_tenants_tokens_per_sec: many_tps,
+            one_tenant_median: m1,
+            many_tenants_median: mn,
+            pair_overhead_percent: pairs,
+            overhead_percent: overhead,
+        },
+        isolation_target_met: overhead <= 1.0,
+        step_share: StepShare {
+            steps: t.steps,
+            step_seconds: step,
+            guard_seconds: t.guard.as_secs_f64(),
+            scrub_seconds: t.scrub.as_secs_f64(),
+            guard_percent: pct(t.guard),
+            scrub_percent: pct(t.scrub),
+            guard_and_scrub_percent: pct(t.guard + t.scrub),
+        },
+    })
+}
+
+impl std::fmt::Display for DecodeBenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "decode: {} ({:.1}M parameters), {} prompt + {} generated tokens per request, {} CPU threads",
+            self.model,
+            self.parameters as f64 / 1e6,
+            self.prompt_tokens,
+            self.gen_tokens,
+            self.threads
+        )?;
+        for b in &self.batches {
+            writeln!(
+                f,
+                "  batch {:>3}: {:>10.1} tokens/s  ({} tokens in {:.3} s){}",
+                b.batch,
+                b.tokens_per_sec,
+                b.tokens,
+                b.seconds,
+                b.speedup_vs_batch1
+                    .map(|x| format!(", {x:.2}x batch 1"))
+                    .unwrap_or_default()
+            )?;
+        }
+        if let (Some(r), Some(met)) = (self.batch32_over_batch1, self.batch_target_met) {
+            writeln!(
+                f,
+                "  batch 32 / batch 1 = {r:.2}x (target >= 8x: {})",
+                if met { "met" } else { "NOT met" }
+            )?;
+        }
+        let i = &self.isolation;
+        writeln!(
+            f,
+            "  isolation: {} requests, batch {}, {} pairs: 1 tenant {:.1} tokens/s, {} tenants {:.1} tokens/s (medians)",
+            i.requests, i.batch, i.rounds, i.one_tenant_median, i.tenants, i.many_tenants_median
+        )?;
+        writeln!(
+            f,
+            "  isolation overhead {:.2}% (median of pairs; spread {:.2}% to {:.2}%; target <= 1%: {})",
+            i.overhead_percent,
+            i.pair_overhead_percent
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min),
+            i.pair_overhead_percent
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max),
+            if self.isolation_target_met {
+                "met"
+            } else {
+                "NOT met"
+            }
+        )?;
+        let s = &self.step_share;
+        write!(
+            f,
+            "  step time: {} steps, {:.3} s; guard {:.4}%, scrubbing {:.4}%, together {:.4}%",
+            s.steps, s.step_seconds, s.guard_percent, s.scrub_percent, s.guard_and_scrub_percent
+        )
+    }
+}
