@@ -24,5 +24,6 @@ pub mod metrics;
 pub mod openai;
 pub mod peers;
 pub mod pipeline;
+pub mod spool;
 pub mod validate;
 pub mod workers;

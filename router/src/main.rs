@@ -17,6 +17,7 @@ use bulkhead_router::http::{self, AppState};
 use bulkhead_router::metrics::RouterMetrics;
 use bulkhead_router::peers::{Identity, Membership};
 use bulkhead_router::pipeline::Pipeline;
+use bulkhead_router::spool::Spool;
 use bulkhead_router::workers::WorkerPool;
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -67,10 +68,23 @@ struct Args {
     #[arg(long, env = "BULKHEAD_ROUTER_POLL_MS", default_value_t = 1000)]
     poll_ms: u64,
     /// What to do while NATS (the audit trail) is unreachable: `reject` fails
-    /// closed (503, nothing served without an audit record). `spool` (a
-    /// bounded local disk spool replayed later) is not implemented yet.
+    /// closed (503, nothing served without an audit record); `spool` keeps
+    /// serving while the events fit in a bounded local disk spool
+    /// (--audit-spool-dir, fsynced per event), replays them in order when NATS
+    /// returns, and fails closed once the spool is full.
     #[arg(long, env = "BULKHEAD_ROUTER_AUDIT_MODE", default_value = "reject", value_parser = ["reject", "spool"])]
     audit_mode: String,
+    /// Folder of this replica's audit spool (one per replica; required with
+    /// --audit-mode spool).
+    #[arg(long, env = "BULKHEAD_ROUTER_AUDIT_SPOOL_DIR")]
+    audit_spool_dir: Option<PathBuf>,
+    /// Bound of the audit spool in bytes; beyond it new requests get 503.
+    #[arg(
+        long,
+        env = "BULKHEAD_ROUTER_AUDIT_SPOOL_MAX_BYTES",
+        default_value_t = 64 << 20
+    )]
+    audit_spool_max_bytes: u64,
     /// Distinct tenants given their own metric labels; the rest share "other".
     #[arg(long, env = "BULKHEAD_METRICS_MAX_TENANTS", default_value_t = 100)]
     metrics_max_tenants: usize,
@@ -124,13 +138,20 @@ async fn main() -> anyhow::Result<()> {
         tenants = dir.tenant_count(),
         "tenant directory loaded; watching for changes"
     );
-    anyhow::ensure!(
-        args.audit_mode == "reject",
-        "--audit-mode spool is not implemented yet: use reject (fail closed)"
-    );
-    let audit = AuditPublisher::new(nats)
+    let mut audit = AuditPublisher::new(nats)
         .await
         .context("opening the audit stream")?;
+    if args.audit_mode == "spool" {
+        let dir = args
+            .audit_spool_dir
+            .as_ref()
+            .context("--audit-mode spool needs --audit-spool-dir (one folder per replica)")?;
+        let spool = Spool::open(dir, args.audit_spool_max_bytes)?;
+        tracing::info!(dir = %dir.display(), max_bytes = args.audit_spool_max_bytes, "audit mode: spool");
+        audit = audit.with_spool(spool);
+    } else {
+        tracing::info!("audit mode: reject (fail closed while NATS is unreachable)");
+    }
 
     let workers = Arc::new(WorkerPool::new(&args.workers, &args.certs_dir)?);
     workers.poll_all().await;

@@ -123,9 +123,12 @@ impl Pipeline {
             tracing::error!(request_id = %req.request_id, tenant = %req.tenant.id,
                 "refusing a request: the audit trail (NATS) is unreachable");
             self.metrics.request(&req.tenant.id, "Unavailable");
-            return Err(ApiError::Unavailable(
-                "the audit trail is unreachable; this router serves nothing it cannot audit (audit mode: reject)".into(),
-            ));
+            let why = if self.audit.spools() {
+                "the audit trail is unreachable and the local audit spool is full; this router serves nothing it cannot audit (audit mode: spool)"
+            } else {
+                "the audit trail is unreachable; this router serves nothing it cannot audit (audit mode: reject)"
+            };
+            return Err(ApiError::Unavailable(why.into()));
         }
         let mut outcome = Outcome {
             traceparent: bulkhead_telemetry::propagation::current_traceparent(),

@@ -353,6 +353,9 @@ async fn start(
         ])
         .args(["--nats-url", &nats_url, "--certs-dir", &certs_s])
         .args(["--worker", &worker_urls, "--router-id", &id])
+        // Used when BULKHEAD_ROUTER_AUDIT_MODE=spool.
+        .arg("--audit-spool-dir")
+        .arg(dir.join("spool").join(&id))
         .arg("--hash-secret-file")
         .arg(&secret)
         .arg("--ready-file")
