@@ -11,6 +11,7 @@
 use std::path::Path;
 
 pub mod access;
+pub mod admin;
 pub mod bench;
 pub mod checkpoint;
 pub mod consumer;

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use bulkhead_proto::audit::audit_admin_server::AuditAdminServer;
 use bulkhead_proto::audit::audit_query_server::AuditQueryServer;
 use bulkhead_proto::identity::{CertPaths, IdentityError, SpiffeAuthorizer};
 use tokio::net::TcpListener;
@@ -128,6 +129,11 @@ pub async fn serve_with_ready(
         opts.metrics.clone(),
     ));
     let authz = SpiffeAuthorizer::new("audit query API", &opts.trust_domain, ALLOWED_CALLERS);
+    let admin_authz = SpiffeAuthorizer::new(
+        "audit admin API",
+        &opts.trust_domain,
+        crate::admin::ALLOWED_CALLERS,
+    );
     let mut rx = stop_rx;
     let server = tonic::transport::Server::builder()
         .tls_config(tls)?
@@ -138,6 +144,12 @@ pub async fn serve_with_ready(
                 operator_reads_any_tenant: opts.operator_reads_any_tenant,
             },
             authz,
+        ))
+        .add_service(AuditAdminServer::with_interceptor(
+            crate::admin::AdminService {
+                store: store.clone(),
+            },
+            admin_authz,
         ))
         .serve_with_incoming_shutdown(bulkhead_telemetry::incoming_nodelay(listener), async move {
             let _ = rx.wait_for(|s| *s).await;

@@ -446,6 +446,31 @@ impl AuditStore {
         Ok(())
     }
 
+    /// Crypto-shreds a tenant while the store is open: fsyncs and closes its
+    /// open segment with a signed checkpoint, forgets its keys, then
+    /// destroys every key file (see `shred`). Returns what was done and the
+    /// records in its log.
+    pub fn shred(&mut self, tenant: &str) -> Result<(crate::shred::Shredded, u64), StoreError> {
+        if !valid_tenant_id(tenant) {
+            return Err(StoreError::Invalid(format!("invalid tenant id {tenant:?}")));
+        }
+        let dir = self.tenant_dir(tenant);
+        if let Some(mut log) = self.tenants.remove(tenant) {
+            let sealed = if log.seg_count > 0 {
+                close_segment(&dir, tenant, &mut log, self.signer.as_ref())
+            } else {
+                Ok(())
+            };
+            if let Err(e) = sealed {
+                self.tenants.insert(tenant.to_string(), log);
+                return Err(e);
+            }
+        }
+        let done = crate::shred::shred(&self.root, tenant)?;
+        let records = segment::read_all(&dir, tenant, None)?.count;
+        Ok((done, records))
+    }
+
     /// Number of records stored for a tenant.
     pub fn count(&self, tenant: &str) -> u64 {
         self.tenants.get(tenant).map(|l| l.next_seq).unwrap_or(0)

@@ -2,10 +2,15 @@
 //! from the audit-service over mTLS (operator certificate). Every tenant read
 //! also sends the tenant's admin key (`--key` or BULKHEAD_TENANT_ADMIN_KEY)
 //! as `authorization: Bearer …`; the audit-service serves only that key's
-//! own tenant.
+//! own tenant. `bulkhead audit shred --tenant T` crypto-shreds a tenant
+//! through the audit-service's operator-only admin API (the operator
+//! certificate is the authorization; no tenant key).
 use anyhow::{Context, Result};
+use bulkhead_proto::audit::audit_admin_client::AuditAdminClient;
 use bulkhead_proto::audit::audit_query_client::AuditQueryClient;
-use bulkhead_proto::audit::{AuditEvent, AuditQueryRequest, AuditReport, AuditReportRequest};
+use bulkhead_proto::audit::{
+    AuditEvent, AuditQueryRequest, AuditReport, AuditReportRequest, ShredRequest, ShredResponse,
+};
 use clap::{Args, Subcommand, ValueEnum};
 use tonic::Request;
 use tonic::metadata::MetadataValue;
@@ -74,6 +79,30 @@ pub enum AuditCmd {
         #[command(flatten)]
         key: AdminKey,
     },
+    /// Crypto-shred a tenant's audit records: the audit-service destroys
+    /// every one of the tenant's data keys, so its records can never be
+    /// decrypted again (the hash chain still verifies) and new events for
+    /// it are refused. Irreversible. Operator certificate only.
+    Shred {
+        /// The tenant whose records to make unrecoverable.
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+/// The one-line outcome of a shred.
+pub fn shred_line(r: &ShredResponse) -> String {
+    if r.already_shredded {
+        format!(
+            "{}: already shredded ({} records, unreadable)",
+            r.tenant_id, r.records
+        )
+    } else {
+        format!(
+            "{}: {} data key(s) destroyed; its {} audit records are now unrecoverable (the chain still verifies)",
+            r.tenant_id, r.keys_destroyed, r.records
+        )
+    }
 }
 
 /// A request carrying the admin key (if any) as bearer metadata.
@@ -182,8 +211,29 @@ pub fn report_markdown(r: &AuditReport) -> String {
 }
 
 pub async fn run(cmd: AuditCmd, r: &Remote) -> Result<()> {
-    let mut c = AuditQueryClient::new(mtls_channel(&r.audit, &r.certs_dir, "operator").await?);
+    let channel = mtls_channel(&r.audit, &r.certs_dir, "operator").await?;
+    let mut c = AuditQueryClient::new(channel.clone());
     match cmd {
+        AuditCmd::Shred { tenant } => {
+            let resp = AuditAdminClient::new(channel)
+                .shred(ShredRequest { tenant_id: tenant })
+                .await
+                .map_err(crate::client::ClientError::from)?
+                .into_inner();
+            if r.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "tenant_id": resp.tenant_id,
+                        "keys_destroyed": resp.keys_destroyed,
+                        "already_shredded": resp.already_shredded,
+                        "records": resp.records,
+                    })
+                );
+            } else {
+                println!("{}", shred_line(&resp));
+            }
+        }
         AuditCmd::Query {
             tenant,
             from_ms,
