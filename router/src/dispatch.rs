@@ -36,6 +36,8 @@ pub struct Target {
     pub tenant: String,
     /// `bulkhead.common.v1.Isolation` of the tenant.
     pub isolation: i32,
+    /// Chained prefix-block hashes of the request (`affinity`); may be empty.
+    pub prefix: Arc<[u64]>,
 }
 
 /// Where requests go: the router's workers, or a fake in tests. Every
@@ -155,6 +157,7 @@ struct Enqueue<L> {
     tenant: Arc<Tenant>,
     model: String,
     reserve: u64,
+    prefix: Arc<[u64]>,
     reply: oneshot::Sender<Result<Grant<L>, ApiError>>,
     /// Fired when the limits admitted the request (it is then queued).
     admitted: oneshot::Sender<()>,
@@ -251,6 +254,19 @@ impl<L: Send + 'static> Dispatcher<L> {
         model: String,
         reserve: u64,
     ) -> Result<Grant<L>, ApiError> {
+        self.acquire_routed(tenant, model, reserve, Arc::from([]))
+            .await
+    }
+
+    /// [`acquire`](Self::acquire) with the request's prefix-block hashes,
+    /// for the pool's tenant-scoped prefix affinity.
+    pub async fn acquire_routed(
+        &self,
+        tenant: Arc<Tenant>,
+        model: String,
+        reserve: u64,
+        prefix: Arc<[u64]>,
+    ) -> Result<Grant<L>, ApiError> {
         use tracing::Instrument;
         let ticket = self.next.fetch_add(1, Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
@@ -263,6 +279,7 @@ impl<L: Send + 'static> Dispatcher<L> {
                 tenant,
                 model,
                 reserve,
+                prefix,
                 reply,
                 admitted,
             })
@@ -328,6 +345,7 @@ impl<P: Pool> Actor<P> {
             model: e.model.clone(),
             tenant: e.tenant.id.clone(),
             isolation: e.tenant.isolation,
+            prefix: e.prefix.clone(),
         };
         if !self.pool.serves(&target) {
             let _ = e.reply.send(Err(ApiError::Unavailable(format!(

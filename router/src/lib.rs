@@ -11,6 +11,7 @@
 //! into HTTP or gRPC status at the edge.
 #![forbid(unsafe_code)]
 
+pub mod affinity;
 pub mod audit;
 pub mod cluster;
 pub mod directory;

@@ -61,6 +61,8 @@ pub struct Pipeline {
 #[derive(Default)]
 struct Outcome {
     worker: String,
+    /// How the worker was chosen.
+    decision: &'static str,
     usage: Usage,
     ttft: Option<Duration>,
     response: String,
@@ -211,9 +213,10 @@ impl Pipeline {
         let tenant = req.tenant.id.as_str();
         let waited = std::time::Instant::now();
         self.metrics.queued(tenant, 1);
+        let prefix: Arc<[u64]> = self.workers.prefix_keys(tenant, &req.input).into();
         let granted = self
             .dispatcher
-            .acquire(req.tenant.clone(), req.model.clone(), reserve)
+            .acquire_routed(req.tenant.clone(), req.model.clone(), reserve, prefix)
             .await;
         self.metrics.queued(tenant, -1);
         let mut grant = match granted {
@@ -230,6 +233,7 @@ impl Pipeline {
             request.id = %req.request_id, model = %req.model, worker = tracing::field::Empty);
         let worker = grant.lease.worker.clone();
         outcome.worker = worker.name();
+        outcome.decision = grant.lease.decision;
         let (prompt, messages) = match &req.input {
             Input::Prompt(p) => (p.clone(), vec![]),
             Input::Chat(ms) => (String::new(), ms.clone()),
@@ -404,7 +408,7 @@ impl Pipeline {
         ev.cached_tokens = o.usage.cached_tokens;
         ev.ttft_us = o.ttft.map(|d| d.as_micros() as u64).unwrap_or(0);
         ev.worker_id = o.worker;
-        ev.routing_decision = "most-free-slots".into();
+        ev.routing_decision = o.decision.into();
         ev.finish_reason = o
             .finish
             .map(|f| f.as_str_name().to_string())

@@ -10,6 +10,7 @@ use bulkhead_proto::worker::worker_client::WorkerClient;
 use bulkhead_proto::worker::{CapacityRequest, CapacityResponse, ModelInfoRequest};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::affinity::{self, AffinityTable, Candidate};
 use crate::dispatch::{Pool, Target};
 
 /// Largest message the router accepts from a worker.
@@ -137,6 +138,8 @@ impl Drop for InFlight {
 
 pub struct WorkerPool {
     workers: Vec<Arc<WorkerHandle>>,
+    affinity: Mutex<AffinityTable>,
+    hasher: std::hash::RandomState,
 }
 
 impl WorkerPool {
@@ -160,12 +163,16 @@ impl WorkerPool {
                 in_flight_at_poll: AtomicU32::new(0),
             }));
         }
-        Ok(Self { workers })
+        Ok(Self {
+            workers,
+            affinity: Mutex::default(),
+            hasher: std::hash::RandomState::new(),
+        })
     }
 
     /// Polls every worker once.
     pub async fn poll_all(&self) {
-        for w in &self.workers {
+        for (i, w) in self.workers.iter().enumerate() {
             let r = tokio::time::timeout(Duration::from_secs(2), w.poll()).await;
             let err = match r {
                 Ok(Ok(())) => continue,
@@ -175,6 +182,11 @@ impl WorkerPool {
             let mut s = w.state.lock().unwrap_or_else(|e| e.into_inner());
             if s.healthy {
                 tracing::warn!(url = %w.url, error = %err, "worker left rotation");
+                // Its prefix cache will be gone when it comes back.
+                self.affinity
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .forget_worker(i);
             }
             s.healthy = false;
         }
@@ -191,16 +203,33 @@ impl WorkerPool {
         });
     }
 
-    /// The healthy worker serving `model` with the most free sequence slots
-    /// (after this router's own in-flight requests), if one has any.
-    fn most_free(&self, target: &Target) -> Option<&Arc<WorkerHandle>> {
-        self.workers
+    /// The request's prefix-block hashes for affinity (see `affinity`).
+    pub fn prefix_keys(&self, tenant: &str, input: &crate::validate::Input) -> Vec<u64> {
+        affinity::prefix_keys(&self.hasher, tenant, input)
+    }
+
+    /// The worker for `target`: among those admitting it with a free slot,
+    /// the cheapest by prefix overlap (this tenant's only) and load.
+    fn choose(&self, target: &Target) -> Option<(usize, bool)> {
+        let table = self.affinity.lock().unwrap_or_else(|e| e.into_inner());
+        let overlap = table.overlap(&target.tenant, &target.prefix);
+        let candidates: Vec<Candidate> = self
+            .workers
             .iter()
-            .filter(|w| w.state().admits(target))
-            .map(|w| (w.free_slots(), w))
-            .filter(|(free, _)| *free > 0)
-            .max_by_key(|(free, _)| *free)
-            .map(|(_, w)| w)
+            .enumerate()
+            .filter(|(_, w)| w.state().admits(target))
+            .map(|(i, w)| {
+                let free = w.free_slots();
+                let max = i64::from(w.state().capacity.max_seqs);
+                Candidate {
+                    worker: i,
+                    free_slots: free,
+                    running: (max - free).max(0) as u64,
+                    overlap: overlap.get(&i).copied().unwrap_or(0),
+                }
+            })
+            .collect();
+        affinity::pick(&candidates, target.prefix.len())
     }
 
     /// Whether a healthy worker admitting the tenant serves the model.
@@ -249,6 +278,8 @@ impl WorkerPool {
 /// A slot on a worker, counted in its in-flight requests until dropped.
 pub struct WorkerLease {
     pub worker: Arc<WorkerHandle>,
+    /// How the worker was chosen (for the audit event).
+    pub decision: &'static str,
     _in_flight: InFlight,
 }
 
@@ -260,14 +291,24 @@ impl Pool for WorkerPool {
     }
 
     fn has_free(&self, target: &Target) -> bool {
-        self.most_free(target).is_some()
+        self.choose(target).is_some()
     }
 
     fn try_acquire(&self, target: &Target) -> Option<WorkerLease> {
-        let worker = self.most_free(target)?.clone();
+        let (i, by_prefix) = self.choose(target)?;
+        let worker = self.workers[i].clone();
+        self.affinity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(&target.tenant, &target.prefix, i);
         let in_flight = worker.begin();
         Some(WorkerLease {
             worker,
+            decision: if by_prefix {
+                "prefix-affinity"
+            } else {
+                "least-loaded"
+            },
             _in_flight: in_flight,
         })
     }
@@ -293,6 +334,7 @@ mod tests {
             model: "m".into(),
             tenant: tenant.into(),
             isolation: isolation as i32,
+            prefix: Arc::from([]),
         }
     }
 
