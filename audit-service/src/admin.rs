@@ -38,9 +38,7 @@ impl AuditAdmin for AdminService {
         .await
         .map_err(|e| Status::internal(format!("shred task failed: {e}")))?;
         let (done, records) = done.map_err(|e| match e {
-            StoreError::Invalid(why) if why.starts_with("no audit data key") => {
-                Status::not_found(why)
-            }
+            e @ StoreError::UnknownTenant(_) => Status::not_found(e.to_string()),
             StoreError::Invalid(why) => Status::invalid_argument(why),
             e => {
                 tracing::error!(tenant, error = %e, "crypto-shredding failed");

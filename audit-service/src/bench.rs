@@ -57,6 +57,11 @@ pub struct BenchConfig {
     pub tenants: usize,
     /// Publishes awaiting their JetStream ack, per tenant.
     pub in_flight: usize,
+    /// Events published but not yet durable, at most (closed loop: a
+    /// publisher waits for room, as a router whose audit trail lags would).
+    /// 0: no bound (open loop: the stream's backlog, and so the latency,
+    /// grows whenever publishing outruns storing).
+    pub max_pending: usize,
     pub store: StoreOptions,
     /// Give up when the events are not all durable by then.
     pub timeout: Duration,
@@ -69,6 +74,7 @@ impl Default for BenchConfig {
             events: 200_000,
             tenants: 8,
             in_flight: 1_024,
+            max_pending: 4_096,
             store: StoreOptions::default(),
             timeout: Duration::from_secs(300),
         }
@@ -80,6 +86,8 @@ impl Default for BenchConfig {
 pub struct BenchReport {
     pub events: usize,
     pub tenants: usize,
+    /// The closed-loop bound on events not yet durable (0: open loop).
+    pub max_pending: usize,
     pub nats: String,
     /// First publish to last event durable.
     pub seconds: f64,
@@ -99,13 +107,17 @@ impl BenchReport {
     /// The readable form.
     pub fn text(&self) -> String {
         format!(
-            "audit bench: {} events from {} tenants via {}\n\
+            "audit bench: {} events from {} tenants via {} ({})\n\
              end to end (publish -> fsynced + acked): {:.0} events/s over {:.2} s\n\
              publish -> durable latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n\
              {} fsync groups, {:.0} events each on average; stored exactly once, chains intact: {}",
             self.events,
             self.tenants,
             self.nats,
+            match self.max_pending {
+                0 => "open loop".to_string(),
+                n => format!("at most {n} events not yet durable"),
+            },
             self.events_per_second,
             self.seconds,
             self.latency_ms_p50,
@@ -153,6 +165,8 @@ struct Publisher {
     in_flight: usize,
     /// Nanoseconds after `t0` at which each event was published.
     sent: Arc<Vec<AtomicU64>>,
+    /// Room for events not yet durable (None: unbounded).
+    window: Option<Arc<tokio::sync::Semaphore>>,
     t0: Instant,
 }
 
@@ -167,6 +181,7 @@ async fn publish_tenant(p: Publisher) -> u64 {
         events,
         in_flight,
         sent,
+        window,
         t0,
     } = p;
     let subject = names::audit_subject(&tenant);
@@ -182,6 +197,13 @@ async fn publish_tenant(p: Publisher) -> u64 {
     for i in (k..events).step_by(n) {
         while pending.len() >= in_flight {
             count(pending.next().await.map(|r| r.map(|_| ())));
+        }
+        if let Some(w) = &window {
+            // Given back by the collector when the event is durable.
+            match w.acquire().await {
+                Ok(permit) => permit.forget(),
+                Err(_) => break,
+            }
         }
         let ev = event(&tenant, i);
         let msg = PublishMessage::build()
@@ -261,6 +283,8 @@ pub async fn run(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
         tokio::spawn(consumer::run_with(js.clone(), store.clone(), stop_rx, opts));
 
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..events).map(|_| AtomicU64::new(0)).collect());
+    let window =
+        (cfg.max_pending > 0).then(|| Arc::new(tokio::sync::Semaphore::new(cfg.max_pending)));
     let t0 = Instant::now();
     let publishers: Vec<_> = tenants
         .iter()
@@ -274,6 +298,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
                 events,
                 in_flight,
                 sent: sent.clone(),
+                window: window.clone(),
                 t0,
             }))
         })
@@ -309,6 +334,9 @@ pub async fn run(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
             };
             if i < events && !durable[i] {
                 durable[i] = true;
+                if let Some(w) = &window {
+                    w.add_permits(1);
+                }
                 latencies.push(now.saturating_sub(sent[i].load(Ordering::Acquire)));
             }
         }
@@ -354,6 +382,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
     Ok(BenchReport {
         events,
         tenants: n,
+        max_pending: cfg.max_pending,
         nats: if local.is_some() {
             format!("a local nats-server ({url})")
         } else {

@@ -43,6 +43,8 @@ pub enum StoreError {
     Invalid(String),
     #[error("the audit records of tenant {0} were crypto-shredded (data key destroyed)")]
     Shredded(String),
+    #[error("no audit data for tenant {0} (no data key)")]
+    UnknownTenant(String),
 }
 
 impl StoreError {

@@ -61,6 +61,11 @@ struct BenchArgs {
     /// Publishes awaiting their JetStream ack, per tenant.
     #[arg(long, default_value_t = 1024)]
     in_flight: usize,
+    /// Events published but not yet durable, at most (publishers wait for
+    /// room); 0 = no bound, publish as fast as JetStream accepts (then the
+    /// latency measures the backlog whenever publishing outruns storing).
+    #[arg(long, default_value_t = 4096)]
+    max_pending: usize,
     /// Records per segment file of the temporary store.
     #[arg(long, default_value_t = bulkhead_audit::store::DEFAULT_SEGMENT_RECORDS)]
     segment_records: u64,
@@ -237,6 +242,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         events: args.events,
         tenants: args.tenants,
         in_flight: args.in_flight,
+        max_pending: args.max_pending,
         store: bulkhead_audit::store::StoreOptions {
             segment_records: args.segment_records,
             ..Default::default()

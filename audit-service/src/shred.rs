@@ -49,10 +49,7 @@ pub fn shred(root: &Path, tenant: &str) -> Result<Shredded, StoreError> {
         if marker.exists() {
             return Ok(Shredded::Already);
         }
-        return Err(StoreError::Invalid(format!(
-            "no audit data key for tenant {tenant} in {}",
-            root.display()
-        )));
+        return Err(StoreError::UnknownTenant(tenant.to_string()));
     }
     // The marker first: from here on the store never recreates a key.
     let note = format!("{{\"shredded_unix_ms\":{}}}\n", crate::access::now_ms());
