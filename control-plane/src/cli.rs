@@ -115,6 +115,11 @@ pub struct LimitArgs {
     /// Requests waiting in the router's fair queue.
     #[arg(long, default_value_t = 0)]
     pub max_queued: u32,
+    /// Release the first token only at the next multiple of this many ms
+    /// after arrival (0 = off): blunts timing side channels, costs about
+    /// half the quantum of TTFT on average.
+    #[arg(long, default_value_t = 0)]
+    pub ttft_quantum_ms: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -234,6 +239,7 @@ pub fn tenant_json(t: &Tenant) -> serde_json::Value {
             "tokens_per_minute": t.tokens_per_minute, "max_in_flight": t.max_in_flight,
             "max_queued": t.max_queued,
         },
+        "ttft_quantum_ms": t.ttft_quantum_ms,
     })
 }
 
@@ -268,6 +274,7 @@ pub async fn tenants(cmd: TenantsCmd, r: &Remote) -> Result<()> {
                     tokens_per_minute: limits.tokens_per_minute,
                     max_in_flight: limits.max_in_flight,
                     max_queued: limits.max_queued,
+                    ttft_quantum_ms: limits.ttft_quantum_ms,
                 })
                 .await?;
             if r.json {

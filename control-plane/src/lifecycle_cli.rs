@@ -26,6 +26,25 @@ pub struct UpdateTenantArgs {
     /// New isolation tier.
     #[arg(long, value_enum)]
     pub isolation: Option<IsolationArg>,
+    /// New requests-per-second limit (0 = unlimited).
+    #[arg(long)]
+    pub rps: Option<u32>,
+    /// New burst above the steady rate.
+    #[arg(long)]
+    pub burst: Option<u32>,
+    /// New tokens-per-minute limit (0 = unlimited).
+    #[arg(long)]
+    pub tokens_per_minute: Option<u64>,
+    /// New limit of requests in flight (0 = unlimited).
+    #[arg(long)]
+    pub max_in_flight: Option<u32>,
+    /// New limit of requests queued (0 = unlimited).
+    #[arg(long)]
+    pub max_queued: Option<u32>,
+    /// New TTFT quantum in ms (0 = off): the first token is released at the
+    /// next multiple of it, to blunt timing side channels.
+    #[arg(long)]
+    pub ttft_quantum_ms: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -133,6 +152,12 @@ pub async fn update_tenant(a: UpdateTenantArgs, c: &mut ControlClient, r: &Remot
             allowed_models: a.models,
             max_tokens_per_request: a.max_tokens,
             isolation: a.isolation.map(|i| isolation(i) as i32),
+            requests_per_second: a.rps,
+            burst: a.burst,
+            tokens_per_minute: a.tokens_per_minute,
+            max_in_flight: a.max_in_flight,
+            max_queued: a.max_queued,
+            ttft_quantum_ms: a.ttft_quantum_ms,
         })
         .await?;
     if r.json {

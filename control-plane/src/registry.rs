@@ -151,7 +151,9 @@ impl Registry {
             tokens_per_minute: r.tokens_per_minute,
             max_in_flight: r.max_in_flight,
             max_queued: r.max_queued,
+            ttft_quantum_ms: r.ttft_quantum_ms,
         };
+        lifecycle::check_quantum(tenant.ttft_quantum_ms)?;
         // `create` fails if the key exists, so two racing creates cannot both win.
         match self
             .tenants

@@ -133,6 +133,9 @@ async fn tenant_and_key_lifecycle_over_mtls() {
             allowed_models: vec!["tiny".into(), "big".into()],
             max_tokens_per_request: None,
             isolation: Some(Isolation::Mig as i32),
+            requests_per_second: Some(7),
+            ttft_quantum_ms: Some(50),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -140,6 +143,7 @@ async fn tenant_and_key_lifecycle_over_mtls() {
     assert_eq!(t.allowed_models, ["tiny", "big"]);
     assert_eq!(t.max_tokens_per_request, 64);
     assert_eq!(t.isolation, Isolation::Mig as i32);
+    assert_eq!((t.requests_per_second, t.ttft_quantum_ms), (7, 50));
     assert_eq!(c.list_tenants().await.unwrap()[0].weight, 5);
     let missing = UpdateTenantRequest {
         id: "nobody".into(),

@@ -335,6 +335,12 @@ impl Pipeline {
                     return;
                 }
             };
+            if outcome.last_token.is_none()
+                && matches!(msg, Some(WorkerEvent::Token(_)))
+                && req.tenant.ttft_quantum_ms > 0
+            {
+                release_at_quantum(req.received, req.tenant.ttft_quantum_ms).await;
+            }
             let event = match msg {
                 Some(WorkerEvent::Token(t)) => {
                     let now = std::time::Instant::now();
@@ -448,4 +454,15 @@ fn base_event(meta: &RequestMeta, tenant: &str, key_prefix: &str, model: &str) -
         protocol: meta.protocol.as_str().to_string(),
         ..Default::default()
     }
+}
+
+/// Waits until the next multiple of `quantum_ms` since `received` (the
+/// tenant's TTFT quantum): the first token then leaves at a time that says
+/// nothing finer than the quantum about how long prefill took, e.g. whether
+/// a prefix was cached.
+pub async fn release_at_quantum(received: std::time::Instant, quantum_ms: u32) {
+    let q = u128::from(quantum_ms.max(1)) * 1000;
+    let elapsed = received.elapsed().as_micros();
+    let target = elapsed.div_ceil(q).max(1) * q;
+    tokio::time::sleep_until((received + Duration::from_micros(target as u64)).into()).await;
 }

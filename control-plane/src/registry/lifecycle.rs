@@ -52,8 +52,39 @@ pub fn expiry_from_days(days: u32, now: i64) -> Result<i64, ControlError> {
     })
 }
 
+/// Largest TTFT quantum accepted (a larger one would only add latency).
+pub const MAX_TTFT_QUANTUM_MS: u32 = 10_000;
+
+pub fn check_quantum(ms: u32) -> Result<(), ControlError> {
+    if ms > MAX_TTFT_QUANTUM_MS {
+        return Err(ControlError::InvalidArgument(format!(
+            "ttft_quantum_ms must be at most {MAX_TTFT_QUANTUM_MS}"
+        )));
+    }
+    Ok(())
+}
+
 /// Applies an update request to a tenant, validating the result.
 pub fn apply_update(mut t: Tenant, r: &UpdateTenantRequest) -> Result<Tenant, ControlError> {
+    if let Some(v) = r.requests_per_second {
+        t.requests_per_second = v;
+    }
+    if let Some(v) = r.burst {
+        t.burst = v;
+    }
+    if let Some(v) = r.tokens_per_minute {
+        t.tokens_per_minute = v;
+    }
+    if let Some(v) = r.max_in_flight {
+        t.max_in_flight = v;
+    }
+    if let Some(v) = r.max_queued {
+        t.max_queued = v;
+    }
+    if let Some(v) = r.ttft_quantum_ms {
+        check_quantum(v)?;
+        t.ttft_quantum_ms = v;
+    }
     if let Some(w) = r.weight {
         t.weight = w.max(1);
     }
@@ -364,6 +395,19 @@ mod tests {
             ..Default::default()
         };
         assert!(apply_update(t(), &bad).is_err());
+        let bad = UpdateTenantRequest {
+            ttft_quantum_ms: Some(MAX_TTFT_QUANTUM_MS + 1),
+            ..Default::default()
+        };
+        assert!(apply_update(t(), &bad).is_err());
+        // Limits change only when given; 0 turns one off.
+        let lim = UpdateTenantRequest {
+            max_in_flight: Some(3),
+            tokens_per_minute: Some(0),
+            ..Default::default()
+        };
+        let u = apply_update(t(), &lim).unwrap();
+        assert_eq!((u.max_in_flight, u.tokens_per_minute), (3, 0));
     }
 
     #[test]
