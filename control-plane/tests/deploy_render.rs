@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use bulkhead_control::deploy::{self, Cluster, ConfigError};
 use serde_json::Value;
 
+#[path = "deploy_render/schemas.rs"]
+mod schemas;
+
 fn example_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/cluster.toml")
 }
@@ -155,6 +158,20 @@ fn every_pool_has_its_gpu_resources_and_a_network_policy() {
         if p.tier == deploy::Tier::Mig {
             assert_eq!(spec["nodeSelector"]["nvidia.com/mig.config"], "bulkhead");
             assert!(res["limits"].get("nvidia.com/gpu").is_none());
+        }
+        // The worker states its placement, so routers and the worker itself
+        // keep other tenants off a dedicated pool.
+        let args = spec["containers"][0]["args"].to_string();
+        assert!(args.contains(&format!("\"--pool={}\"", p.name)), "{args}");
+        assert!(
+            args.contains(&format!("\"--isolation={}\"", p.tier.name())),
+            "{args}"
+        );
+        if p.tier.tenant_dedicated() {
+            assert!(
+                args.contains(&format!("\"--admit={}\"", p.tenants[0])),
+                "{args}"
+            );
         }
         let ann = &dep["spec"]["template"]["metadata"]["annotations"];
         assert_eq!(ann["bulkhead.io/tenants"], p.tenants.join(","));

@@ -193,6 +193,8 @@ impl Default for Router {
 #[serde(deny_unknown_fields, default)]
 pub struct Audit {
     pub port: u16,
+    /// Port of the audit-service's Prometheus /metrics.
+    pub metrics_port: u16,
     pub storage: String,
     pub storage_class: Option<String>,
 }
@@ -200,6 +202,7 @@ impl Default for Audit {
     fn default() -> Self {
         Audit {
             port: 50081,
+            metrics_port: 9092,
             storage: "20Gi".into(),
             storage_class: None,
         }

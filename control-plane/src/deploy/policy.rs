@@ -121,15 +121,16 @@ pub fn worker(c: &Cluster, pool: &Pool) -> Value {
 }
 
 pub fn audit(c: &Cluster) -> Value {
-    let ingress = json!([{
+    let mut ingress = vec![json!({
         "from": [local("router"), local("control"), remote(&c.operator)],
         "ports": ports(&[c.audit.port]),
-    }]);
+    })];
+    ingress.extend(scrape(c, c.audit.metrics_port));
     policy(
         c,
         "bulkhead-audit",
         json!({ "matchLabels": selector("audit", "bulkhead-audit") }),
-        ingress,
+        Value::Array(ingress),
         json!([nats(c), dns()]),
     )
 }

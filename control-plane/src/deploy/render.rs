@@ -67,6 +67,11 @@ fn port(name: &str, p: u16) -> Value {
     json!({ "name": name, "containerPort": p, "protocol": "TCP" })
 }
 
+/// An environment variable holding the pod's name.
+fn pod_name_env(var: &str) -> Value {
+    json!({ "name": var, "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } })
+}
+
 fn tcp_probe(port_name: &str) -> Value {
     json!({ "tcpSocket": { "port": port_name }, "periodSeconds": 10 })
 }
@@ -179,7 +184,7 @@ pub fn router(c: &Cluster) -> Vec<(String, Value)> {
         format!("--worker={}", workers.join(",")),
         format!("--hash-secret-file={SECRETS_DIR}/hash-secret"),
     ];
-    let ctr = container(
+    let mut ctr = container(
         c,
         "router",
         args,
@@ -191,6 +196,10 @@ pub fn router(c: &Cluster) -> Vec<(String, Value)> {
         json!({ "requests": { "cpu": "500m", "memory": "256Mi" }, "limits": { "memory": "1Gi" } }),
         "http",
     );
+    if let Some(env) = ctr.get_mut("env").and_then(Value::as_array_mut) {
+        // Each replica's id in the `bulkhead_routers` heartbeats: its pod name.
+        env.push(pod_name_env("BULKHEAD_ROUTER_ID"));
+    }
     let pod = pod_template(
         selector("router", name),
         // The router serves /metrics on its HTTP port.
@@ -246,7 +255,14 @@ pub fn worker(c: &Cluster, pool: &Pool) -> Vec<(String, Value)> {
         format!("--certs-dir={CERTS_DIR}"),
         format!("--trust-domain={}", c.trust_domain),
         "--device=cuda".to_string(),
+        // The worker states its placement; routers send a tenant only to a
+        // pool that admits it, and a non-shared worker refuses the others.
+        format!("--pool={}", pool.name),
+        format!("--isolation={}", pool.tier.name()),
     ];
+    if pool.tier.tenant_dedicated() {
+        args.push(format!("--admit={}", pool.tenants.join(",")));
+    }
     if let Some(m) = &pool.model_name {
         args.push(format!("--model-name={m}"));
     }
@@ -273,8 +289,7 @@ pub fn worker(c: &Cluster, pool: &Pool) -> Vec<(String, Value)> {
             "env".into(),
             json!([
                 { "name": "BULKHEAD_WORKER_LOG_FORMAT", "value": "json" },
-                { "name": "BULKHEAD_WORKER_ID",
-                  "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                pod_name_env("BULKHEAD_WORKER_ID"),
             ]),
         );
     }
@@ -336,6 +351,7 @@ pub fn audit(c: &Cluster) -> Vec<(String, Value)> {
         format!("--master-key-file={SECRETS_DIR}/master-key"),
         format!("--nats-url={}", c.nats.url),
         format!("--listen=0.0.0.0:{}", a.port),
+        format!("--metrics-listen=0.0.0.0:{}", a.metrics_port),
         format!("--certs-dir={CERTS_DIR}"),
         format!("--trust-domain={}", c.trust_domain),
     ];
@@ -343,7 +359,7 @@ pub fn audit(c: &Cluster) -> Vec<(String, Value)> {
         c,
         "audit",
         args,
-        vec![port("grpc", a.port)],
+        vec![port("grpc", a.port), port("metrics", a.metrics_port)],
         vec![
             mount("certs", CERTS_DIR, true),
             mount("secrets", SECRETS_DIR, true),
@@ -354,7 +370,7 @@ pub fn audit(c: &Cluster) -> Vec<(String, Value)> {
     );
     let pod = pod_template(
         selector("audit", name),
-        None,
+        Some(json!({ METRICS_PORT: a.metrics_port.to_string() })),
         pod_spec(
             vec![ctr],
             vec![
