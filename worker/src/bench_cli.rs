@@ -75,7 +75,8 @@ pub struct DecodeArgs {
     iso_requests: usize,
     #[arg(long, default_value_t = 64)]
     iso_batch: usize,
-    /// Adjacent one-tenant / many-tenant pairs (the median pair is reported).
+    /// Rounds of the one-tenant, many-tenant and control (one tenant again)
+    /// runs, in rotating order; the best run of each is compared.
     #[arg(long, default_value_t = 8)]
     rounds: usize,
     #[arg(long, default_value_t = 1)]

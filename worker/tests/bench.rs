@@ -62,7 +62,7 @@ fn decode_bench_runs_at_a_tiny_size() {
         "--iso-batch",
         "4",
         "--rounds",
-        "1",
+        "2",
     ]);
     let b = v["batches"].as_array().unwrap();
     assert_eq!(b.len(), 2);
@@ -77,9 +77,14 @@ fn decode_bench_runs_at_a_tiny_size() {
     assert!(v["batch32_over_batch1"].is_null());
     let iso = &v["isolation"];
     assert_eq!(iso["tenants"], 8);
-    assert!(iso["one_tenant_median"].as_f64().unwrap() > 0.0);
-    assert!(iso["many_tenants_median"].as_f64().unwrap() > 0.0);
+    for series in ["one_tenant", "many_tenants", "control"] {
+        assert_eq!(iso[series]["tokens_per_sec"].as_array().unwrap().len(), 2);
+        assert!(iso[series]["best"].as_f64().unwrap() > 0.0, "{v}");
+    }
     assert!(iso["overhead_percent"].as_f64().is_some());
+    assert!(iso["noise_floor_percent"].as_f64().unwrap() >= 0.0);
+    assert!(iso["target_met"].is_boolean() && iso["conclusive"].is_boolean());
+    assert_eq!(v["isolation_target_met"], iso["target_met"]);
     let s = &v["step_share"];
     assert!(s["steps"].as_u64().unwrap() > 0);
     let pct = s["guard_and_scrub_percent"].as_f64().unwrap();

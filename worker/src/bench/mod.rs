@@ -2,6 +2,7 @@
 //! of the engine, human-readable or JSON. Pure library code: the binary only
 //! parses flags and prints.
 pub mod decode;
+pub mod isolation;
 pub mod kv;
 
 #[derive(Debug, thiserror::Error)]
