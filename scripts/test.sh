@@ -8,7 +8,9 @@ BULKHEAD_NATS_SERVER="$(scripts/ensure-nats.sh)"
 export BULKHEAD_NATS_SERVER
 BULKHEAD_PYTHON="$(scripts/ensure-python.sh)"
 export BULKHEAD_PYTHON
-echo "using nats-server at $BULKHEAD_NATS_SERVER, python at $BULKHEAD_PYTHON" >&2
+BULKHEAD_NGINX="$(scripts/ensure-nginx.sh)"
+export BULKHEAD_NGINX
+echo "using nats-server at $BULKHEAD_NATS_SERVER, python at $BULKHEAD_PYTHON, nginx at $BULKHEAD_NGINX" >&2
 # The end-to-end tests run the binaries from target/debug: build them first.
 cargo build --workspace --bins
 cargo test --workspace "$@"
