@@ -10,7 +10,10 @@ BULKHEAD_PYTHON="$(scripts/ensure-python.sh)"
 export BULKHEAD_PYTHON
 BULKHEAD_NGINX="$(scripts/ensure-nginx.sh)"
 export BULKHEAD_NGINX
-echo "using nats-server at $BULKHEAD_NATS_SERVER, python at $BULKHEAD_PYTHON, nginx at $BULKHEAD_NGINX" >&2
+BULKHEAD_HELM="$(scripts/ensure-helm.sh)"
+export BULKHEAD_HELM
+echo "using nats-server at $BULKHEAD_NATS_SERVER, python at $BULKHEAD_PYTHON," \
+  "nginx at $BULKHEAD_NGINX, helm at $BULKHEAD_HELM" >&2
 # The end-to-end tests run the binaries from target/debug: build them first.
 cargo build --workspace --bins
 cargo test --workspace "$@"

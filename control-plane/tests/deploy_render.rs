@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use bulkhead_control::deploy::{self, Cluster, ConfigError};
 use serde_json::Value;
 
+#[path = "deploy_render/helm.rs"]
+mod helm;
 #[path = "deploy_render/schemas.rs"]
 mod schemas;
 
