@@ -49,6 +49,8 @@ pub trait Pool: Send + Sync + 'static {
     fn serves(&self, target: &Target) -> bool;
     /// Whether such a worker has a free slot now.
     fn has_free(&self, target: &Target) -> bool;
+    /// Free slots on the best such worker, and all such workers' slots.
+    fn slots(&self, target: &Target) -> (i64, i64);
     /// Reserves a slot on such a worker, the one with the most free.
     fn try_acquire(&self, target: &Target) -> Option<Self::Lease>;
 }
@@ -130,6 +132,7 @@ pub struct Stats {
 
 enum Msg {
     Stats(oneshot::Sender<Stats>),
+    SetFifo(bool),
     Loads(oneshot::Sender<Vec<TenantLoad>>),
     /// Service another router replica delivered (see `cluster`).
     Remote {
@@ -215,6 +218,7 @@ impl<L: Send + 'static> Dispatcher<L> {
             limiter: Limiter::new(),
             queued: HashMap::new(),
             running: HashMap::new(),
+            weights: HashMap::new(),
             cluster,
             served: HashMap::new(),
         };
@@ -239,6 +243,11 @@ impl<L: Send + 'static> Dispatcher<L> {
         let (reply, rx) = oneshot::channel();
         let _ = self.tx.send(Msg::Loads(reply));
         rx.await.unwrap_or_default()
+    }
+
+    /// Switches to the FIFO baseline (experiments only; see `FairQueue`).
+    pub fn set_fifo(&self, fifo: bool) {
+        let _ = self.tx.send(Msg::SetFifo(fifo));
     }
 
     /// Charges service another replica delivered to `tenant`.
@@ -313,6 +322,8 @@ struct Actor<P: Pool> {
     queued: HashMap<u64, (String, Ticket)>,
     /// Requests running per tenant.
     running: HashMap<String, u32>,
+    /// Weights of tenants seen queued (for the slot headroom).
+    weights: HashMap<String, u32>,
     cluster: Arc<ClusterView>,
     /// Service cost and requests this replica dispatched, per tenant.
     served: HashMap<String, (f64, u64)>,
@@ -382,6 +393,7 @@ impl<P: Pool> Actor<P> {
             reserve: e.reserve,
             reply: e.reply,
         };
+        self.weights.insert(id.to_string(), e.tenant.weight.max(1));
         let fq = self.queue.push(id, e.tenant.weight, pending);
         self.queued.insert(e.ticket, (id.to_string(), fq));
     }
@@ -418,6 +430,7 @@ impl<P: Pool> Actor<P> {
                 }
                 let _ = reply.send(loads.into_values().collect());
             }
+            Msg::SetFifo(fifo) => self.queue.set_fifo(fifo),
             Msg::Remote { tenant, cost } => self.queue.charge_cost(&tenant, cost),
             Msg::Charge {
                 tenant,
@@ -446,7 +459,7 @@ impl<P: Pool> Actor<P> {
     }
 
     /// Fails queued requests whose model lost every worker; forgets idle
-    /// tenants so the map does not grow with tenants long gone.
+    /// tenants so the maps do not grow with tenants long gone.
     fn housekeeping(&mut self) {
         let pool = self.pool.clone();
         let dead = self.queue.remove_where(|_, p| !pool.serves(&p.target));
@@ -462,13 +475,38 @@ impl<P: Pool> Actor<P> {
         if self.queue.is_empty() {
             let running = &self.running;
             self.queue.forget_idle(|t| running.contains_key(t));
+            self.weights.retain(|t, _| running.contains_key(t));
         }
     }
 
     fn dispatch(&mut self) {
         loop {
             let pool = self.pool.clone();
-            let Some((tenant, _, p)) = self.queue.pop_eligible(|_, p| pool.has_free(&p.target))
+            // Active tenants: queued or running here.
+            let active_weight: f64 = self
+                .weights
+                .iter()
+                .filter(|(t, _)| self.queue.queued(t) > 0 || self.running.contains_key(*t))
+                .map(|(_, w)| f64::from(*w))
+                .sum();
+            let (running, weights) = (&self.running, &self.weights);
+            // The FIFO baseline keeps no reserve: arrival order only.
+            let fifo = self.queue.is_fifo();
+            let may_take = |tenant: &str, target: &Target| {
+                let (free, total) = pool.slots(target);
+                if free <= 0 {
+                    return false;
+                }
+                if fifo || free > slot_reserve(total) {
+                    return true;
+                }
+                // The last few slots only go to a tenant below its weighted
+                // share of the slots among the active tenants.
+                let w = f64::from(weights.get(tenant).copied().unwrap_or(1));
+                let share = total as f64 * w / active_weight.max(w);
+                f64::from(running.get(tenant).copied().unwrap_or(0)) < share
+            };
+            let Some((tenant, _, p)) = self.queue.pop_eligible(|t, p| may_take(t, &p.target))
             else {
                 return;
             };
@@ -501,6 +539,15 @@ impl<P: Pool> Actor<P> {
             let _ = p.reply.send(Ok(Grant { lease, meter }));
         }
     }
+}
+
+/// Slots of a worker pool kept for tenants below their share of the slots
+/// (an eighth, at least one): a tenant that floods cannot take every slot
+/// while another tenant is active, so the other's next request starts at
+/// once instead of waiting for a flooding request to finish. With one
+/// active tenant it may use them all (work-conserving).
+pub fn slot_reserve(total: i64) -> i64 {
+    (total / 8).max(1)
 }
 
 fn tenant_load<'a>(loads: &'a mut HashMap<String, TenantLoad>, t: &str) -> &'a mut TenantLoad {

@@ -51,6 +51,9 @@ pub struct FairQueue<T> {
     floor: f64,
     next_ticket: Ticket,
     len: usize,
+    /// Baseline for experiments: dispatch in arrival order, ignoring the
+    /// counters (they are still kept).
+    fifo: bool,
 }
 
 impl<T> Default for FairQueue<T> {
@@ -60,6 +63,7 @@ impl<T> Default for FairQueue<T> {
             floor: 0.0,
             next_ticket: 0,
             len: 0,
+            fifo: false,
         }
     }
 }
@@ -67,6 +71,16 @@ impl<T> Default for FairQueue<T> {
 impl<T> FairQueue<T> {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// FIFO baseline (`--scheduler fifo`): oldest request first, whoever
+    /// sent it. Only for comparing against fair queuing.
+    pub fn set_fifo(&mut self, fifo: bool) {
+        self.fifo = fifo;
+    }
+
+    pub fn is_fifo(&self) -> bool {
+        self.fifo
     }
 
     /// Queued items, all tenants together.
@@ -148,6 +162,7 @@ impl<T> FairQueue<T> {
             };
             let better = match best {
                 None => true,
+                Some((_, _, s)) if self.fifo => *ticket < s,
                 Some((_, c, s)) => t.counter.total_cmp(&c).then(ticket.cmp(&s)).is_lt(),
             };
             if better && eligible(id, item) {

@@ -85,6 +85,10 @@ struct Args {
         default_value_t = 64 << 20
     )]
     audit_spool_max_bytes: u64,
+    /// Scheduler: `fair` (weighted fair queuing on served tokens) or `fifo`
+    /// (arrival order; a baseline for `bulkhead bench fairness` only).
+    #[arg(long, env = "BULKHEAD_ROUTER_SCHEDULER", default_value = "fair", value_parser = ["fair", "fifo"])]
+    scheduler: String,
     /// Distinct tenants given their own metric labels; the rest share "other".
     #[arg(long, env = "BULKHEAD_METRICS_MAX_TENANTS", default_value_t = 100)]
     metrics_max_tenants: usize,
@@ -167,6 +171,10 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         cluster.clone(),
     ));
+    if args.scheduler == "fifo" {
+        tracing::warn!("scheduler: FIFO (a baseline for experiments: no fairness between tenants)");
+        pipeline.dispatcher().set_fifo(true);
+    }
     let state = AppState {
         directory: dir,
         pipeline: pipeline.clone(),

@@ -290,6 +290,16 @@ impl Pool for WorkerPool {
         WorkerPool::serves(self, target)
     }
 
+    fn slots(&self, target: &Target) -> (i64, i64) {
+        let mut best = 0;
+        let mut total = 0;
+        for w in self.workers.iter().filter(|w| w.state().admits(target)) {
+            best = best.max(w.free_slots());
+            total += i64::from(w.state().capacity.max_seqs);
+        }
+        (best, total)
+    }
+
     fn has_free(&self, target: &Target) -> bool {
         self.choose(target).is_some()
     }

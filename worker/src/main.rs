@@ -135,6 +135,11 @@ struct ServeArgs {
     /// After binding, write {"grpc","worker_id","model"} JSON here (atomically).
     #[arg(long, env = "BULKHEAD_WORKER_READY_FILE")]
     ready_file: Option<PathBuf>,
+    /// Benchmarks only: replace the model's arithmetic with a sleep of this
+    /// many microseconds per processed token (a worker of known, repeatable
+    /// capacity for scheduling experiments; answers are meaningless).
+    #[arg(long, env = "BULKHEAD_WORKER_SYNTHETIC_US_PER_TOKEN")]
+    synthetic_us_per_token: Option<u64>,
     /// Log format (filter from RUST_LOG, default info).
     #[arg(
         long,
@@ -298,9 +303,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .server_tls()
         .context("loading the worker's TLS certificates")?;
     let dir = args.model.clone();
-    let loaded = tokio::task::spawn_blocking(move || LoadedModel::load(&dir))
+    let mut loaded = tokio::task::spawn_blocking(move || LoadedModel::load(&dir))
         .await?
         .with_context(|| format!("loading model from {}", args.model.display()))?;
+    if let Some(us) = args.synthetic_us_per_token {
+        let token = loaded
+            .tokenizer
+            .encode("hello", false)
+            .ok()
+            .and_then(|t| t.first().copied())
+            .unwrap_or(0);
+        loaded
+            .model
+            .set_synthetic(Some(bulkhead_worker::model::Synthetic {
+                per_token: std::time::Duration::from_micros(us),
+                token,
+            }));
+        tracing::warn!(
+            us_per_token = us,
+            "SYNTHETIC MODE: the model's arithmetic is replaced by a calibrated cost per token; answers are meaningless (benchmarks only)"
+        );
+    }
     let loaded = Arc::new(loaded);
     tracing::info!(model = %model_name, layers = loaded.model.config.num_hidden_layers,
         vocab = loaded.model.vocab_size(), max_context = loaded.model.max_context(), "model loaded");

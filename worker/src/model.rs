@@ -86,6 +86,18 @@ pub struct Model {
     /// `None` when tied to the embeddings.
     lm_head: Option<Linear>,
     inv_freq: Vec<f32>,
+    /// Benchmark mode: replaces the arithmetic with a calibrated cost.
+    synthetic: Option<Synthetic>,
+}
+
+/// Benchmark mode (`--synthetic-us-per-token`): a forward step costs
+/// `per_token` × the tokens it processes (slept, not computed) and its
+/// logits always pick `token`. For scheduling experiments that need a
+/// worker of known, repeatable capacity; the output text is meaningless.
+#[derive(Debug, Clone, Copy)]
+pub struct Synthetic {
+    pub per_token: std::time::Duration,
+    pub token: u32,
 }
 
 /// One sequence's share of a forward step.
@@ -160,7 +172,13 @@ impl Model {
             norm,
             lm_head,
             inv_freq,
+            synthetic: None,
         })
+    }
+
+    /// Switches to benchmark mode (see [`Synthetic`]).
+    pub fn set_synthetic(&mut self, s: Option<Synthetic>) {
+        self.synthetic = s;
     }
 
     /// The KV pool geometry this model needs.
@@ -204,6 +222,21 @@ impl Model {
         pool: &mut KvPool,
         batch: &[SeqInput<'_>],
     ) -> Result<Vec<Option<Vec<f32>>>, ModelError> {
+        if let Some(s) = self.synthetic {
+            let tokens: usize = batch.iter().map(|b| b.tokens.len()).sum();
+            std::thread::sleep(s.per_token * tokens as u32);
+            let vocab = self.config.vocab_size;
+            return Ok(batch
+                .iter()
+                .map(|b| {
+                    b.want_logits.then(|| {
+                        let mut l = vec![-30.0f32; vocab];
+                        l[(s.token as usize).min(vocab - 1)] = 30.0;
+                        l
+                    })
+                })
+                .collect());
+        }
         let cfg = &self.config;
         let (h, hd, nh, nkv) = (
             cfg.hidden_size,

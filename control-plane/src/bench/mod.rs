@@ -20,6 +20,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::dev::StackInfo;
 
+mod fairness;
+mod fairstats;
+mod load;
 mod probe;
 
 #[derive(Subcommand, Debug)]
@@ -30,6 +33,11 @@ pub enum BenchCmd {
     /// TTFT whether another tenant sent a prompt? (AUC across tenants, and
     /// within one tenant as the control that shows the probe works.)
     Probe(probe::ProbeArgs),
+    /// Noisy neighbour: a tenant flooding at 10x another's rate, under FIFO,
+    /// rate limits only, fair queuing, 2:1 weights and two router replicas
+    /// (fresh stacks with a synthetic-cost worker; P50/P99 TTFT per tenant,
+    /// Jain's index, delivered service ratio).
+    Fairness(fairness::FairnessArgs),
 }
 
 #[derive(Args, Debug)]
@@ -111,6 +119,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
     let a = match cmd {
         BenchCmd::Overhead(a) => a,
         BenchCmd::Probe(p) => return probe::run(p).await,
+        BenchCmd::Fairness(f) => return fairness::run(f).await,
     };
     let info: StackInfo =
         serde_json::from_slice(&std::fs::read(&a.stack).with_context(|| {

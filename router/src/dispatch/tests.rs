@@ -9,6 +9,8 @@ use super::*;
 #[derive(Default)]
 struct FakePool {
     free: Mutex<HashMap<String, u32>>,
+    /// Slots in all (0 = as many as `free` started with: never in reserve).
+    total: AtomicU64,
 }
 
 struct FakeLease(Arc<FakePool>, String);
@@ -40,6 +42,21 @@ impl Pool for Shared {
             .unwrap()
             .get(&t.model)
             .is_some_and(|n| *n > 0)
+    }
+    fn slots(&self, t: &Target) -> (i64, i64) {
+        let free = i64::from(
+            self.0
+                .free
+                .lock()
+                .unwrap()
+                .get(&t.model)
+                .copied()
+                .unwrap_or(0),
+        );
+        match self.0.total.load(Ordering::SeqCst) {
+            0 => (free, i64::MAX / 2),
+            n => (free, n as i64),
+        }
     }
     fn try_acquire(&self, t: &Target) -> Option<FakeLease> {
         let mut f = self.0.free.lock().unwrap();
@@ -257,4 +274,41 @@ async fn limits_are_divided_by_the_live_replicas() {
     cluster.set_replicas(1);
     let more = d.acquire(a.clone(), "m".into(), 1).await.unwrap();
     drop((held, more));
+}
+
+#[tokio::test]
+async fn a_flooding_tenant_leaves_the_last_slots_to_others() {
+    let pool = Arc::new(FakePool::default());
+    pool.free.lock().unwrap().insert("m".into(), 8);
+    pool.total.store(8, Ordering::SeqCst); // reserve: 1 slot
+    let clock: Clock = Arc::new(|| Duration::ZERO);
+    let d = Arc::new(Dispatcher::spawn_with_clock(Arc::new(Shared(pool)), clock));
+    let a = tenant("a", |_| {});
+    let b = tenant("b", |_| {});
+    // Alone, a may use every slot (work-conserving).
+    let mut held = vec![];
+    for _ in 0..8 {
+        held.push(d.acquire(a.clone(), "m".into(), 1).await.unwrap());
+    }
+    // a queues more, then b arrives (lifted to a's counter: a tie that a's
+    // older request would win).
+    let a_more: Vec<Waiting> = (0..3).map(|_| spawn_acquire(&d, &a)).collect();
+    until_queued(&d, 3).await;
+    let b1 = spawn_acquire(&d, &b);
+    until_queued(&d, 4).await;
+    // One slot frees: the last one (the reserve). a, with 7 running, is
+    // above its share of 4 (8 slots, two active tenants), so b gets it.
+    drop(held.pop());
+    let g = tokio::time::timeout(Duration::from_secs(10), b1)
+        .await
+        .expect("b never got the reserved slot")
+        .unwrap()
+        .expect("b gets the reserved slot");
+    assert_eq!(d.stats().await.running, 8);
+    assert_eq!(d.stats().await.queued, 3);
+    drop(g);
+    drop(held);
+    for h in a_more {
+        drop(h.await.unwrap().unwrap());
+    }
 }

@@ -22,6 +22,19 @@ fn dispatches_smallest_counter_first() {
 }
 
 #[test]
+fn fifo_baseline_ignores_counters() {
+    let mut q = FairQueue::new();
+    q.set_fifo(true);
+    q.push("a", 1, 1);
+    q.push("a", 1, 2);
+    q.push("b", 1, 3);
+    q.charge("a", 1_000, 0);
+    // a has far more service, yet its requests leave in arrival order.
+    let order: Vec<_> = std::iter::from_fn(|| q.pop().map(|(_, _, i)| i)).collect();
+    assert_eq!(order, [1, 2, 3]);
+}
+
+#[test]
 fn charges_are_weighted() {
     let mut q: FairQueue<()> = FairQueue::new();
     q.push("heavy", 2, ());
