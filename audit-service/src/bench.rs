@@ -74,7 +74,7 @@ impl Default for BenchConfig {
             events: 200_000,
             tenants: 8,
             in_flight: 1_024,
-            max_pending: 4_096,
+            max_pending: 3_072,
             store: StoreOptions::default(),
             timeout: Duration::from_secs(300),
         }

@@ -15,6 +15,12 @@ use bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN;
 use bulkhead_telemetry::{self as runtime, LogFormat};
 use clap::{Args, Parser, Subcommand};
 
+/// mimalloc: in `bench`, about 13% less CPU per event end to end (this
+/// process and nats-server together) than glibc's allocator; each event is a
+/// few dozen small allocations across the NATS client, decoding and sealing.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Bulkhead's audit-service: consumes audit events from NATS JetStream and
 /// stores each exactly once, encrypted per tenant (AES-256-GCM) in
 /// hash-chained append-only logs; serves tenant-scoped queries over mTLS.
@@ -64,7 +70,7 @@ struct BenchArgs {
     /// Events published but not yet durable, at most (publishers wait for
     /// room); 0 = no bound, publish as fast as JetStream accepts (then the
     /// latency measures the backlog whenever publishing outruns storing).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 3072)]
     max_pending: usize,
     /// Records per segment file of the temporary store.
     #[arg(long, default_value_t = bulkhead_audit::store::DEFAULT_SEGMENT_RECORDS)]
