@@ -40,9 +40,10 @@ enum Cmd {
     Serve(ServeArgs),
     /// Check every tenant's log (or one) and name the first bad record.
     Verify(VerifyArgs),
-    /// Crypto-shred a tenant: destroy its data key so its records can never
-    /// be decrypted again (the chain still verifies). Offline: stop the
-    /// audit-service first. Irreversible.
+    /// Crypto-shred a tenant: destroy every epoch of its data key so its
+    /// records can never be decrypted again (the chain still verifies).
+    /// Offline: stop the audit-service first (while it runs, an operator
+    /// uses `bulkhead audit shred --tenant T`). Irreversible.
     Shred(ShredArgs),
     /// Measure end-to-end throughput and publish → durable latency: publish
     /// audit events for several tenants to JetStream while the real consumer
