@@ -60,7 +60,7 @@ impl QueryService {
         let caller = req.extensions().get::<CallerId>();
         if auth.is_none()
             && self.operator_reads_any_tenant
-            && caller.is_some_and(|c| c.0.component_name() == "operator")
+            && caller.is_some_and(|c| c.0.is_component("operator"))
         {
             if !valid_tenant_id(tenant) {
                 return Err(invalid_tenant(tenant));

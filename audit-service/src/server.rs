@@ -97,7 +97,7 @@ pub async fn serve_with_ready(
     on_ready: impl FnOnce() -> Result<(), String> + Send,
 ) -> Result<(), ServeError> {
     bulkhead_proto::identity::install_crypto_provider();
-    let tls = CertPaths::new(&opts.certs_dir, COMPONENT).server_tls()?;
+    let tls = CertPaths::new(&opts.certs_dir, COMPONENT).reloading_server_tls("audit")?;
     let data_dir = opts.data_dir.clone();
     let store_opts = opts.store;
     let store =
@@ -128,15 +128,16 @@ pub async fn serve_with_ready(
         stop_rx.clone(),
         opts.metrics.clone(),
     ));
-    let authz = SpiffeAuthorizer::new("audit query API", &opts.trust_domain, ALLOWED_CALLERS);
+    let authz = SpiffeAuthorizer::new("audit query API", &opts.trust_domain, ALLOWED_CALLERS)
+        .with_revocation(&tls);
     let admin_authz = SpiffeAuthorizer::new(
         "audit admin API",
         &opts.trust_domain,
         crate::admin::ALLOWED_CALLERS,
-    );
+    )
+    .with_revocation(&tls);
     let mut rx = stop_rx;
     let server = tonic::transport::Server::builder()
-        .tls_config(tls)?
         .add_service(AuditQueryServer::with_interceptor(
             QueryService {
                 store: store.clone(),
@@ -151,7 +152,7 @@ pub async fn serve_with_ready(
             },
             admin_authz,
         ))
-        .serve_with_incoming_shutdown(bulkhead_telemetry::incoming_nodelay(listener), async move {
+        .serve_with_incoming_shutdown(tls.incoming(listener), async move {
             let _ = rx.wait_for(|s| *s).await;
         });
     let mut server_task = tokio::spawn(server);

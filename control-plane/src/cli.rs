@@ -86,6 +86,27 @@ pub enum CertsCmd {
         /// Validity in days (0 or less makes an already-expired certificate, for tests).
         #[arg(long, default_value_t = 365)]
         days: i64,
+        /// With --component worker: a worker dedicated to this tenant
+        /// (worker.<tenant>.pem, SPIFFE id .../bulkhead/worker/tenant/<tenant>).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a certificate: add its serial to <dir>/crl.pem (signed by the
+    /// CA). Running servers pick the CRL up within seconds, no restart.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["component", "serial"])))]
+    Revoke {
+        /// Folder with ca.pem, ca.key and the certificates.
+        #[arg(long, default_value = ".bulkhead/dev/certs")]
+        dir: PathBuf,
+        /// Revoke the certificate now in <dir>/<component>.pem.
+        #[arg(long)]
+        component: Option<String>,
+        /// With --component worker: the worker dedicated to this tenant.
+        #[arg(long, requires = "component")]
+        tenant: Option<String>,
+        /// Revoke by serial number (hex, as `certs revoke` prints it).
+        #[arg(long)]
+        serial: Option<String>,
     },
 }
 
@@ -213,8 +234,21 @@ pub fn certs(cmd: CertsCmd, r: &Remote) -> Result<()> {
             dns_names,
             trust_domain,
             days,
+            tenant,
         } => {
-            crate::pki::issue_with_names(&dir, &trust_domain, &component, days, &dns_names)?;
+            match &tenant {
+                Some(t) => {
+                    anyhow::ensure!(
+                        component == "worker",
+                        "--tenant is only for --component worker"
+                    );
+                    crate::pki::issue_for_tenant(&dir, &trust_domain, t, days, &dns_names)?
+                }
+                None => {
+                    crate::pki::issue_with_names(&dir, &trust_domain, &component, days, &dns_names)?
+                }
+            }
+            let component = crate::pki::cert_name(&component, tenant.as_deref());
             if r.json {
                 println!(
                     "{}",
@@ -222,6 +256,40 @@ pub fn certs(cmd: CertsCmd, r: &Remote) -> Result<()> {
                 );
             } else {
                 println!("certificate for {component} written to {}", dir.display());
+            }
+        }
+        CertsCmd::Revoke {
+            dir,
+            component,
+            tenant,
+            serial,
+        } => {
+            let serial = match (serial, component) {
+                (Some(s), _) => s,
+                (None, Some(c)) => {
+                    let name = crate::pki::cert_name(&c, tenant.as_deref());
+                    crate::pki::serial_of(&dir.join(format!("{name}.pem")))?
+                }
+                (None, None) => anyhow::bail!("pass --component or --serial"),
+            };
+            let done = crate::pki::revoke(&dir, &serial)?;
+            if r.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"serial": done.serial, "newly_revoked": done.newly, "revoked_total": done.total})
+                );
+            } else {
+                let what = if done.newly {
+                    "revoked"
+                } else {
+                    "was already revoked"
+                };
+                println!(
+                    "serial {} {what}; {} holds {} revoked serial(s)",
+                    done.serial,
+                    dir.join("crl.pem").display(),
+                    done.total
+                );
             }
         }
     }

@@ -3,7 +3,11 @@
 //! `localhost`/loopback names, usable as both TLS server and client.
 //!
 //! Files: `<dir>/ca.pem`, `<dir>/ca.key` (0600), `<dir>/<component>.pem`,
-//! `<dir>/<component>.key` (0600).
+//! `<dir>/<component>.key` (0600); a worker dedicated to one tenant gets
+//! `<dir>/worker.<tenant>.pem/.key` with the SPIFFE id
+//! `spiffe://<td>/bulkhead/worker/tenant/<tenant>` ([`issue_for_tenant`]);
+//! revoked serials are listed in `<dir>/crl.pem` ([`revoke`]). Files are
+//! replaced atomically, since servers reload them while running.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
@@ -13,6 +17,9 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
+
+mod crl;
+pub use crl::{Revoked, revoke, serial_of};
 
 /// Components that get a certificate from `bulkhead certs init` by default.
 pub const DEFAULT_COMPONENTS: &[&str] = &["router", "worker", "audit", "control", "operator"];
@@ -32,6 +39,21 @@ pub enum PkiError {
     Rcgen(#[from] rcgen::Error),
     #[error("invalid component name {0:?}: use [a-z0-9-]")]
     BadName(String),
+    #[error("invalid tenant id {0:?}")]
+    BadTenant(String),
+    #[error("not a certificate serial number (hex, at most 20 bytes): {0:?}")]
+    BadSerial(String),
+    #[error("{path}: {reason}")]
+    Cert { path: String, reason: String },
+}
+
+/// The file stem of a component's certificate: `<component>`, or
+/// `worker.<tenant>` for a worker dedicated to one tenant.
+pub fn cert_name(component: &str, tenant: Option<&str>) -> String {
+    match tenant {
+        Some(t) => format!("{component}.{t}"),
+        None => component.to_string(),
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
@@ -41,17 +63,23 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     }
 }
 
+/// Writes a temporary file beside `path`, then renames it over `path`.
 fn write(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(if private { 0o600 } else { 0o644 })
-        .open(path)
-        .map_err(io(path))?;
-    f.write_all(contents.as_bytes()).map_err(io(path))
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(contents.as_bytes()).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 fn validity(params: &mut CertificateParams, days: i64) {
@@ -116,6 +144,34 @@ pub fn issue_with_names(
     days: i64,
     dns_names: &[String],
 ) -> Result<(), PkiError> {
+    issue_inner(dir, trust_domain, component, None, days, dns_names)
+}
+
+/// Issues a worker certificate for a pool dedicated to `tenant`:
+/// `<dir>/worker.<tenant>.pem/.key`, SPIFFE id
+/// `spiffe://<td>/bulkhead/worker/tenant/<tenant>`. Routers still verify it
+/// as a worker of the cluster; the id says which tenant it may serve.
+pub fn issue_for_tenant(
+    dir: &Path,
+    trust_domain: &str,
+    tenant: &str,
+    days: i64,
+    dns_names: &[String],
+) -> Result<(), PkiError> {
+    if !bulkhead_proto::names::valid_tenant_id(tenant) {
+        return Err(PkiError::BadTenant(tenant.to_string()));
+    }
+    issue_inner(dir, trust_domain, "worker", Some(tenant), days, dns_names)
+}
+
+fn issue_inner(
+    dir: &Path,
+    trust_domain: &str,
+    component: &str,
+    tenant: Option<&str>,
+    days: i64,
+    dns_names: &[String],
+) -> Result<(), PkiError> {
     if component.is_empty()
         || !component
             .bytes()
@@ -130,7 +186,11 @@ pub fn issue_with_names(
     let ca_pem = std::fs::read_to_string(&ca_pem_path).map_err(io(&ca_pem_path))?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
 
-    let spiffe = SpiffeId::component(trust_domain, component).to_string();
+    let spiffe = match tenant {
+        Some(t) => SpiffeId::tenant_worker(trust_domain, t),
+        None => SpiffeId::component(trust_domain, component),
+    }
+    .to_string();
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, format!("bulkhead-{component}"));
@@ -155,12 +215,9 @@ pub fn issue_with_names(
     validity(&mut params, days);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
-    write(
-        &dir.join(format!("{component}.key")),
-        &key.serialize_pem(),
-        true,
-    )?;
-    write(&dir.join(format!("{component}.pem")), &cert.pem(), false)?;
+    let name = cert_name(component, tenant);
+    write(&dir.join(format!("{name}.key")), &key.serialize_pem(), true)?;
+    write(&dir.join(format!("{name}.pem")), &cert.pem(), false)?;
     Ok(())
 }
 
@@ -221,5 +278,46 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0, "private key readable by others");
+    }
+
+    #[test]
+    fn tenant_workers_and_revocation() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), "example.org", &["router", "worker"], 30, false).unwrap();
+        issue_for_tenant(dir.path(), "example.org", "acme", 30, &[]).unwrap();
+        let id =
+            bulkhead_proto::identity::spiffe_id_of_der(&der(&dir.path().join("worker.acme.pem")))
+                .unwrap();
+        assert_eq!(id, SpiffeId::tenant_worker("example.org", "acme"));
+        assert_eq!(id.worker_tenant(), Some("acme"));
+        assert!(issue_for_tenant(dir.path(), "example.org", "Bad/Tenant", 30, &[]).is_err());
+
+        let crl_path = dir.path().join("crl.pem");
+        assert!(!crl_path.exists());
+        let router = serial_of(&dir.path().join("router.pem")).unwrap();
+        let r = revoke(dir.path(), &router).unwrap();
+        assert_eq!(
+            (r.serial.as_str(), r.newly, r.total),
+            (router.as_str(), true, 1)
+        );
+        let again = revoke(dir.path(), &router).unwrap();
+        assert_eq!((again.newly, again.total), (false, 1));
+        let worker = serial_of(&dir.path().join("worker.acme.pem")).unwrap();
+        assert_eq!(revoke(dir.path(), &worker).unwrap().total, 2);
+        assert!(matches!(
+            revoke(dir.path(), "zz"),
+            Err(PkiError::BadSerial(_))
+        ));
+        // The CRL lists both serials (rustls checks its signature: tests/mtls.rs).
+        let crls = bulkhead_proto::tls::read_crls(&crl_path).unwrap();
+        assert_eq!(crls.len(), 1);
+        use x509_parser::prelude::*;
+        let (_, crl) = CertificateRevocationList::from_der(crls[0].as_ref()).unwrap();
+        let listed: Vec<String> = crl
+            .iter_revoked_certificates()
+            .map(|r| bulkhead_proto::tls::serial_hex(r.raw_serial()))
+            .collect();
+        assert_eq!(listed, vec![router, worker]);
+        assert_eq!(crl.crl_number().map(|n| n.to_string()), Some("3".into()));
     }
 }

@@ -1,6 +1,7 @@
 //! The control-plane server as a library: the operator gRPC API over mTLS on
 //! a listener the caller has bound (so `127.0.0.1:0` works and tests can run
-//! it in-process). Only the SPIFFE component `operator` is admitted.
+//! it in-process). Only the SPIFFE component `operator` is admitted. The
+//! certificate, CA and CRL are reloaded from disk while serving.
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
@@ -53,15 +54,16 @@ pub async fn serve(
     opts: &ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let tls = CertPaths::new(Path::new(&opts.certs_dir), COMPONENT).server_tls()?;
-    let authz = SpiffeAuthorizer::new("control-plane", &opts.trust_domain, ALLOWED_CALLERS);
+    let tls = CertPaths::new(Path::new(&opts.certs_dir), COMPONENT)
+        .reloading_server_tls("control-plane")?;
+    let authz = SpiffeAuthorizer::new("control-plane", &opts.trust_domain, ALLOWED_CALLERS)
+        .with_revocation(&tls);
     tonic::transport::Server::builder()
-        .tls_config(tls)?
         .add_service(ControlServer::with_interceptor(
             ControlService { registry },
             authz,
         ))
-        .serve_with_incoming_shutdown(bulkhead_telemetry::incoming_nodelay(listener), shutdown)
+        .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
         .await?;
     Ok(())
 }

@@ -20,6 +20,8 @@ pub enum IdentityError {
     },
     #[error("not a SPIFFE id: {0:?}")]
     BadSpiffeId(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A parsed `spiffe://<trust-domain>/<path>` id.
@@ -36,6 +38,26 @@ impl SpiffeId {
             trust_domain: trust_domain.to_string(),
             path: format!("/bulkhead/{component}"),
         }
+    }
+
+    /// The id of a worker dedicated to one tenant:
+    /// `spiffe://<td>/bulkhead/worker/tenant/<tenant>`.
+    pub fn tenant_worker(trust_domain: &str, tenant: &str) -> Self {
+        Self {
+            trust_domain: trust_domain.to_string(),
+            path: format!("/bulkhead/worker/tenant/{tenant}"),
+        }
+    }
+
+    /// The tenant a dedicated worker's id names, if it is one.
+    pub fn worker_tenant(&self) -> Option<&str> {
+        let t = self.path.strip_prefix("/bulkhead/worker/tenant/")?;
+        (!t.contains('/')).then_some(t)
+    }
+
+    /// Whether this is exactly the id of `component` (`/bulkhead/<component>`).
+    pub fn is_component(&self, component: &str) -> bool {
+        self.path.strip_prefix("/bulkhead/") == Some(component)
     }
 
     pub fn parse(s: &str) -> Result<Self, IdentityError> {
@@ -117,8 +139,18 @@ impl CertPaths {
         Ok(Certificate::from_pem(Self::read(&self.ca)?))
     }
 
+    /// Server side, following the files on disk: our certificate, the CA
+    /// and the CRL are reloaded when they change (see [`crate::tls`]). Call
+    /// inside a Tokio runtime.
+    pub fn reloading_server_tls(
+        &self,
+        hop: &'static str,
+    ) -> Result<crate::tls::ServerTls, IdentityError> {
+        Ok(crate::tls::ServerTls::load(self.clone(), hop)?)
+    }
+
     /// Server side: present our certificate, require a client certificate
-    /// signed by the cluster CA.
+    /// signed by the cluster CA (static: read once).
     pub fn server_tls(&self) -> Result<ServerTlsConfig, IdentityError> {
         Ok(ServerTlsConfig::new()
             .identity(self.identity()?)
@@ -166,6 +198,7 @@ pub struct SpiffeAuthorizer {
     trust_domain: String,
     allowed: Vec<String>,
     hop: &'static str,
+    revocation: Option<crate::tls::ServerTls>,
 }
 
 impl SpiffeAuthorizer {
@@ -175,7 +208,15 @@ impl SpiffeAuthorizer {
             trust_domain: trust_domain.to_string(),
             allowed: allowed_components.iter().map(|s| s.to_string()).collect(),
             hop,
+            revocation: None,
         }
+    }
+
+    /// Also refuses requests whose client certificate the server's current
+    /// CRL revokes — on connections opened before the revocation too.
+    pub fn with_revocation(mut self, tls: &crate::tls::ServerTls) -> Self {
+        self.revocation = Some(tls.clone());
+        self
     }
 
     /// Checks one request; returns the caller's id when allowed.
@@ -189,14 +230,21 @@ impl SpiffeAuthorizer {
                 "a client certificate with a SPIFFE id is required",
             ));
         };
-        if id.trust_domain != self.trust_domain
-            || !self.allowed.iter().any(|c| c == id.component_name())
+        if id.trust_domain != self.trust_domain || !self.allowed.iter().any(|c| id.is_component(c))
         {
             tracing::warn!(hop = self.hop, caller = %id, "refused a caller whose SPIFFE id is not allowed on this hop");
             return Err(Status::permission_denied(format!(
                 "SPIFFE id {id} may not call the {}",
                 self.hop
             )));
+        }
+        if let Some(tls) = &self.revocation {
+            let leaf = req.peer_certs().and_then(|c| c.first().cloned());
+            if leaf.is_some_and(|l| tls.is_revoked(l.as_ref())) {
+                tracing::warn!(hop = self.hop, caller = %id,
+                    "refused a caller whose certificate has been revoked (connection opened before the revocation)");
+                return Err(Status::unauthenticated("client certificate revoked"));
+            }
         }
         Ok(id)
     }
@@ -221,6 +269,13 @@ mod tests {
         assert_eq!(id.component_name(), "router");
         assert_eq!(id.to_string(), "spiffe://bulkhead.local/bulkhead/router");
         assert_eq!(SpiffeId::component("bulkhead.local", "router"), id);
+        assert!(id.is_component("router") && !id.is_component("worker"));
+        assert_eq!(id.worker_tenant(), None);
+        // A tenant named like a component is not that component.
+        let t = SpiffeId::tenant_worker("bulkhead.local", "router");
+        assert_eq!(SpiffeId::parse(&t.to_string()).unwrap(), t);
+        assert_eq!(t.worker_tenant(), Some("router"));
+        assert!(!t.is_component("router") && !t.is_component("worker"));
         for bad in [
             "http://x/y",
             "spiffe://",

@@ -6,6 +6,7 @@
 pub mod identity;
 pub mod keys;
 pub mod names;
+pub mod tls;
 
 /// Generated code, nested as the protobuf packages are (`bulkhead.worker.v1`
 /// -> `bulkhead::worker::v1`) so cross-package references resolve.

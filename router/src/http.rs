@@ -79,8 +79,9 @@ async fn completion(
     generate(state, addr, headers, body, Kind::Completion).await
 }
 
-/// Parses a body into the request and its streaming options.
-fn parse(kind: Kind, body: &[u8]) -> Result<(RawRequest, bool, bool), ApiError> {
+/// Parses a body into the request and its streaming options (`pub` for the
+/// `http_body` fuzz target and its corpus test).
+pub fn parse(kind: Kind, body: &[u8]) -> Result<(RawRequest, bool, bool), ApiError> {
     let (common, input, logprobs) = match kind {
         Kind::Chat => {
             let b: openai::ChatBody = openai::parse(body)?;

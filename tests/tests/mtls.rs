@@ -1,36 +1,39 @@
-//! Invariant 5 on the router→worker hop: a real worker process admits a
-//! router certificate from the cluster CA and refuses everything else —
-//! another component's certificate (wrong SPIFFE id), a certificate from
-//! another CA, an expired certificate, no certificate, and plaintext.
+//! Invariant 5 on the router→worker hop, against a real worker process:
+//! it admits a router certificate from the cluster CA and refuses everything
+//! else — another component's certificate (wrong SPIFFE id), a certificate
+//! from another CA, an expired certificate, no certificate, plaintext, and a
+//! certificate revoked while it runs — each with a log line saying why. It
+//! also picks up a renewed certificate of its own without a restart.
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
-use bulkhead_e2e::{Proc, bin_path, wait_ready_file};
+use anyhow::{Result, bail, ensure};
+use bulkhead_e2e::{Proc, bin_path, read_log, wait_ready_file};
 use bulkhead_proto::identity::CertPaths;
 use bulkhead_proto::worker::ModelInfoRequest;
 use bulkhead_proto::worker::worker_client::WorkerClient;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-fn run(cmd: &mut Command) -> Result<()> {
+fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output()?;
     ensure!(
         out.status.success(),
         "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn certs_init(dir: &Path) -> Result<()> {
+fn certs(args: &[&str], dir: &Path) -> Result<String> {
     run(Command::new(bin_path("bulkhead"))
-        .args(["certs", "init", "--dir"])
+        .arg("certs")
+        .args(args)
+        .arg("--dir")
         .arg(dir))
 }
 
-/// Calls ModelInfo with the given TLS settings (None = plaintext).
-async fn call(addr: &str, tls: Option<ClientTlsConfig>) -> Result<(), String> {
+async fn connect(addr: &str, tls: Option<ClientTlsConfig>) -> Result<Channel, String> {
     let ep = match &tls {
         Some(_) => format!("https://{addr}"),
         None => format!("http://{addr}"),
@@ -42,12 +45,20 @@ async fn call(addr: &str, tls: Option<ClientTlsConfig>) -> Result<(), String> {
     if let Some(t) = tls {
         ep = ep.tls_config(t).map_err(|e| e.to_string())?;
     }
-    let channel = ep.connect().await.map_err(|e| format!("connect: {e:?}"))?;
+    ep.connect().await.map_err(|e| format!("connect: {e:?}"))
+}
+
+async fn model_info(channel: Channel) -> Result<(), String> {
     WorkerClient::new(channel)
         .model_info(ModelInfoRequest {})
         .await
         .map(|_| ())
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+}
+
+/// Calls ModelInfo on a new connection with the given TLS settings (None = plaintext).
+async fn call(addr: &str, tls: Option<ClientTlsConfig>) -> Result<(), String> {
+    model_info(connect(addr, tls).await?).await
 }
 
 fn pem(path: &Path) -> Vec<u8> {
@@ -62,6 +73,49 @@ fn tls(ca: &Path, cert: Option<(&Path, &Path)>) -> ClientTlsConfig {
     }
 }
 
+/// Waits until the log `<dir>/<name>.log` contains `needle`.
+fn wait_log(dir: &Path, name: &str, needle: &str) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = read_log(dir, name);
+        if log.contains(needle) {
+            return Ok(log
+                .lines()
+                .find(|l| l.contains(needle))
+                .unwrap_or_default()
+                .to_string());
+        }
+        if Instant::now() > deadline {
+            bail!("no log line containing {needle:?} in {name}.log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A generated model and a worker serving it with the certificates in `certs`.
+fn start_worker(tmp: &Path, certs: &Path, extra: &[&str]) -> Result<(Proc, String)> {
+    let model = tmp.join("model");
+    if !model.exists() {
+        run(Command::new(bin_path("bulkhead-worker"))
+            .args(["gen-model", "--out"])
+            .arg(&model))?;
+    }
+    let ready = tmp.join("worker.json");
+    let mut cmd = Command::new(bin_path("bulkhead-worker"));
+    cmd.arg("serve")
+        .arg("--model")
+        .arg(&model)
+        .args(["--listen", "127.0.0.1:0", "--kv-blocks", "64"])
+        .args(extra)
+        .arg("--certs-dir")
+        .arg(certs)
+        .arg("--ready-file")
+        .arg(&ready);
+    let mut worker = Proc::spawn("worker", cmd, tmp)?;
+    let info = wait_ready_file(&ready, &mut worker, Duration::from_secs(30))?;
+    Ok((worker, info["grpc"].as_str().unwrap().to_string()))
+}
+
 #[tokio::test]
 async fn worker_admits_only_routers_of_its_ca() -> Result<()> {
     bulkhead_proto::identity::install_crypto_provider();
@@ -71,57 +125,34 @@ async fn worker_admits_only_routers_of_its_ca() -> Result<()> {
         tmp.path().join("theirs"),
         tmp.path().join("expired"),
     );
-    certs_init(&ours)?;
-    certs_init(&theirs)?;
-    certs_init(&expired)?;
+    certs(&["init"], &ours)?;
+    certs(&["init"], &theirs)?;
+    certs(&["init"], &expired)?;
     // Same CA as `ours`, but a router certificate that is already expired.
     for f in ["ca.pem", "ca.key"] {
         std::fs::copy(ours.join(f), expired.join(f))?;
     }
-    run(Command::new(bin_path("bulkhead"))
-        .args([
-            "certs",
-            "issue",
-            "--component",
-            "router",
-            "--days=-1",
-            "--dir",
-        ])
-        .arg(&expired))?;
-
-    let model = tmp.path().join("model");
-    run(Command::new(bin_path("bulkhead-worker"))
-        .args(["gen-model", "--out"])
-        .arg(&model))?;
-    let ready = tmp.path().join("worker.json");
-    let mut cmd = Command::new(bin_path("bulkhead-worker"));
-    cmd.arg("serve")
-        .arg("--model")
-        .arg(&model)
-        .args(["--listen", "127.0.0.1:0", "--kv-blocks", "64"])
-        .arg("--certs-dir")
-        .arg(&ours)
-        .arg("--ready-file")
-        .arg(&ready);
-    let mut worker = Proc::spawn("worker", cmd, tmp.path())?;
-    let info = wait_ready_file(&ready, &mut worker, Duration::from_secs(30))?;
-    let addr = info["grpc"].as_str().unwrap().to_string();
+    certs(&["issue", "--component", "router", "--days=-1"], &expired)?;
+    let (mut worker, addr) = start_worker(tmp.path(), &ours, &[])?;
 
     let router = CertPaths::new(&ours, "router");
     let ok = call(&addr, Some(router.client_tls()?)).await;
     ensure!(ok.is_ok(), "the router was refused: {ok:?}");
 
     let ca = ours.join("ca.pem");
-    let cases: Vec<(&str, Option<ClientTlsConfig>, Option<&str>)> = vec![
+    // (case, client TLS, gRPC code when refused after the handshake, worker log line)
+    let cases: Vec<(&str, Option<ClientTlsConfig>, Option<&str>, &str)> = vec![
         (
             "operator certificate (SPIFFE id not allowed on this hop)",
             Some(CertPaths::new(&ours, "operator").client_tls()?),
             Some("PermissionDenied"),
+            "not allowed on this hop hop=\"worker\" caller=spiffe://bulkhead.local/bulkhead/operator",
         ),
         (
             "audit certificate (SPIFFE id not allowed on this hop)",
             Some(CertPaths::new(&ours, "audit").client_tls()?),
             Some("PermissionDenied"),
+            "not allowed on this hop hop=\"worker\" caller=spiffe://bulkhead.local/bulkhead/audit",
         ),
         (
             "router certificate from another CA",
@@ -130,6 +161,7 @@ async fn worker_admits_only_routers_of_its_ca() -> Result<()> {
                 Some((&theirs.join("router.pem"), &theirs.join("router.key"))),
             )),
             None,
+            "refused a TLS connection: client certificate not issued by this cluster's CA",
         ),
         (
             "expired router certificate",
@@ -138,23 +170,116 @@ async fn worker_admits_only_routers_of_its_ca() -> Result<()> {
                 Some((&expired.join("router.pem"), &expired.join("router.key"))),
             )),
             None,
+            "refused a TLS connection: client certificate expired",
         ),
-        ("no client certificate", Some(tls(&ca, None)), None),
-        ("plaintext", None, None),
+        (
+            "no client certificate",
+            Some(tls(&ca, None)),
+            None,
+            "refused a TLS connection: no client certificate",
+        ),
+        (
+            "plaintext",
+            None,
+            None,
+            "refused a TLS connection: not a TLS client hello (plaintext?)",
+        ),
     ];
-    for (name, tls, code) in cases {
-        let r = call(&addr, tls).await;
-        let err = r.expect_err(name);
+    for (name, tls, code, line) in cases {
+        let err = call(&addr, tls).await.expect_err(name);
         if let Some(code) = code {
             ensure!(err.starts_with(code), "{name}: {err}");
         }
-        println!("refused as expected: {name}: {err}");
+        let logged = wait_log(tmp.path(), "worker", line)?;
+        println!("refused as expected: {name}: {err}\n  worker log: {logged}");
     }
     worker.ensure_running()?;
-    let log = std::fs::read_to_string(tmp.path().join("worker.log"))?;
-    ensure!(
-        log.contains("not allowed on this hop"),
-        "no log line for the refusal:\n{log}"
+    Ok(())
+}
+
+/// Revoked while the worker runs: new connections fail the handshake and
+/// requests on a connection opened before are refused, without a restart.
+/// Then the worker's own certificate is renewed on disk and new connections
+/// get the new one, also without a restart.
+#[tokio::test]
+async fn revocation_and_renewal_take_effect_without_restart() -> Result<()> {
+    bulkhead_proto::identity::install_crypto_provider();
+    let tmp = tempfile::tempdir()?;
+    let ours = tmp.path().join("certs");
+    certs(&["init"], &ours)?;
+    // A second router identity of the same CA that stays valid.
+    let spare = tmp.path().join("spare");
+    std::fs::create_dir_all(&spare)?;
+    for f in ["ca.pem", "ca.key"] {
+        std::fs::copy(ours.join(f), spare.join(f))?;
+    }
+    certs(&["issue", "--component", "router"], &spare)?;
+    let (mut worker, addr) = start_worker(tmp.path(), &ours, &[])?;
+    let router = CertPaths::new(&ours, "router");
+    let open = connect(&addr, Some(router.client_tls()?)).await.unwrap();
+    model_info(open.clone()).await.unwrap();
+
+    let out = certs(&["revoke", "--component", "router"], &ours)?;
+    println!("{}", out.trim());
+    let revoked_at = Instant::now();
+    let latency = loop {
+        match call(&addr, Some(router.client_tls()?)).await {
+            Err(_) => break revoked_at.elapsed(),
+            Ok(()) if revoked_at.elapsed() > Duration::from_secs(15) => {
+                bail!("the revoked router certificate is still admitted")
+            }
+            Ok(()) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let line = wait_log(
+        tmp.path(),
+        "worker",
+        "refused a TLS connection: client certificate revoked",
+    )?;
+    println!("revoked certificate refused {latency:?} after `certs revoke`\n  worker log: {line}");
+    let err = model_info(open)
+        .await
+        .expect_err("revoked, connection opened before");
+    ensure!(err.starts_with("Unauthenticated"), "{err}");
+    let line = wait_log(
+        tmp.path(),
+        "worker",
+        "refused a caller whose certificate has been revoked",
+    )?;
+    println!("open connection refused: {err}\n  worker log: {line}");
+    let other = CertPaths::new(&spare, "router");
+    let ok = call(&addr, Some(other.client_tls()?)).await;
+    ensure!(ok.is_ok(), "an unrevoked router was refused: {ok:?}");
+
+    // Renewal: a new worker certificate (2 days) replaces the old one on disk.
+    let worker_paths = CertPaths::new(&ours, "worker");
+    let probe = || bulkhead_proto::tls::server_certificate(&addr, "localhost", &other);
+    let (old_serial, old_not_after) =
+        bulkhead_proto::tls::serial_and_not_after(probe().await?.as_ref()).unwrap();
+    certs(&["issue", "--component", "worker", "--days", "2"], &ours)?;
+    let on_disk = bulkhead_proto::tls::read_certs(&worker_paths.cert)?;
+    let (new_serial, new_not_after) =
+        bulkhead_proto::tls::serial_and_not_after(on_disk[0].as_ref()).unwrap();
+    ensure!(new_serial != old_serial && new_not_after < old_not_after);
+    let renewed_at = Instant::now();
+    loop {
+        let served = bulkhead_proto::tls::serial_and_not_after(probe().await?.as_ref()).unwrap();
+        if served == (new_serial.clone(), new_not_after) {
+            break;
+        }
+        ensure!(
+            renewed_at.elapsed() < Duration::from_secs(15),
+            "still serving {served:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let line = wait_log(tmp.path(), "worker", &format!("serial={new_serial}"))?;
+    println!(
+        "new connections get serial {new_serial} (not after {new_not_after}, was {old_serial}/{old_not_after}) {:?} after renewal\n  worker log: {line}",
+        renewed_at.elapsed()
     );
+    let ok = call(&addr, Some(other.client_tls()?)).await;
+    ensure!(ok.is_ok(), "refused after renewal: {ok:?}");
+    worker.ensure_running()?;
     Ok(())
 }

@@ -300,7 +300,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
     let tls = CertPaths::new(&args.certs_dir, "worker")
-        .server_tls()
+        .reloading_server_tls("worker")
         .context("loading the worker's TLS certificates")?;
     let dir = args.model.clone();
     let mut loaded = tokio::task::spawn_blocking(move || LoadedModel::load(&dir))
@@ -393,7 +393,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             &serde_json::json!({"grpc": addr.to_string(), "worker_id": worker_id, "model": model_name, "metrics": metrics_addr}),
         )?;
     }
-    let authorizer = SpiffeAuthorizer::new("worker", &args.trust_domain, &["router"]);
+    let authorizer =
+        SpiffeAuthorizer::new("worker", &args.trust_domain, &["router"]).with_revocation(&tls);
     let svc = tonic::service::interceptor::InterceptedService::new(
         WorkerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
         authorizer,
@@ -407,9 +408,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _ = tokio::task::spawn_blocking(move || e.shutdown()).await;
     };
     tonic::transport::Server::builder()
-        .tls_config(tls)?
         .add_service(svc)
-        .serve_with_incoming_shutdown(bulkhead_telemetry::incoming_nodelay(listener), signal)
+        .serve_with_incoming_shutdown(tls.incoming(listener), signal)
         .await?;
     engine.shutdown();
     tracing::info!("stopped");

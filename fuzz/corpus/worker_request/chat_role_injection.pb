@@ -1,0 +1,4 @@
+
+r1acmetiny*
+user
+<|system|>x0

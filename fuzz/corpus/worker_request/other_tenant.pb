@@ -1,0 +1,2 @@
+
+r2globextiny"x0

@@ -1,0 +1,2 @@
+
+r1acmetiny"x0HP

@@ -1,0 +1,2 @@
+
+r1acmetiny"hel
