@@ -364,6 +364,7 @@ mod tests {
             running,
             service,
             requests: 1,
+            ..Default::default()
         }
     }
 

@@ -20,22 +20,32 @@
 //!   and a tenant that is served by another replica is not served again here
 //!   ahead of others (per-router fair queuing alone delivers 1:1 whatever
 //!   the weights when the load balancer is skewed).
+//! - **Slot shares**: each heartbeat also carries, per tenant, its running
+//!   and queued requests, weight and queued models; `slots` uses the sum
+//!   over replicas so that a tenant over its weighted share of the worker
+//!   slots waits while another tenant below its share waits anywhere.
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use bulkhead_proto::control::RouterHeartbeat;
+use bulkhead_proto::control::{RouterHeartbeat, TenantLoad};
+
+use crate::slots::{SlotView, TenantSlots};
 use bulkhead_proto::names::ROUTER_STALE_AFTER_MS;
 
 /// The live replica count, written by the peer watch, read per request.
 #[derive(Debug)]
 pub struct ClusterView {
     replicas: AtomicU32,
+    /// The live peers' tenants (not this replica's own).
+    remote: Mutex<SlotView>,
 }
 
 impl Default for ClusterView {
     fn default() -> Self {
         Self {
             replicas: AtomicU32::new(1),
+            remote: Mutex::default(),
         }
     }
 }
@@ -49,6 +59,18 @@ impl ClusterView {
     pub fn set_replicas(&self, n: u32) {
         self.replicas.store(n.max(1), Ordering::Relaxed);
     }
+
+    /// The live peers' tenants, summed.
+    pub fn remote_slots(&self) -> SlotView {
+        self.remote
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_remote_slots(&self, v: SlotView) {
+        *self.remote.lock().unwrap_or_else(|e| e.into_inner()) = v;
+    }
 }
 
 #[derive(Debug)]
@@ -57,6 +79,8 @@ struct Peer {
     received_ms: i64,
     /// Cumulative service per tenant in that heartbeat.
     service: HashMap<String, f64>,
+    /// Its tenants' loads in that heartbeat.
+    loads: Vec<TenantLoad>,
 }
 
 /// Other replicas as seen through their heartbeats.
@@ -104,9 +128,29 @@ impl Peers {
             Peer {
                 received_ms: now_ms,
                 service,
+                loads: hb.tenants.clone(),
             },
         );
         deltas
+    }
+
+    /// The live peers' tenants, summed (see `slots`).
+    pub fn remote_slots(&self, now_ms: i64) -> SlotView {
+        let mut v = SlotView::default();
+        for p in self
+            .peers
+            .values()
+            .filter(|p| now_ms - p.received_ms <= ROUTER_STALE_AFTER_MS)
+        {
+            for l in &p.loads {
+                let e: &mut TenantSlots = v.tenants.entry(l.tenant_id.clone()).or_default();
+                e.running += l.running;
+                e.queued += l.queued;
+                e.weight = e.weight.max(l.weight);
+                e.queued_models.extend(l.queued_models.iter().cloned());
+            }
+        }
+        v
     }
 
     /// A replica said goodbye (its key was deleted).
@@ -162,6 +206,35 @@ mod tests {
         assert_eq!(p.live(1_000 + ROUTER_STALE_AFTER_MS + 1), 2);
         p.remove("r2");
         assert_eq!(p.live(6_100), 1);
+    }
+
+    #[test]
+    fn sums_the_live_peers_tenant_loads() {
+        let mut p = Peers::new("r1");
+        let load = |t: &str, running, queued, model: &str| TenantLoad {
+            tenant_id: t.into(),
+            running,
+            queued,
+            weight: 2,
+            queued_models: vec![model.into()],
+            ..Default::default()
+        };
+        let mut a = hb("r2", 1_000, &[]);
+        a.tenants = vec![load("x", 3, 1, "m")];
+        let mut b = hb("r3", 1_000, &[]);
+        b.tenants = vec![load("x", 2, 0, "n")];
+        p.apply(&a, 1_000);
+        p.apply(&b, 1_000);
+        let v = p.remote_slots(1_500);
+        let x = &v.tenants["x"];
+        assert_eq!((x.running, x.queued, x.weight), (5, 1, 2));
+        assert!(x.queued_models.contains("m") && x.queued_models.contains("n"));
+        // Stale peers count for nothing.
+        assert!(
+            p.remote_slots(1_000 + ROUTER_STALE_AFTER_MS + 1)
+                .tenants
+                .is_empty()
+        );
     }
 
     #[test]

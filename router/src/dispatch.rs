@@ -23,6 +23,7 @@ use crate::cluster::ClusterView;
 use crate::error::ApiError;
 use crate::fair::{FairQueue, INPUT_COST, OUTPUT_COST, Ticket};
 use crate::limits::{Limiter, Limits};
+use crate::slots::SlotView;
 
 /// How often queued requests are retried when nothing else happens (worker
 /// capacity polls can free slots without a message to the dispatcher).
@@ -319,7 +320,7 @@ struct Actor<P: Pool> {
     queue: FairQueue<Pending<P::Lease>>,
     limiter: Limiter,
     /// Caller ticket -> (tenant, fair-queue ticket) of queued requests.
-    queued: HashMap<u64, (String, Ticket)>,
+    queued: HashMap<u64, (String, Ticket, String)>,
     /// Requests running per tenant.
     running: HashMap<String, u32>,
     /// Weights of tenants seen queued (for the slot headroom).
@@ -395,7 +396,8 @@ impl<P: Pool> Actor<P> {
         };
         self.weights.insert(id.to_string(), e.tenant.weight.max(1));
         let fq = self.queue.push(id, e.tenant.weight, pending);
-        self.queued.insert(e.ticket, (id.to_string(), fq));
+        self.queued
+            .insert(e.ticket, (id.to_string(), fq, e.model.clone()));
     }
 
     fn handle(&mut self, m: Msg) {
@@ -407,7 +409,7 @@ impl<P: Pool> Actor<P> {
                 });
             }
             Msg::Cancel { ticket } => {
-                if let Some((tenant, fq)) = self.queued.remove(&ticket)
+                if let Some((tenant, fq, _)) = self.queued.remove(&ticket)
                     && let Some(p) = self.queue.remove(&tenant, fq)
                 {
                     let now = (self.clock)();
@@ -425,8 +427,17 @@ impl<P: Pool> Actor<P> {
                 for (t, n) in &self.running {
                     tenant_load(&mut loads, t).running = *n;
                 }
-                for (t, _) in self.queued.values() {
-                    tenant_load(&mut loads, t).queued += 1;
+                for (t, _, model) in self.queued.values() {
+                    let l = tenant_load(&mut loads, t);
+                    l.queued += 1;
+                    if !l.queued_models.contains(model) {
+                        l.queued_models.push(model.clone());
+                    }
+                }
+                for (t, w) in &self.weights {
+                    if let Some(l) = loads.get_mut(t) {
+                        l.weight = *w;
+                    }
                 }
                 let _ = reply.send(loads.into_values().collect());
             }
@@ -479,32 +490,38 @@ impl<P: Pool> Actor<P> {
         }
     }
 
+    /// Every tenant's slots: the peers' (from their heartbeats) plus this
+    /// replica's running and queued requests.
+    fn slot_view(&self) -> SlotView {
+        let mut view = self.cluster.remote_slots();
+        for (t, n) in &self.running {
+            view.tenants.entry(t.clone()).or_default().running += n;
+        }
+        for (t, _, model) in self.queued.values() {
+            let e = view.tenants.entry(t.clone()).or_default();
+            e.queued += 1;
+            e.queued_models.insert(model.clone());
+        }
+        for (t, w) in &self.weights {
+            if let Some(e) = view.tenants.get_mut(t) {
+                e.weight = *w;
+            }
+        }
+        view
+    }
+
     fn dispatch(&mut self) {
         loop {
             let pool = self.pool.clone();
-            // Active tenants: queued or running here.
-            let active_weight: f64 = self
-                .weights
-                .iter()
-                .filter(|(t, _)| self.queue.queued(t) > 0 || self.running.contains_key(*t))
-                .map(|(_, w)| f64::from(*w))
-                .sum();
-            let (running, weights) = (&self.running, &self.weights);
-            // The FIFO baseline keeps no reserve: arrival order only.
+            // The FIFO baseline keeps no shares: arrival order only.
             let fifo = self.queue.is_fifo();
+            let view = self.slot_view();
             let may_take = |tenant: &str, target: &Target| {
                 let (free, total) = pool.slots(target);
-                if free <= 0 {
-                    return false;
+                if fifo {
+                    return free > 0;
                 }
-                if fifo || free > slot_reserve(total) {
-                    return true;
-                }
-                // The last few slots only go to a tenant below its weighted
-                // share of the slots among the active tenants.
-                let w = f64::from(weights.get(tenant).copied().unwrap_or(1));
-                let share = total as f64 * w / active_weight.max(w);
-                f64::from(running.get(tenant).copied().unwrap_or(0)) < share
+                view.may_take(tenant, &target.model, free, total)
             };
             let Some((tenant, _, p)) = self.queue.pop_eligible(|t, p| may_take(t, &p.target))
             else {
@@ -539,15 +556,6 @@ impl<P: Pool> Actor<P> {
             let _ = p.reply.send(Ok(Grant { lease, meter }));
         }
     }
-}
-
-/// Slots of a worker pool kept for tenants below their share of the slots
-/// (an eighth, at least one): a tenant that floods cannot take every slot
-/// while another tenant is active, so the other's next request starts at
-/// once instead of waiting for a flooding request to finish. With one
-/// active tenant it may use them all (work-conserving).
-pub fn slot_reserve(total: i64) -> i64 {
-    (total / 8).max(1)
 }
 
 fn tenant_load<'a>(loads: &'a mut HashMap<String, TenantLoad>, t: &str) -> &'a mut TenantLoad {

@@ -67,6 +67,7 @@ impl Membership {
                         tracing::warn!(key = %e.key, "undecodable router heartbeat ignored");
                     }
                     view.set_replicas(p.live(now));
+                    view.set_remote_slots(p.remote_slots(now));
                 }
                 tracing::error!("router heartbeat watch ended; limits are no longer shared");
             });
@@ -80,8 +81,10 @@ impl Membership {
                 tick.tick().await;
                 let replicas = {
                     let mut p = peers.lock().unwrap_or_else(|e| e.into_inner());
-                    let n = p.live(now_ms());
+                    let now = now_ms();
+                    let n = p.live(now);
                     view.set_replicas(n);
+                    view.set_remote_slots(p.remote_slots(now));
                     n
                 };
                 let hb = RouterHeartbeat {

@@ -102,6 +102,9 @@ impl Stack {
                 if fifo { "fifo" } else { "fair" },
             )
             .env("RUST_LOG", "warn")
+            // Routers see other replicas' slot use only through the
+            // workers' capacity reports: poll them often.
+            .env("BULKHEAD_ROUTER_POLL_MS", "200")
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .kill_on_drop(true)

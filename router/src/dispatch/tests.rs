@@ -312,3 +312,48 @@ async fn a_flooding_tenant_leaves_the_last_slots_to_others() {
         drop(h.await.unwrap().unwrap());
     }
 }
+
+#[tokio::test]
+async fn a_tenant_waiting_at_another_replica_holds_back_one_over_its_share() {
+    let pool = Arc::new(FakePool::default());
+    pool.free.lock().unwrap().insert("m".into(), 8);
+    pool.total.store(8, Ordering::SeqCst);
+    let cluster = Arc::new(ClusterView::default());
+    let clock: Clock = Arc::new(|| Duration::ZERO);
+    let d = Arc::new(Dispatcher::spawn_in_cluster(
+        Arc::new(Shared(pool)),
+        clock,
+        cluster.clone(),
+    ));
+    // Another replica reports tenant a waiting for model m, none running.
+    let mut remote = crate::slots::SlotView::default();
+    remote.tenants.insert(
+        "a".into(),
+        crate::slots::TenantSlots {
+            weight: 1,
+            running: 0,
+            queued: 5,
+            queued_models: ["m".to_string()].into(),
+        },
+    );
+    cluster.set_remote_slots(remote);
+    let b = tenant("b", |_| {});
+    // b reaches its share (4 of 8 with a active), then waits although
+    // 4 slots are free here: they are a's share.
+    let mut held = vec![];
+    for _ in 0..4 {
+        held.push(d.acquire(b.clone(), "m".into(), 1).await.unwrap());
+    }
+    let more = spawn_acquire(&d, &b);
+    until_queued(&d, 1).await;
+    tokio::time::sleep(Duration::from_millis(120)).await; // a retry tick
+    assert!(!more.is_finished(), "b took a's share");
+    // a is no longer waiting anywhere: b may use the free slots.
+    cluster.set_remote_slots(crate::slots::SlotView::default());
+    let g = tokio::time::timeout(Duration::from_secs(10), more)
+        .await
+        .expect("b still held back")
+        .unwrap()
+        .unwrap();
+    drop((g, held));
+}

@@ -1,0 +1,127 @@
+//! Weighted slot shares (pure: no I/O). The fair queue decides whose
+//! request goes next; this decides whether a tenant may take a free worker
+//! slot at all, across every router replica:
+//!
+//! - each active tenant (running or queued anywhere, from this replica's
+//!   state and the peers' heartbeats) has a share of the pool's sequence
+//!   slots in proportion to its weight;
+//! - a tenant at or above its share may not take a slot while another
+//!   tenant waits for this model below its share (so a replica that only
+//!   sees one tenant does not hand that tenant every slot it frees — the
+//!   failure of per-router fair queuing behind a skewed load balancer);
+//! - the last [`slot_reserve`] free slots go only to tenants below their
+//!   share, so a flood cannot hold every slot while others are idle-but-
+//!   active (a newcomer's request then starts at once).
+//!
+//! With one active tenant every rule lets it use every slot
+//! (work-conserving). Peers' figures are up to a heartbeat old, and a
+//! tenant's running count covers all its requests, not only this pool's.
+use std::collections::{HashMap, HashSet};
+
+/// Slots kept for tenants below their share (an eighth, at least one).
+pub fn slot_reserve(total: i64) -> i64 {
+    (total / 8).max(1)
+}
+
+/// One tenant across the replicas.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TenantSlots {
+    pub weight: u32,
+    /// Requests running, all replicas together.
+    pub running: u32,
+    /// Requests queued, all replicas together.
+    pub queued: u32,
+    /// Models it has requests queued for, anywhere.
+    pub queued_models: HashSet<String>,
+}
+
+/// Every active tenant's slots.
+#[derive(Clone, Debug, Default)]
+pub struct SlotView {
+    pub tenants: HashMap<String, TenantSlots>,
+}
+
+impl SlotView {
+    fn share(&self, tenant: &str, total: i64) -> f64 {
+        let active: f64 = self
+            .tenants
+            .values()
+            .filter(|t| t.running > 0 || t.queued > 0)
+            .map(|t| f64::from(t.weight.max(1)))
+            .sum();
+        let w = f64::from(self.tenants.get(tenant).map_or(1, |t| t.weight.max(1)));
+        total as f64 * w / active.max(w)
+    }
+
+    fn running(&self, tenant: &str) -> f64 {
+        f64::from(self.tenants.get(tenant).map_or(0, |t| t.running))
+    }
+
+    /// Whether `tenant` may take one of `free` slots (of `total`) for
+    /// `model` now.
+    pub fn may_take(&self, tenant: &str, model: &str, free: i64, total: i64) -> bool {
+        if free <= 0 {
+            return false;
+        }
+        let below = |t: &str| self.running(t) < self.share(t, total);
+        let contender = self
+            .tenants
+            .iter()
+            .any(|(u, s)| u != tenant && s.queued_models.contains(model) && below(u));
+        if contender && !below(tenant) {
+            return false;
+        }
+        free > slot_reserve(total) || below(tenant)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(weight: u32, running: u32, queued_for: &[&str]) -> TenantSlots {
+        TenantSlots {
+            weight,
+            running,
+            queued: queued_for.len() as u32,
+            queued_models: queued_for.iter().map(|m| m.to_string()).collect(),
+        }
+    }
+
+    fn view(ts: &[(&str, TenantSlots)]) -> SlotView {
+        SlotView {
+            tenants: ts.iter().map(|(n, s)| (n.to_string(), s.clone())).collect(),
+        }
+    }
+
+    #[test]
+    fn alone_a_tenant_may_use_every_slot() {
+        let v = view(&[("a", t(1, 15, &["m"]))]);
+        assert!(v.may_take("a", "m", 1, 16));
+        assert!(!v.may_take("a", "m", 0, 16));
+    }
+
+    #[test]
+    fn the_reserve_goes_to_tenants_below_their_share() {
+        // a holds 14 of 16, b waits: the last two slots are b's.
+        let v = view(&[("a", t(1, 14, &["m"])), ("b", t(1, 0, &["m"]))]);
+        assert!(!v.may_take("a", "m", 2, 16));
+        assert!(v.may_take("b", "m", 2, 16));
+        // Plenty free and b not waiting (only running): a may take.
+        let v = view(&[("a", t(1, 4, &["m"])), ("b", t(1, 2, &[]))]);
+        assert!(v.may_take("a", "m", 10, 16));
+    }
+
+    #[test]
+    fn a_tenant_at_its_share_waits_while_another_is_below_it() {
+        // Weights 2:1 over 15 slots: shares 10 and 5. b (seen by another
+        // replica too) already runs 6: over its share while a waits below
+        // its own, so b does not take even a plentiful free slot...
+        let v = view(&[("a", t(2, 8, &["m"])), ("b", t(1, 6, &["m"]))]);
+        assert!(!v.may_take("b", "m", 5, 15));
+        assert!(v.may_take("a", "m", 5, 15));
+        // ... unless a waits for another model only.
+        let v = view(&[("a", t(2, 8, &["other"])), ("b", t(1, 6, &["m"]))]);
+        assert!(v.may_take("b", "m", 5, 15));
+    }
+}
