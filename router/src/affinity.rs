@@ -15,7 +15,7 @@
 //! The choice ([`pick`]) balances overlap against load: each candidate
 //! costs the prefill blocks it would still have to compute plus
 //! [`LOAD_COST`] per sequence it is already running; the cheapest wins (ties:
-//! the most free slots). With no overlap anywhere this is plain least-loaded.
+//! the longer overlap, then the most free slots). With no overlap anywhere this is plain least-loaded.
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 
@@ -166,7 +166,12 @@ pub fn pick(candidates: &[Candidate], blocks: usize) -> Option<(usize, bool)> {
     let best = candidates
         .iter()
         .filter(|c| c.free_slots > 0)
-        .min_by(|a, b| cost(a).cmp(&cost(b)).then(b.free_slots.cmp(&a.free_slots)))?;
+        .min_by(|a, b| {
+            cost(a)
+                .cmp(&cost(b))
+                .then(b.overlap.cmp(&a.overlap))
+                .then(b.free_slots.cmp(&a.free_slots))
+        })?;
     Some((best.worker, best.overlap > 0))
 }
 
@@ -258,6 +263,8 @@ mod tests {
         assert_eq!(pick(&[c(0, 5, 3, 8), c(1, 6, 2, 0)], 8), Some((0, true)));
         // ... but not over a much less loaded one.
         assert_eq!(pick(&[c(0, 1, 7, 8), c(1, 6, 2, 0)], 8), Some((1, false)));
+        // A tie goes to the worker holding the prefix.
+        assert_eq!(pick(&[c(1, 6, 0, 0), c(0, 5, 1, 4)], 4), Some((0, true)));
         // A full worker is never picked, whatever it has cached.
         assert_eq!(pick(&[c(0, 0, 8, 8), c(1, 1, 7, 0)], 8), Some((1, false)));
         assert_eq!(pick(&[c(0, 0, 8, 8)], 8), None);

@@ -46,7 +46,7 @@ async fn records(
 async fn a_tenants_prefix_returns_to_its_worker_and_no_one_elses() -> Result<()> {
     let stack = DevStack::start(&["--workers", "2"])?;
     let result = async {
-        let prompt = "the quick brown fox jumps over the lazy dog and keeps running ".repeat(5);
+        let prompt = "the quick brown fox jumps over the lazy dog and keeps running ".repeat(8);
         let mut ids = vec![];
         for _ in 0..3 {
             ids.push(complete(&stack, 0, &prompt).await?);
