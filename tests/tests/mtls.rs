@@ -3,8 +3,9 @@
 //! else — another component's certificate (wrong SPIFFE id), a certificate
 //! from another CA, an expired certificate, no certificate, plaintext, and a
 //! certificate revoked while it runs — each with a log line saying why. It
-//! also picks up a renewed certificate of its own without a restart.
-use std::path::Path;
+//! also picks up a renewed certificate of its own without a restart, and a
+//! worker refuses to start with a per-tenant identity of another tenant.
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -281,5 +282,75 @@ async fn revocation_and_renewal_take_effect_without_restart() -> Result<()> {
     let ok = call(&addr, Some(other.client_tls()?)).await;
     ensure!(ok.is_ok(), "refused after renewal: {ok:?}");
     worker.ensure_running()?;
+    Ok(())
+}
+
+/// A per-tenant worker identity is served only by that tenant's dedicated
+/// worker; anything else refuses to start.
+#[tokio::test]
+async fn tenant_worker_identities() -> Result<()> {
+    bulkhead_proto::identity::install_crypto_provider();
+    let tmp = tempfile::tempdir()?;
+    let ours: PathBuf = tmp.path().join("certs");
+    certs(&["init"], &ours)?;
+    certs(
+        &["issue", "--component", "worker", "--tenant", "acme"],
+        &ours,
+    )?;
+    let dedicated = [
+        "--pool",
+        "acme",
+        "--isolation",
+        "process",
+        "--admit",
+        "acme",
+    ];
+    let (mut worker, addr) = start_worker(tmp.path(), &ours, &dedicated)?;
+    let router = CertPaths::new(&ours, "router");
+    let served = bulkhead_proto::tls::server_certificate(&addr, "localhost", &router).await?;
+    let id = bulkhead_proto::identity::spiffe_id_of_der(served.as_ref()).unwrap();
+    ensure!(
+        id.to_string() == "spiffe://bulkhead.local/bulkhead/worker/tenant/acme",
+        "{id}"
+    );
+    ensure!(call(&addr, Some(router.client_tls()?)).await.is_ok());
+    worker.ensure_running()?;
+    drop(worker);
+
+    // acme's identity in the place of the shared worker certificate.
+    std::fs::copy(ours.join("worker.acme.pem"), ours.join("worker.pem"))?;
+    std::fs::copy(ours.join("worker.acme.key"), ours.join("worker.key"))?;
+    for (args, says) in [
+        (
+            &[
+                "--pool",
+                "beta",
+                "--isolation",
+                "process",
+                "--admit",
+                "beta",
+            ][..],
+            "dedicated to tenant \"acme\", but this worker admits [\"beta\"]",
+        ),
+        (
+            &[][..],
+            "dedicated to tenant \"acme\", but this worker is a shared worker",
+        ),
+    ] {
+        let out = Command::new(bin_path("bulkhead-worker"))
+            .args(["serve", "--model"])
+            .arg(tmp.path().join("model"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .arg("--certs-dir")
+            .arg(&ours)
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+        println!("refused to start as expected: {}", err.trim());
+    }
     Ok(())
 }

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 pub mod bench;
+pub mod certs;
 pub mod config;
 pub mod cuda;
 pub mod engine;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use bulkhead_proto::identity::{CertPaths, DEFAULT_TRUST_DOMAIN, SpiffeAuthorizer};
+use bulkhead_proto::identity::{DEFAULT_TRUST_DOMAIN, SpiffeAuthorizer};
 use bulkhead_proto::worker::worker_server::WorkerServer;
 use bulkhead_worker::LoadedModel;
 use bulkhead_worker::engine::{EngineConfig, EngineHandle};
@@ -299,9 +299,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .context("cannot derive a model name from --model; pass --model-name")?,
     };
     let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
-    let tls = CertPaths::new(&args.certs_dir, "worker")
-        .reloading_server_tls("worker")
-        .context("loading the worker's TLS certificates")?;
+    let tls = bulkhead_worker::certs::worker_cert(
+        &args.certs_dir,
+        matches!(args.isolation, IsolationArg::Shared),
+        &args.admit,
+    )?
+    .reloading_server_tls("worker")
+    .context("loading the worker's TLS certificates")?;
     let dir = args.model.clone();
     let mut loaded = tokio::task::spawn_blocking(move || LoadedModel::load(&dir))
         .await?
