@@ -191,6 +191,39 @@ pub fn spiffe_id_of_der(der: &[u8]) -> Option<SpiffeId> {
     ids.next().is_none().then_some(id)
 }
 
+/// Whether a worker presenting `id` may serve the pool it reports (`shared`,
+/// `admitted` tenants): a per-tenant identity only for a non-shared pool
+/// admitting exactly that tenant; the plain worker identity for a shared
+/// pool, and for a dedicated one unless `require_tenant_id`. Returns why not.
+pub fn check_worker_identity(
+    id: Option<&SpiffeId>,
+    shared: bool,
+    admitted: &[String],
+    require_tenant_id: bool,
+) -> Result<(), String> {
+    let Some(id) = id else {
+        return Err("the worker's certificate carries no SPIFFE id".into());
+    };
+    if let Some(t) = id.worker_tenant() {
+        if shared || admitted != [t] {
+            return Err(format!(
+                "{id} is the identity of tenant {t}'s dedicated worker, but the worker reports a {} pool admitting {admitted:?}",
+                if shared { "shared" } else { "dedicated" }
+            ));
+        }
+        return Ok(());
+    }
+    if !id.is_component("worker") {
+        return Err(format!("{id} is not a worker's identity"));
+    }
+    if !shared && require_tenant_id {
+        return Err(format!(
+            "a dedicated pool's worker must present its tenant's identity (.../bulkhead/worker/tenant/<tenant>), not {id}"
+        ));
+    }
+    Ok(())
+}
+
 /// A tonic interceptor that admits only callers whose certificate carries a
 /// SPIFFE id of our trust domain naming one of the allowed components.
 #[derive(Clone, Debug)]
@@ -276,6 +309,27 @@ mod tests {
         assert_eq!(SpiffeId::parse(&t.to_string()).unwrap(), t);
         assert_eq!(t.worker_tenant(), Some("router"));
         assert!(!t.is_component("router") && !t.is_component("worker"));
+    }
+
+    #[test]
+    fn worker_identities_match_their_pools() {
+        let td = "bulkhead.local";
+        let acme = SpiffeId::tenant_worker(td, "acme");
+        let plain = SpiffeId::component(td, "worker");
+        let router = SpiffeId::component(td, "router");
+        let a = vec!["acme".to_string()];
+        let ab = vec!["acme".to_string(), "beta".to_string()];
+        let b = vec!["beta".to_string()];
+        assert!(check_worker_identity(Some(&acme), false, &a, true).is_ok());
+        assert!(check_worker_identity(Some(&acme), false, &b, false).is_err());
+        assert!(check_worker_identity(Some(&acme), false, &ab, false).is_err());
+        assert!(check_worker_identity(Some(&acme), true, &[], false).is_err());
+        assert!(check_worker_identity(Some(&plain), true, &[], true).is_ok());
+        assert!(check_worker_identity(Some(&plain), false, &a, false).is_ok());
+        let e = check_worker_identity(Some(&plain), false, &a, true).unwrap_err();
+        assert!(e.contains("must present its tenant's identity"), "{e}");
+        assert!(check_worker_identity(Some(&router), true, &[], false).is_err());
+        assert!(check_worker_identity(None, true, &[], false).is_err());
         for bad in [
             "http://x/y",
             "spiffe://",

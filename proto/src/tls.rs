@@ -36,6 +36,9 @@ use tokio_rustls::server::TlsStream;
 
 use crate::identity::CertPaths;
 
+pub mod client;
+pub use client::{ReloadingConnector, plain_scheme};
+
 /// How often servers look at their certificate files.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
 /// A client that has not finished its handshake by then is dropped.
@@ -184,9 +187,9 @@ impl Material {
 }
 
 /// What the files looked like when last loaded (modified time, length, inode).
-type Stamp = Vec<Option<(std::time::SystemTime, u64, u64)>>;
+pub(crate) type Stamp = Vec<Option<(std::time::SystemTime, u64, u64)>>;
 
-fn stamp(files: &[&Path]) -> Stamp {
+pub(crate) fn stamp(files: &[&Path]) -> Stamp {
     use std::os::unix::fs::MetadataExt;
     files
         .iter()

@@ -60,6 +60,12 @@ struct Args {
         required = true
     )]
     workers: Vec<String>,
+    /// Refuse a worker that reports a dedicated pool but presents the plain
+    /// worker certificate instead of its tenant's (`bulkhead certs issue
+    /// --component worker --tenant T`). A per-tenant certificate is always
+    /// refused on any other pool.
+    #[arg(long, env = "BULKHEAD_REQUIRE_TENANT_WORKER_IDS")]
+    require_tenant_worker_ids: bool,
     /// File with the secret (64 hex characters) that keys the audit content
     /// hashes; every router replica must use the same one.
     #[arg(long, env = "BULKHEAD_ROUTER_HASH_SECRET_FILE")]
@@ -157,7 +163,11 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("audit mode: reject (fail closed while NATS is unreachable)");
     }
 
-    let workers = Arc::new(WorkerPool::new(&args.workers, &args.certs_dir)?);
+    let workers = Arc::new(WorkerPool::with_identity_rule(
+        &args.workers,
+        &args.certs_dir,
+        args.require_tenant_worker_ids,
+    )?);
     workers.poll_all().await;
     workers.spawn_poller(Duration::from_millis(args.poll_ms.max(50)));
     let mut registry =

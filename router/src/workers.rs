@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bulkhead_proto::identity::CertPaths;
+use bulkhead_proto::tls::{ReloadingConnector, plain_scheme};
 use bulkhead_proto::worker::worker_client::WorkerClient;
 use bulkhead_proto::worker::{CapacityRequest, CapacityResponse, ModelInfoRequest};
 use tonic::transport::{Channel, Endpoint};
@@ -49,6 +50,13 @@ impl WorkerState {
 pub struct WorkerHandle {
     pub url: String,
     channel: Channel,
+    /// Connects with the router certificate as it is on disk now; knows the
+    /// worker's SPIFFE id of the latest connection.
+    connector: ReloadingConnector,
+    /// Refuse a dedicated pool's worker without its tenant's identity.
+    require_tenant_id: bool,
+    /// The last identity refusal logged (logged once per change).
+    refused: Mutex<Option<String>>,
     state: Mutex<WorkerState>,
     /// Requests this router has in flight on the worker; fills the gap
     /// between two capacity polls.
@@ -106,6 +114,21 @@ impl WorkerHandle {
     async fn poll(&self) -> Result<(), tonic::Status> {
         let mut c = self.client();
         let info = c.model_info(ModelInfoRequest {}).await?.into_inner();
+        let shared = info.isolation == bulkhead_proto::common::Isolation::Shared as i32;
+        let id = self.connector.peer_id();
+        if let Err(why) = bulkhead_proto::identity::check_worker_identity(
+            id.as_ref(),
+            shared,
+            &info.admitted_tenants,
+            self.require_tenant_id,
+        ) {
+            let mut last = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+            if last.as_deref() != Some(why.as_str()) {
+                tracing::warn!(url = %self.url, reason = %why, "refused a worker: its certificate does not match its pool");
+                *last = Some(why.clone());
+            }
+            return Err(tonic::Status::permission_denied(why));
+        }
         let cap = c.capacity(CapacityRequest {}).await?.into_inner();
         self.in_flight_at_poll
             .store(self.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -146,18 +169,37 @@ impl WorkerPool {
     /// Prepares mTLS channels (connected lazily) to every worker URL, using
     /// the router's certificate from `certs_dir`.
     pub fn new(urls: &[String], certs_dir: &Path) -> anyhow::Result<Self> {
-        let tls = CertPaths::new(certs_dir, "router").client_tls()?;
+        Self::with_identity_rule(urls, certs_dir, false)
+    }
+
+    /// [`Self::new`]; with `require_tenant_id`, a worker reporting a
+    /// dedicated pool must present that tenant's worker identity. Each new
+    /// connection reads the router certificate, CA and CRL from disk (a
+    /// renewed certificate is used from the next reconnection on; a revoked
+    /// worker certificate is refused).
+    pub fn with_identity_rule(
+        urls: &[String],
+        certs_dir: &Path,
+        require_tenant_id: bool,
+    ) -> anyhow::Result<Self> {
+        let paths = CertPaths::new(certs_dir, "router");
         let mut workers = Vec::new();
         for url in urls {
-            let channel = Endpoint::from_shared(url.clone())
+            anyhow::ensure!(
+                url.starts_with("https://"),
+                "worker URL {url:?} must be https:// (mTLS)"
+            );
+            let connector = ReloadingConnector::new(paths.clone())?;
+            let channel = Endpoint::from_shared(plain_scheme(url))
                 .map_err(|e| anyhow::anyhow!("bad worker URL {url:?}: {e}"))?
-                .tls_config(tls.clone())?
                 .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .connect_lazy();
+                .connect_with_connector_lazy(connector.clone());
             workers.push(Arc::new(WorkerHandle {
                 url: url.clone(),
                 channel,
+                connector,
+                require_tenant_id,
+                refused: Mutex::new(None),
                 state: Mutex::new(WorkerState::default()),
                 in_flight: AtomicU32::new(0),
                 in_flight_at_poll: AtomicU32::new(0),

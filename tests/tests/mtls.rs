@@ -354,3 +354,60 @@ async fn tenant_worker_identities() -> Result<()> {
     }
     Ok(())
 }
+
+/// The router's connector reads its files at each new connection: a renewed
+/// router certificate is presented from the next connection on (its old one
+/// revoked, the worker still admits it), and a worker whose certificate is
+/// revoked is refused by the client.
+#[tokio::test]
+async fn client_connector_follows_renewal_and_revocation() -> Result<()> {
+    use bulkhead_proto::tls::{ReloadingConnector, plain_scheme};
+    bulkhead_proto::identity::install_crypto_provider();
+    let tmp = tempfile::tempdir()?;
+    let ours = tmp.path().join("certs");
+    certs(&["init"], &ours)?;
+    let (mut worker, addr) = start_worker(tmp.path(), &ours, &[])?;
+    let router = CertPaths::new(&ours, "router");
+    let connector = ReloadingConnector::new(router.clone())?;
+    let channel = || {
+        Endpoint::from_shared(plain_scheme(&format!("https://{addr}")))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .connect_with_connector_lazy(connector.clone())
+    };
+    model_info(channel()).await.unwrap();
+    let id = connector.peer_id().expect("the worker's SPIFFE id");
+    ensure!(
+        id.to_string() == "spiffe://bulkhead.local/bulkhead/worker",
+        "{id}"
+    );
+
+    // Renew the router certificate, then revoke the old one.
+    let (old_pem, old_key) = (tmp.path().join("old.pem"), tmp.path().join("old.key"));
+    std::fs::copy(&router.cert, &old_pem)?;
+    std::fs::copy(&router.key, &old_key)?;
+    let old = bulkhead_proto::tls::read_certs(&old_pem)?;
+    let (old_serial, _) = bulkhead_proto::tls::serial_and_not_after(old[0].as_ref()).unwrap();
+    certs(&["issue", "--component", "router"], &ours)?;
+    certs(&["revoke", "--serial", &old_serial], &ours)?;
+    wait_log(tmp.path(), "worker", "revoked=1")?;
+    let old_tls = tls(&ours.join("ca.pem"), Some((&old_pem, &old_key)));
+    ensure!(
+        call(&addr, Some(old_tls)).await.is_err(),
+        "the old certificate is still admitted"
+    );
+    let r = model_info(channel()).await;
+    ensure!(
+        r.is_ok(),
+        "a new connection did not present the renewed certificate: {r:?}"
+    );
+
+    // Revoke the worker's certificate: the client refuses the server.
+    certs(&["revoke", "--component", "worker"], &ours)?;
+    let err = model_info(channel())
+        .await
+        .expect_err("a revoked worker was trusted");
+    println!("client refused the revoked worker: {err}");
+    worker.ensure_running()?;
+    Ok(())
+}
