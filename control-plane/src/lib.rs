@@ -14,6 +14,7 @@ pub mod dev;
 pub mod lifecycle_cli;
 pub mod mig;
 pub mod mig_cli;
+pub mod mig_discover;
 pub mod pki;
 pub mod registry;
 pub mod server;

@@ -13,6 +13,9 @@ use crate::mig::{self, GpuModel, TenantsFile};
 pub enum MigCmd {
     /// Plan MIG instances for the tenants that ask for MIG isolation.
     Plan(PlanArgs),
+    /// List the GPUs and MIG devices present (NVML): UUIDs, profiles,
+    /// memory. Fails with a clear message where there is no NVIDIA driver.
+    Discover,
 }
 
 #[derive(Args, Debug)]
@@ -37,6 +40,15 @@ pub struct PlanArgs {
 pub fn run(cmd: MigCmd, r: &Remote) -> Result<()> {
     match cmd {
         MigCmd::Plan(a) => plan(a, r),
+        MigCmd::Discover => {
+            let d = crate::mig_discover::discover()?;
+            if r.json {
+                println!("{}", serde_json::to_string(&d)?);
+            } else {
+                print!("{}", crate::mig_discover::render(&d));
+            }
+            Ok(())
+        }
     }
 }
 

@@ -92,3 +92,36 @@ fn plans_the_example_on_four_h100s() {
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be placed"));
 }
+
+/// `mig discover` reads NVML when a driver exists; without one it says so
+/// plainly and exits non-zero (this is what CI machines without a GPU see).
+#[test]
+fn discover_says_plainly_when_there_is_no_driver() {
+    let o = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["mig", "discover"])
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    let has_nvml = Command::new("sh")
+        .args(["-c", "ldconfig -p | grep -q 'libnvidia-ml.so.1 '"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if o.status.success() {
+        assert!(has_nvml, "succeeded without NVML: {out}");
+        assert!(out.starts_with("NVIDIA driver "), "{out}");
+        println!("{out}");
+    } else {
+        assert!(
+            err.contains("no NVIDIA driver here: NVML (libnvidia-ml.so.1) could not be used"),
+            "{err}"
+        );
+        assert!(
+            err.contains("run `bulkhead mig discover` on a GPU node"),
+            "{err}"
+        );
+        println!("{err}");
+    }
+}
