@@ -24,6 +24,7 @@ mod fairness;
 mod fairstats;
 mod load;
 mod probe;
+mod soak;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
@@ -38,6 +39,9 @@ pub enum BenchCmd {
     /// (fresh stacks with a synthetic-cost worker; P50/P99 TTFT per tenant,
     /// Jain's index, delivered service ratio).
     Fairness(fairness::FairnessArgs),
+    /// Sustained load: many concurrent streams from many tenants for
+    /// minutes; errors by kind and every component's memory over time.
+    Soak(soak::SoakArgs),
 }
 
 #[derive(Args, Debug)]
@@ -120,6 +124,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Overhead(a) => a,
         BenchCmd::Probe(p) => return probe::run(p).await,
         BenchCmd::Fairness(f) => return fairness::run(f).await,
+        BenchCmd::Soak(s) => return soak::run(s).await,
     };
     let info: StackInfo =
         serde_json::from_slice(&std::fs::read(&a.stack).with_context(|| {

@@ -57,6 +57,8 @@ pub struct StackInfo {
     /// Every router replica (the first is `router_http`/`router_grpc`).
     pub routers: Vec<RouterInfo>,
     pub audit_grpc: String,
+    pub audit_pid: u32,
+    pub control_pid: u32,
     /// The audit-service's Prometheus endpoint.
     pub audit_metrics: String,
     pub control_grpc: String,
@@ -79,6 +81,7 @@ pub struct RouterInfo {
     pub id: String,
     pub http: String,
     pub grpc: String,
+    pub pid: u32,
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
@@ -214,7 +217,7 @@ async fn start(
     ])
     .arg("--ready-file")
     .arg(&ready);
-    kids.spawn("control", cmd)?;
+    let control_pid = kids.spawn("control", cmd)?;
     let control_grpc = ready_addr(&kids.wait_ready(&ready).await?, "grpc")?;
     println!("control-plane    {control_grpc}");
 
@@ -237,7 +240,7 @@ async fn start(
     .args(["--metrics-listen", "127.0.0.1:0"])
     .arg("--ready-file")
     .arg(&ready);
-    kids.spawn("audit", cmd)?;
+    let audit_pid = kids.spawn("audit", cmd)?;
     let a = kids.wait_ready(&ready).await?;
     let (audit_grpc, audit_metrics) = (ready_addr(&a, "grpc")?, ready_addr(&a, "metrics")?);
     println!("audit-service    {audit_grpc}");
@@ -365,7 +368,7 @@ async fn start(
         } else {
             id.clone()
         };
-        kids.spawn(&name, cmd)?;
+        let pid = kids.spawn(&name, cmd)?;
         let r = kids.wait_ready(&ready).await?;
         let (http, grpc) = (ready_addr(&r, "http")?, ready_addr(&r, "grpc")?);
         println!("{name:<16} http://{http}  grpc {grpc}");
@@ -373,6 +376,7 @@ async fn start(
             id,
             http: format!("http://{http}"),
             grpc,
+            pid,
         });
     }
     let (router_http, router_grpc) = (routers[0].http.clone(), routers[0].grpc.clone());
@@ -395,6 +399,8 @@ async fn start(
         router_grpc,
         routers,
         audit_grpc,
+        audit_pid,
+        control_pid,
         audit_metrics: format!("http://{audit_metrics}/metrics"),
         control_grpc,
         worker_grpc,
