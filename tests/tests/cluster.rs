@@ -1,7 +1,8 @@
 //! Two router replicas over one NATS: each publishes a heartbeat, sees the
 //! other, and enforces half of every tenant limit, so the tenant gets its
 //! configured limit in total and not twice it; `bulkhead status` and
-//! `bulkhead top` show both routers, the workers and the tenants.
+//! `bulkhead top` show both routers, the workers and the tenants; a revoked
+//! key is refused at both routers (the latency is printed).
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -146,6 +147,32 @@ async fn replicas_share_limits_and_status_shows_the_cluster() -> Result<()> {
         }
         let top = stack.cli(&["top", "--iterations", "2", "--interval-ms", "100"])?;
         ensure!(top.matches("Routers: 2 live").count() == 2, "{top}");
+
+        // Revocation reaches every router: time from `keys revoke` returning
+        // to the first refused request at each one.
+        let prefix: String = key.chars().take(9).collect();
+        stack.cli(&["keys", "revoke", "--prefix", &prefix, "--tenant", "burst4"])?;
+        let t0 = Instant::now();
+        let mut lags = vec![];
+        for h in &http {
+            loop {
+                let r = reqwest::Client::new()
+                    .get(format!("{h}/v1/models"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await?;
+                if r.status() == 401 {
+                    lags.push(t0.elapsed());
+                    break;
+                }
+                ensure!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "{h} still accepts a revoked key"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        println!("revoked key refused at each router after {lags:?}");
         Ok(())
     }
     .await;
