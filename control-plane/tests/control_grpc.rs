@@ -226,3 +226,53 @@ async fn only_operators_of_our_ca_are_admitted() {
     );
     srv.stop().await;
 }
+
+/// Revoking the operator's certificate while the control-plane runs: new
+/// connections fail the handshake and the connection opened before is
+/// refused per request — no restart; a re-issued certificate is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_operator_is_refused_without_restart() {
+    let nats = NatsServer::start().expect("nats-server");
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = tmp.path();
+    pki::init(
+        ours,
+        DEFAULT_TRUST_DOMAIN,
+        pki::DEFAULT_COMPONENTS,
+        30,
+        false,
+    )
+    .unwrap();
+    let srv = start(&nats.url, ours).await;
+    let url = format!("https://{}", srv.addr);
+    let mut open = ControlClient::connect(&url, ours).await.unwrap();
+    open.list_tenants().await.expect("operator admitted");
+
+    let serial = pki::serial_of(&ours.join("operator.pem")).unwrap();
+    pki::revoke(ours, &serial).unwrap();
+    let revoked = std::time::Instant::now();
+    loop {
+        let admitted = match ControlClient::connect(&url, ours).await {
+            Err(_) => false,
+            Ok(mut c) => c.list_tenants().await.is_ok(),
+        };
+        if !admitted {
+            break;
+        }
+        assert!(
+            revoked.elapsed() < Duration::from_secs(15),
+            "the revoked operator is still admitted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let e = open.list_tenants().await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::Unauthenticated), "{e}");
+
+    pki::issue(ours, DEFAULT_TRUST_DOMAIN, "operator", 30).unwrap();
+    let mut renewed = ControlClient::connect(&url, ours).await.unwrap();
+    renewed
+        .list_tenants()
+        .await
+        .expect("a re-issued operator certificate is admitted");
+    srv.stop().await;
+}

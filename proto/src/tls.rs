@@ -220,6 +220,20 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+
+    fn reload(&self) -> Result<bool, TlsError> {
+        let now = stamp(&self.files());
+        let mut last = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+        if last.0 == now {
+            return Ok(false);
+        }
+        let material = Material::load(&self.paths, &self.crl)?;
+        tracing::info!(hop = self.hop, serial = %material.serial, revoked = material.revoked.len(),
+            "reloaded TLS certificates, CA and CRL from disk");
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(material);
+        *last = (now, None);
+        Ok(true)
+    }
 }
 
 /// A component's reloading server-side TLS (see the module docs).
@@ -270,36 +284,22 @@ impl ServerTls {
     /// Returns whether new material is in use; on error the previous
     /// material stays in use.
     pub fn reload(&self) -> Result<bool, TlsError> {
-        let s = &self.shared;
-        let now = stamp(&s.files());
-        let mut last = s.stamp.lock().unwrap_or_else(|e| e.into_inner());
-        if last.0 == now {
-            return Ok(false);
-        }
-        let material = Material::load(&s.paths, &s.crl)?;
-        tracing::info!(hop = s.hop, serial = %material.serial, revoked = material.revoked.len(),
-            "reloaded TLS certificates, CA and CRL from disk");
-        *s.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(material);
-        *last = (now, None);
-        Ok(true)
+        self.shared.reload()
     }
 
     fn spawn_reloader(&self, every: Duration) {
+        // Only a weak reference: the task ends once the server (and with it
+        // every config, resolver and verifier holding `Shared`) is gone.
         let weak: Weak<Shared> = Arc::downgrade(&self.shared);
-        let config = self.config.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(shared) = weak.upgrade() else { return };
-                let tls = ServerTls {
-                    shared,
-                    config: config.clone(),
-                };
-                if let Err(e) = tls.reload() {
+                if let Err(e) = shared.reload() {
                     let msg = e.to_string();
-                    let mut last = tls.shared.stamp.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut last = shared.stamp.lock().unwrap_or_else(|e| e.into_inner());
                     if last.1.as_deref() != Some(msg.as_str()) {
-                        tracing::error!(hop = tls.shared.hop, error = %msg,
+                        tracing::error!(hop = shared.hop, error = %msg,
                             "cannot reload TLS material; keeping the previous one");
                         last.1 = Some(msg);
                     }
