@@ -246,7 +246,8 @@ impl SpiffeAuthorizer {
     }
 
     /// Also refuses requests whose client certificate the server's current
-    /// CRL revokes — on connections opened before the revocation too.
+    /// CRL revokes, or that has expired — on connections opened before too
+    /// (HTTP/2 connections between components live long).
     pub fn with_revocation(mut self, tls: &crate::tls::ServerTls) -> Self {
         self.revocation = Some(tls.clone());
         self
@@ -272,11 +273,20 @@ impl SpiffeAuthorizer {
             )));
         }
         if let Some(tls) = &self.revocation {
+            use crate::tls::Stale;
             let leaf = req.peer_certs().and_then(|c| c.first().cloned());
-            if leaf.is_some_and(|l| tls.is_revoked(l.as_ref())) {
-                tracing::warn!(hop = self.hop, caller = %id,
-                    "refused a caller whose certificate has been revoked (connection opened before the revocation)");
-                return Err(Status::unauthenticated("client certificate revoked"));
+            match leaf.and_then(|l| tls.no_longer_valid(l.as_ref())) {
+                Some(Stale::Revoked) => {
+                    tracing::warn!(hop = self.hop, caller = %id,
+                        "refused a caller whose certificate has been revoked (connection opened before the revocation)");
+                    return Err(Status::unauthenticated("client certificate revoked"));
+                }
+                Some(Stale::Expired) => {
+                    tracing::warn!(hop = self.hop, caller = %id,
+                        "refused a caller whose certificate has expired (connection opened before it expired)");
+                    return Err(Status::unauthenticated("client certificate expired"));
+                }
+                None => {}
             }
         }
         Ok(id)

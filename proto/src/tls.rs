@@ -143,6 +143,27 @@ fn revoked_serials(crls: &[CertificateRevocationListDer<'_>]) -> HashSet<String>
         .collect()
 }
 
+/// Why a certificate that passed the handshake is no longer good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stale {
+    Revoked,
+    Expired,
+}
+
+/// [`Stale`] for a DER certificate given the revoked serials and the time
+/// (Unix seconds); None while it is good (or cannot be parsed: the
+/// handshake already verified it).
+pub fn stale(der: &[u8], revoked: &HashSet<String>, now: i64) -> Option<Stale> {
+    let (serial, not_after) = serial_and_not_after(der)?;
+    if revoked.contains(&serial) {
+        Some(Stale::Revoked)
+    } else if not_after < now {
+        Some(Stale::Expired)
+    } else {
+        None
+    }
+}
+
 /// One consistent set of material read from disk.
 #[derive(Debug)]
 struct Material {
@@ -320,10 +341,17 @@ impl ServerTls {
 
     /// Whether the current CRL revokes this DER certificate.
     pub fn is_revoked(&self, der: &[u8]) -> bool {
-        let Some((serial, _)) = serial_and_not_after(der) else {
-            return false;
-        };
-        self.shared.current().revoked.contains(&serial)
+        self.no_longer_valid(der) == Some(Stale::Revoked)
+    }
+
+    /// Why a client certificate accepted at the handshake is no longer
+    /// good now (revoked by the current CRL, or past its not-after), if so.
+    pub fn no_longer_valid(&self, der: &[u8]) -> Option<Stale> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        stale(der, &self.shared.current().revoked, now)
     }
 
     /// Accepts TCP connections on `listener` (Nagle off) and yields those
@@ -505,5 +533,28 @@ impl ClientCertVerifier for CurrentVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.current().verifier.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_go_stale_when_revoked_or_expired() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x00, 0xab, 0xcd]));
+        params.not_after = rcgen::date_time_ymd(2030, 1, 1);
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        let (serial, not_after) = serial_and_not_after(&der).unwrap();
+        assert_eq!(serial, "abcd");
+        let mut revoked = HashSet::new();
+        assert_eq!(stale(&der, &revoked, not_after - 1), None);
+        assert_eq!(stale(&der, &revoked, not_after + 1), Some(Stale::Expired));
+        revoked.insert("abcd".to_string());
+        assert_eq!(stale(&der, &revoked, not_after - 1), Some(Stale::Revoked));
+        assert_eq!(stale(b"not a certificate", &revoked, 0), None);
+        assert_eq!(serial_hex(&[0, 0]), "00");
     }
 }
