@@ -54,7 +54,9 @@ for t in "${targets[@]}"; do
         -print_final_stats=1 >"$log" 2>&1
     rc=$?
     set -e
-    took=$(($(date +%s) - start))
+    # libFuzzer's own count when it finished; else wall time (incl. build).
+    took=$(sed -nE 's/^Done [0-9]+ runs in ([0-9]+) second.*/\1/p' "$log" | tail -1)
+    took=${took:-$(($(date +%s) - start))}
     execs=$(grep -E '^stat::number_of_executed_units' "$log" | awk '{print $2}' | tail -1)
     after=$(find "artifacts/$t" -type f | wc -l)
     line="$t: ran ${took}s (limit ${secs}s), executions=${execs:-?}, exit=$rc, new findings=$((after - before))"
