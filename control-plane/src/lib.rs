@@ -12,6 +12,7 @@ pub mod client;
 pub mod deploy;
 pub mod dev;
 pub mod lifecycle_cli;
+pub mod metrics;
 pub mod mig;
 pub mod mig_cli;
 pub mod mig_discover;

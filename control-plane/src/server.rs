@@ -34,6 +34,8 @@ pub enum ServeError {
 pub struct ServeOptions {
     pub certs_dir: PathBuf,
     pub trust_domain: String,
+    /// Where to count operator calls, if anywhere.
+    pub metrics: Option<std::sync::Arc<crate::metrics::ControlMetrics>>,
 }
 
 /// Connects to NATS and opens (creating if missing) the KV buckets.
@@ -60,7 +62,10 @@ pub async fn serve(
         .with_revocation(&tls);
     tonic::transport::Server::builder()
         .add_service(ControlServer::with_interceptor(
-            ControlService { registry },
+            ControlService {
+                registry,
+                metrics: opts.metrics.clone(),
+            },
             authz,
         ))
         .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)

@@ -47,6 +47,7 @@ async fn start(nats_url: &str, certs: &Path) -> Running {
     let opts = ServeOptions {
         certs_dir: certs.to_path_buf(),
         trust_domain: DEFAULT_TRUST_DOMAIN.into(),
+        metrics: None,
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {

@@ -80,6 +80,22 @@ async fn metrics_parse_and_move_with_traffic() -> Result<()> {
         for k in r1.keys().chain(w1.keys()) {
             ensure!(!k.contains("count me"), "content in a metric label: {k}");
         }
+        // The control-plane counts operator calls and knows the registry.
+        let control = stack.s("control_metrics");
+        let c0 = scrape(&control).await?;
+        stack.cli(&["tenants", "list"])?;
+        let calls = "bulkhead_control_requests_total{code=Ok,method=list_tenants}";
+        let t0 = std::time::Instant::now();
+        loop {
+            let c1 = scrape(&control).await?;
+            if get(&c1, calls) - get(&c0, calls) == 1.0
+                && get(&c1, "bulkhead_control_tenants{}") == 2.0
+            {
+                break;
+            }
+            ensure!(t0.elapsed().as_secs() < 15, "control-plane metrics did not move: {c1:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
         Ok::<(), anyhow::Error>(())
     }
     .await;

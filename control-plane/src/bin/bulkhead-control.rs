@@ -38,6 +38,9 @@ struct Args {
     /// SPIFFE trust domain whose operator certificates are admitted.
     #[arg(long, env = "BULKHEAD_TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
+    /// Serve Prometheus metrics at http://<addr>/metrics (port 0 = any).
+    #[arg(long, env = "BULKHEAD_CONTROL_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Once the listener is bound, write {"grpc":"<addr>"} here (atomically).
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -54,15 +57,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let mut metrics_addr = None;
+    let metrics = match args.metrics_listen {
+        Some(a) => {
+            let mut reg =
+                bulkhead_telemetry::metrics::prometheus_client::registry::Registry::default();
+            let m = std::sync::Arc::new(bulkhead_control::metrics::ControlMetrics::new(&mut reg));
+            m.spawn_refresh(registry.clone(), std::time::Duration::from_secs(5));
+            let l = tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding the metrics address {a}"))?;
+            metrics_addr = Some(l.local_addr()?.to_string());
+            tokio::spawn(bulkhead_telemetry::metrics::serve(
+                l,
+                std::sync::Arc::new(reg),
+                runtime::shutdown_signal(),
+            ));
+            Some(m)
+        }
+        None => None,
+    };
     let opts = ServeOptions {
         certs_dir: args.certs_dir,
         trust_domain: args.trust_domain,
+        metrics,
     };
     // Fail on bad certificates before announcing readiness.
     bulkhead_proto::identity::CertPaths::new(&opts.certs_dir, server::COMPONENT).server_tls()?;
     if let Some(path) = &args.ready_file {
-        runtime::write_ready_file(path, &serde_json::json!({"grpc": addr.to_string()}))
-            .with_context(|| format!("writing {}", path.display()))?;
+        runtime::write_ready_file(
+            path,
+            &serde_json::json!({"grpc": addr.to_string(), "metrics": metrics_addr}),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
     }
     tracing::info!(grpc = %addr, "control-plane serving");
     server::serve(registry, listener, &opts, runtime::shutdown_signal()).await?;

@@ -62,6 +62,8 @@ pub struct StackInfo {
     /// The audit-service's Prometheus endpoint.
     pub audit_metrics: String,
     pub control_grpc: String,
+    /// The control-plane's Prometheus endpoint.
+    pub control_metrics: String,
     pub worker_grpc: String,
     /// The first worker's Prometheus endpoint (`http://host:port/metrics`).
     pub worker_metrics: String,
@@ -214,11 +216,15 @@ async fn start(
         "127.0.0.1:0",
         "--certs-dir",
         &certs_s,
+        "--metrics-listen",
+        "127.0.0.1:0",
     ])
     .arg("--ready-file")
     .arg(&ready);
     let control_pid = kids.spawn("control", cmd)?;
-    let control_grpc = ready_addr(&kids.wait_ready(&ready).await?, "grpc")?;
+    let ready_json = kids.wait_ready(&ready).await?;
+    let control_grpc = ready_addr(&ready_json, "grpc")?;
+    let control_metrics = format!("http://{}/metrics", ready_addr(&ready_json, "metrics")?);
     println!("control-plane    {control_grpc}");
 
     // Audit-service
@@ -403,6 +409,7 @@ async fn start(
         control_pid,
         audit_metrics: format!("http://{audit_metrics}/metrics"),
         control_grpc,
+        control_metrics,
         worker_grpc,
         worker_metrics,
         workers,
