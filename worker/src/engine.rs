@@ -479,7 +479,7 @@ impl Engine {
             return;
         }
         // Plan: decodes first (one token each), then prefill chunks within the
-        // token budget.
+        // token budget, tenants taking turns (see `sched::prefill_order`).
         let mut plan: Vec<(usize, usize)> = Vec::new();
         let mut budget = self.cfg.prefill_chunk.max(1);
         for (i, s) in self.running.iter().enumerate() {
@@ -488,9 +488,17 @@ impl Engine {
                 budget = budget.saturating_sub(1);
             }
         }
-        for (i, s) in self.running.iter().enumerate() {
+        let prefills: Vec<(usize, &str)> = self
+            .running
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.tokens.len() - s.computed > 1)
+            .map(|(i, s)| (i, &*s.req.tenant))
+            .collect();
+        for i in sched::prefill_order(&prefills) {
+            let s = &self.running[i];
             let rem = s.tokens.len() - s.computed;
-            if rem > 1 && budget > 0 {
+            if budget > 0 {
                 let n = rem.min(budget);
                 plan.push((i, n));
                 budget -= n;

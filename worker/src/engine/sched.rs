@@ -13,6 +13,40 @@
 use super::*;
 use crate::kv::KvError;
 
+/// The order in which sequences waiting for prefill get the step's token
+/// budget: tenants take turns — every tenant's oldest prefill first, then
+/// every tenant's second, and so on (oldest first within a round) — so a
+/// tenant with many long prompts in flight cannot fill every step's budget
+/// while another tenant's prompt waits. `seqs` are (index, tenant) in
+/// admission order.
+pub(super) fn prefill_order(seqs: &[(usize, &str)]) -> Vec<usize> {
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut ranked: Vec<(usize, usize)> = seqs
+        .iter()
+        .map(|&(i, t)| {
+            let r = seen.entry(t).or_default();
+            *r += 1;
+            (*r, i)
+        })
+        .collect();
+    ranked.sort();
+    ranked.into_iter().map(|(_, i)| i).collect()
+}
+
+#[cfg(test)]
+mod order_tests {
+    use super::prefill_order;
+
+    #[test]
+    fn tenants_take_turns_for_the_prefill_budget() {
+        // a's four prompts were admitted before b's one.
+        let seqs = [(0, "a"), (1, "a"), (2, "a"), (3, "a"), (4, "b")];
+        assert_eq!(prefill_order(&seqs), [0, 4, 1, 2, 3]);
+        assert_eq!(prefill_order(&[(0, "a"), (1, "a")]), [0, 1]);
+        assert!(prefill_order(&[]).is_empty());
+    }
+}
+
 /// A request waiting for admission.
 pub(super) enum Pending {
     New(GenerateRequest),
