@@ -33,20 +33,6 @@ pub(super) fn prefill_order(seqs: &[(usize, &str)]) -> Vec<usize> {
     ranked.into_iter().map(|(_, i)| i).collect()
 }
 
-#[cfg(test)]
-mod order_tests {
-    use super::prefill_order;
-
-    #[test]
-    fn tenants_take_turns_for_the_prefill_budget() {
-        // a's four prompts were admitted before b's one.
-        let seqs = [(0, "a"), (1, "a"), (2, "a"), (3, "a"), (4, "b")];
-        assert_eq!(prefill_order(&seqs), [0, 4, 1, 2, 3]);
-        assert_eq!(prefill_order(&[(0, "a"), (1, "a")]), [0, 1]);
-        assert!(prefill_order(&[]).is_empty());
-    }
-}
-
 /// A request waiting for admission.
 pub(super) enum Pending {
     New(GenerateRequest),
@@ -231,5 +217,19 @@ impl Engine {
                 self.waiting.push_front(Pending::Preempted(Box::new(s)));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod order_tests {
+    use super::prefill_order;
+
+    #[test]
+    fn tenants_take_turns_for_the_prefill_budget() {
+        // a's four prompts were admitted before b's one.
+        let seqs = [(0, "a"), (1, "a"), (2, "a"), (3, "a"), (4, "b")];
+        assert_eq!(prefill_order(&seqs), [0, 4, 1, 2, 3]);
+        assert_eq!(prefill_order(&[(0, "a"), (1, "a")]), [0, 1]);
+        assert!(prefill_order(&[]).is_empty());
     }
 }
