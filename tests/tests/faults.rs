@@ -1,6 +1,7 @@
 //! Faults: a worker killed with SIGKILL mid-stream. The affected stream ends
 //! with a clear error within 2 s; other tenants' requests keep flowing on the
-//! remaining worker; the same tenant is served again.
+//! remaining worker; the same tenant is served again; restarted, the worker
+//! rejoins the rotation.
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -67,6 +68,46 @@ async fn worker_killed_mid_stream() -> Result<()> {
             ensure!(complete(&stack, &stack.key(1)).await? == 200, "other tenant refused after the kill");
         }
         ensure!(complete(&stack, &stack.key(0)).await? == 200, "tenant not served after the kill");
+
+        // The worker restarts on its address and rejoins the rotation. First
+        // the cluster view shows it out of rotation.
+        let root = stack.dir.path().join("stack");
+        let grpc = victim["grpc"].as_str().context("grpc")?.to_string();
+        let id = victim["id"].as_str().context("id")?.to_string();
+        let healthy = |st: &serde_json::Value| {
+            st["workers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|w| w["id"] == id.as_str() && w["healthy"] == true)
+        };
+        let t0 = Instant::now();
+        loop {
+            let st: serde_json::Value = serde_json::from_str(&stack.cli(&["status", "--json"])?)?;
+            if !healthy(&st) {
+                break;
+            }
+            ensure!(t0.elapsed() < Duration::from_secs(20), "the dead worker stayed in rotation: {st}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut cmd = std::process::Command::new(bulkhead_e2e::bin_path("bulkhead-worker"));
+        cmd.arg("serve")
+            .arg("--model")
+            .arg(root.join("model"))
+            .args(["--model-name", &stack.s("model"), "--listen", &grpc, "--worker-id", &id])
+            .arg("--certs-dir")
+            .arg(root.join("certs"));
+        let _restarted = bulkhead_e2e::Proc::spawn("worker-restarted", cmd, stack.dir.path())?;
+        let t0 = Instant::now();
+        loop {
+            let st: serde_json::Value = serde_json::from_str(&stack.cli(&["status", "--json"])?)?;
+            if healthy(&st) {
+                break;
+            }
+            ensure!(t0.elapsed() < Duration::from_secs(20), "the restarted worker never rejoined: {st}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!("worker {id} rejoined {:?} after its restart", t0.elapsed());
         Ok::<(), anyhow::Error>(())
     }
     .await;
