@@ -339,16 +339,28 @@ impl<P: Pool> Actor<P> {
         let mut tick = tokio::time::interval(RETRY_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            // Dispatch only after what can let a queued request go: an
+            // arrival, a finished request (a freed slot), or the tick (the
+            // capacity polls and the peers' heartbeats). Token charges, by
+            // far the most frequent messages, only reorder the queue.
+            let may_go = tokio::select! {
                 e = enq.recv() => match e {
-                    Some(e) => self.enqueue(e),
+                    Some(e) => {
+                        self.enqueue(e);
+                        true
+                    }
                     // Every handle is gone: nobody can ask any more.
                     None => return,
                 },
                 Some(m) = rx.recv() => self.handle(m),
-                _ = tick.tick() => self.housekeeping(),
+                _ = tick.tick() => {
+                    self.housekeeping();
+                    true
+                }
+            };
+            if may_go {
+                self.dispatch();
             }
-            self.dispatch();
         }
     }
 
@@ -400,7 +412,9 @@ impl<P: Pool> Actor<P> {
             .insert(e.ticket, (id.to_string(), fq, e.model.clone()));
     }
 
-    fn handle(&mut self, m: Msg) {
+    /// Handles one message; true when it may have freed a slot.
+    fn handle(&mut self, m: Msg) -> bool {
+        let frees = matches!(m, Msg::Finish { .. } | Msg::SetFifo(_));
         match m {
             Msg::Stats(reply) => {
                 let _ = reply.send(Stats {
@@ -467,6 +481,7 @@ impl<P: Pool> Actor<P> {
                 self.limiter.refund_tokens(&tenant, &limits, now, refund);
             }
         }
+        frees
     }
 
     /// Fails queued requests whose model lost every worker; forgets idle
@@ -498,9 +513,14 @@ impl<P: Pool> Actor<P> {
             view.tenants.entry(t.clone()).or_default().running += n;
         }
         for (t, _, model) in self.queued.values() {
-            let e = view.tenants.entry(t.clone()).or_default();
+            if !view.tenants.contains_key(t) {
+                view.tenants.insert(t.clone(), Default::default());
+            }
+            let e = view.tenants.get_mut(t).expect("inserted above");
             e.queued += 1;
-            e.queued_models.insert(model.clone());
+            if !e.queued_models.contains(model) {
+                e.queued_models.insert(model.clone());
+            }
         }
         for (t, w) in &self.weights {
             if let Some(e) = view.tenants.get_mut(t) {
@@ -511,11 +531,19 @@ impl<P: Pool> Actor<P> {
     }
 
     fn dispatch(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        // The FIFO baseline keeps no shares: arrival order only.
+        let fifo = self.queue.is_fifo();
+        // Built once per call (it walks the queue), then kept current.
+        let mut view = if fifo {
+            SlotView::default()
+        } else {
+            self.slot_view()
+        };
         loop {
             let pool = self.pool.clone();
-            // The FIFO baseline keeps no shares: arrival order only.
-            let fifo = self.queue.is_fifo();
-            let view = self.slot_view();
             let may_take = |tenant: &str, target: &Target| {
                 let (free, total) = pool.slots(target);
                 if fifo {
@@ -544,6 +572,10 @@ impl<P: Pool> Actor<P> {
             };
             *self.running.entry(tenant.clone()).or_default() += 1;
             self.served.entry(tenant.clone()).or_default().1 += 1;
+            if let Some(v) = view.tenants.get_mut(&tenant) {
+                v.running += 1;
+                v.queued = v.queued.saturating_sub(1);
+            }
             let meter = Meter {
                 tx: self.tx.clone(),
                 tenant,
