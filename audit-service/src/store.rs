@@ -102,10 +102,21 @@ struct TenantLog {
     checkpointed: u64,
 }
 
+/// Request ids remembered for recognising redeliveries, all tenants
+/// together: more than the consumer's `max_ack_pending` (20,000), since a
+/// redelivered event is one stored but not yet acknowledged, and nothing
+/// past that many later events can still be unacknowledged. (A router's
+/// spool replay is de-duplicated by JetStream's message id window.) Bounds
+/// the memory, which would otherwise grow with every event ever stored.
+pub const SEEN_WINDOW: usize = 32_768;
+
 pub struct AuditStore {
     root: PathBuf,
     wrapper: Arc<dyn KeyWrapper>,
     tenants: HashMap<String, TenantLog>,
+    /// (tenant, request id) of the latest `SEEN_WINDOW` stored events,
+    /// oldest first: what each tenant's `seen` set holds.
+    recent: std::collections::VecDeque<(String, String)>,
     signer: Option<CheckpointSigner>,
     opts: StoreOptions,
 }
@@ -187,6 +198,7 @@ impl AuditStore {
             root: root.to_path_buf(),
             wrapper,
             tenants: HashMap::new(),
+            recent: std::collections::VecDeque::new(),
             signer: Some(CheckpointSigner::load_or_create(root)?),
             opts: opts.clamped(),
         };
@@ -222,6 +234,7 @@ impl AuditStore {
             root: root.to_path_buf(),
             wrapper,
             tenants: HashMap::new(),
+            recent: std::collections::VecDeque::new(),
             signer: None,
             opts: StoreOptions::default(),
         }
@@ -281,11 +294,13 @@ impl AuditStore {
                 "{tenant}: {why}; refusing to append to a log that disagrees with its signed checkpoints"
             )));
         }
-        let seen = log
-            .frames
-            .iter()
-            .map(|f| f.event.request_id.clone())
-            .collect();
+        let skip = log.frames.len().saturating_sub(SEEN_WINDOW);
+        let mut seen = HashSet::new();
+        for f in log.frames.iter().skip(skip) {
+            seen.insert(f.event.request_id.clone());
+            self.recent
+                .push_back((tenant.to_string(), f.event.request_id.clone()));
+        }
         let epoch = keys.current().expect("created above");
         let used = log.frames.iter().filter(|f| f.epoch == epoch).count() as u64;
         let mut tl = TenantLog {
@@ -391,6 +406,15 @@ impl AuditStore {
         log.dirty = true;
         if log.seg_count >= self.opts.segment_records {
             close_segment(&dir, tenant, log, self.signer.as_ref())?;
+        }
+        self.recent
+            .push_back((tenant.to_string(), ev.request_id.clone()));
+        while self.recent.len() > SEEN_WINDOW {
+            if let Some((t, id)) = self.recent.pop_front()
+                && let Some(l) = self.tenants.get_mut(&t)
+            {
+                l.seen.remove(&id);
+            }
         }
         Ok(true)
     }

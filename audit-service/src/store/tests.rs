@@ -58,6 +58,45 @@ fn roundtrip_dedup_and_restart() {
 }
 
 #[test]
+fn redeliveries_are_recognised_within_a_bounded_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = AuditStore::open(dir.path(), master()).unwrap();
+    let n = SEEN_WINDOW + 100;
+    for i in 0..n {
+        let t = if i.is_multiple_of(2) {
+            "acme"
+        } else {
+            "globex"
+        };
+        assert!(s.append(&ev(t, &format!("r{i}"))).unwrap());
+    }
+    // Anything within the window (more than the consumer's max_ack_pending)
+    // is recognised...
+    let last = n - 1;
+    let t = if last.is_multiple_of(2) {
+        "acme"
+    } else {
+        "globex"
+    };
+    assert!(!s.append(&ev(t, &format!("r{last}"))).unwrap());
+    let oldest_kept = n - SEEN_WINDOW;
+    let t_old = if oldest_kept.is_multiple_of(2) {
+        "acme"
+    } else {
+        "globex"
+    };
+    assert!(!s.append(&ev(t_old, &format!("r{oldest_kept}"))).unwrap());
+    // ... and memory stays bounded: the oldest ids are forgotten.
+    let remembered: usize = s.tenants.values().map(|l| l.seen.len()).sum();
+    assert_eq!(remembered, SEEN_WINDOW);
+    s.sync().unwrap();
+    drop(s);
+    // After a restart the window is rebuilt from the end of the logs.
+    let mut s = AuditStore::open(dir.path(), master()).unwrap();
+    assert!(!s.append(&ev(t, &format!("r{last}"))).unwrap());
+}
+
+#[test]
 fn tenants_have_separate_keys() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = store_with(dir.path(), 1);
