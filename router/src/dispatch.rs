@@ -25,6 +25,9 @@ use crate::fair::{FairQueue, INPUT_COST, OUTPUT_COST, Ticket};
 use crate::limits::{Limiter, Limits};
 use crate::slots::SlotView;
 
+mod meter;
+pub use meter::Meter;
+
 /// How often queued requests are retried when nothing else happens (worker
 /// capacity polls can free slots without a message to the dispatcher).
 const RETRY_EVERY: Duration = Duration::from_millis(50);
@@ -63,57 +66,6 @@ pub type Clock = Arc<dyn Fn() -> Duration + Send + Sync>;
 pub struct Grant<L> {
     pub lease: L,
     pub meter: Meter,
-}
-
-/// Reports the tokens a running request actually processes; ends the
-/// request when dropped.
-pub struct Meter {
-    tx: mpsc::UnboundedSender<Msg>,
-    tenant: String,
-    limits: Limits,
-    reserved: u64,
-    prompt: u64,
-    output: u64,
-}
-
-impl Meter {
-    /// The worker started the request with this many prompt tokens.
-    pub fn started(&mut self, prompt_tokens: u32) {
-        self.prompt = u64::from(prompt_tokens);
-        self.charge(prompt_tokens, 0);
-    }
-
-    /// The worker produced `n` more output tokens.
-    pub fn output(&mut self, n: u32) {
-        self.output += u64::from(n);
-        self.charge(0, n);
-    }
-
-    /// The worker's final counts (they win over what was streamed for the
-    /// tokens-per-minute refund; fair-queue charges were made as streamed).
-    pub fn finished(&mut self, prompt_tokens: u32, completion_tokens: u32) {
-        self.prompt = u64::from(prompt_tokens);
-        self.output = u64::from(completion_tokens);
-    }
-
-    fn charge(&self, input: u32, output: u32) {
-        let _ = self.tx.send(Msg::Charge {
-            tenant: self.tenant.clone(),
-            input,
-            output,
-        });
-    }
-}
-
-impl Drop for Meter {
-    fn drop(&mut self) {
-        let used = self.prompt + self.output;
-        let _ = self.tx.send(Msg::Finish {
-            tenant: std::mem::take(&mut self.tenant),
-            limits: self.limits,
-            refund: self.reserved as i64 - used as i64,
-        });
-    }
 }
 
 struct Pending<L> {
