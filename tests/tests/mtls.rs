@@ -232,6 +232,13 @@ async fn revocation_and_renewal_take_effect_without_restart() -> Result<()> {
             Ok(()) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
+    // The first refusal may come from the per-request check (a handshake
+    // that finished just before the worker reloaded its CRL); a connection
+    // made now, after the reload, must be refused at the handshake itself.
+    ensure!(
+        call(&addr, Some(router.client_tls()?)).await.is_err(),
+        "a new connection with the revoked certificate was admitted"
+    );
     let line = wait_log(
         tmp.path(),
         "worker",
