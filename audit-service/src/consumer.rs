@@ -15,7 +15,7 @@ use crate::StoreError;
 use crate::store::AuditStore;
 
 /// Durable name of the audit-service's consumer.
-pub const CONSUMER_NAME: &str = "bulkhead-audit";
+pub const CONSUMER_NAME: &str = bulkhead_directory::AUDIT_CONSUMER;
 /// Most messages fetched (and fsynced together) per batch.
 pub const BATCH: usize = 500;
 
@@ -35,19 +35,14 @@ fn nats(e: impl std::fmt::Display) -> ConsumerError {
     ConsumerError::Nats(e.to_string())
 }
 
-/// The audit stream, created with the same settings the router uses.
+/// The audit stream and this service's consumer, created with the same
+/// settings the router uses (`bulkhead_directory::ensure_audit_stream`).
 pub async fn ensure_stream(
     js: &jetstream::Context,
 ) -> Result<jetstream::stream::Stream, ConsumerError> {
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: names::AUDIT_STREAM.to_string(),
-        subjects: vec![format!("{}.>", names::AUDIT_SUBJECT_PREFIX)],
-        storage: jetstream::stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
-    .await
-    .map_err(nats)
+    bulkhead_directory::ensure_audit_stream(js)
+        .await
+        .map_err(ConsumerError::Nats)
 }
 
 /// Gets or creates the audit-service's durable pull consumer.
@@ -93,12 +88,9 @@ pub async fn ensure_named_consumer(
             &spec.durable,
             pull::Config {
                 durable_name: Some(spec.durable.clone()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 20_000,
                 filter_subjects: spec.subjects.clone(),
                 deliver_policy,
-                ..Default::default()
+                ..bulkhead_directory::audit_consumer_config()
             },
         )
         .await

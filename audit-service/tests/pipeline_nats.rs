@@ -279,10 +279,17 @@ async fn events_are_stored_once_encrypted_and_per_tenant() {
             .await
             .unwrap();
         let info = consumer.info().await.unwrap();
-        if info.num_pending == 0 && info.num_ack_pending == 0 {
+        // Interest retention: what the audit-service stored and acked (or
+        // terminated) leaves the stream, so NATS does not keep every event.
+        let mut stream = js.get_stream(names::AUDIT_STREAM).await.unwrap();
+        let held = stream.info().await.unwrap().state.messages;
+        if info.num_pending == 0 && info.num_ack_pending == 0 && held == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "unacked messages: {info:?}");
+        assert!(
+            Instant::now() < deadline,
+            "unacked messages: {info:?}; stream still holds {held}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop(running).await;

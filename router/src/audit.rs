@@ -72,18 +72,13 @@ pub struct AuditPublisher {
 }
 
 impl AuditPublisher {
-    /// Creates the audit stream when missing (same settings as the
-    /// audit-service uses).
+    /// Creates the audit stream (and the audit-service's consumer, so
+    /// events published before it first starts are kept) when missing.
     pub async fn new(client: async_nats::Client) -> anyhow::Result<Self> {
         let js = jetstream::new(client.clone());
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: names::AUDIT_STREAM.to_string(),
-            subjects: vec![format!("{}.>", names::AUDIT_SUBJECT_PREFIX)],
-            storage: jetstream::stream::StorageType::File,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await?;
+        bulkhead_directory::ensure_audit_stream(&js)
+            .await
+            .map_err(anyhow::Error::msg)?;
         Ok(Self {
             js,
             client,

@@ -9,8 +9,10 @@
 //! tokens are refunded and the next request may go. A request whose caller
 //! goes away while it waits is removed from the queue.
 //!
-//! The inbox is unbounded: admission messages are bounded by the number of
-//! open client requests, the rest by the tokens streamed.
+//! The inbox is unbounded but stays small: admission messages are bounded by
+//! the number of open client requests, finishes by the running ones, and
+//! token charges are summed per tenant in a ledger that wakes the actor with
+//! at most one message outstanding.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,11 +97,8 @@ enum Msg {
     Cancel {
         ticket: u64,
     },
-    Charge {
-        tenant: String,
-        input: u32,
-        output: u32,
-    },
+    /// Token charges are waiting in the [`meter::Ledger`].
+    Charges,
     Finish {
         tenant: String,
         limits: Limits,
@@ -167,6 +166,7 @@ impl<L: Send + 'static> Dispatcher<L> {
             pool,
             clock,
             tx: tx.clone(),
+            ledger: Arc::default(),
             queue: FairQueue::new(),
             limiter: Limiter::new(),
             queued: HashMap::new(),
@@ -269,6 +269,7 @@ struct Actor<P: Pool> {
     pool: Arc<P>,
     clock: Clock,
     tx: mpsc::UnboundedSender<Msg>,
+    ledger: Arc<meter::Ledger>,
     queue: FairQueue<Pending<P::Lease>>,
     limiter: Limiter,
     /// Caller ticket -> (tenant, fair-queue ticket) of queued requests.
@@ -384,6 +385,7 @@ impl<P: Pool> Actor<P> {
                 }
             }
             Msg::Loads(reply) => {
+                self.apply_charges();
                 let mut loads: HashMap<String, TenantLoad> = HashMap::new();
                 for (t, (service, requests)) in &self.served {
                     let l = tenant_load(&mut loads, t);
@@ -409,15 +411,7 @@ impl<P: Pool> Actor<P> {
             }
             Msg::SetFifo(fifo) => self.queue.set_fifo(fifo),
             Msg::Remote { tenant, cost } => self.queue.charge_cost(&tenant, cost),
-            Msg::Charge {
-                tenant,
-                input,
-                output,
-            } => {
-                let cost = f64::from(input) * INPUT_COST + f64::from(output) * OUTPUT_COST;
-                self.served.entry(tenant.clone()).or_default().0 += cost;
-                self.queue.charge(&tenant, input, output);
-            }
+            Msg::Charges => self.apply_charges(),
             Msg::Finish {
                 tenant,
                 limits,
@@ -482,10 +476,22 @@ impl<P: Pool> Actor<P> {
         view
     }
 
+    /// Applies the token charges the meters left in the ledger.
+    fn apply_charges(&mut self) {
+        for (tenant, (input, output)) in self.ledger.take() {
+            let cost = input as f64 * INPUT_COST + output as f64 * OUTPUT_COST;
+            let served = self.served.entry(tenant.clone()).or_default();
+            served.0 += cost;
+            self.queue.charge_cost(&tenant, cost);
+        }
+    }
+
     fn dispatch(&mut self) {
         if self.queue.is_empty() {
             return;
         }
+        // The queue's order must include every token charged so far.
+        self.apply_charges();
         // The FIFO baseline keeps no shares: arrival order only.
         let fifo = self.queue.is_fifo();
         // Built once per call (it walks the queue), then kept current.
@@ -530,6 +536,7 @@ impl<P: Pool> Actor<P> {
             }
             let meter = Meter {
                 tx: self.tx.clone(),
+                ledger: self.ledger.clone(),
                 tenant,
                 limits: p.limits,
                 reserved: p.reserve,

@@ -1,0 +1,79 @@
+//! The JetStream stream audit events travel through, created the same way
+//! by everyone who may be first to need it (router, audit-service, tests).
+//!
+//! The stream is a buffer, not the record: the audit-service's store is. So
+//! it keeps an event only until the audit-service's durable consumer has
+//! acknowledged it (interest retention), and it is bounded: when the
+//! audit-service falls that far behind, publishing fails and the router
+//! refuses or spools (its `--audit-mode`) instead of NATS growing without
+//! limit. The consumer is created together with the stream, so an event
+//! published before the audit-service first starts is still kept for it.
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use bulkhead_proto::names;
+
+/// The audit-service's durable consumer on the stream.
+pub const AUDIT_CONSUMER: &str = "bulkhead-audit";
+
+/// The most the stream holds for an audit-service that is behind or down.
+pub const AUDIT_STREAM_MAX_BYTES: i64 = 1 << 30;
+
+/// Publishes with the same message id within this window are stored once.
+pub const AUDIT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// The stream's settings.
+pub fn audit_stream_config() -> stream::Config {
+    stream::Config {
+        name: names::AUDIT_STREAM.to_string(),
+        subjects: vec![format!("{}.>", names::AUDIT_SUBJECT_PREFIX)],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Interest,
+        max_bytes: AUDIT_STREAM_MAX_BYTES,
+        discard: stream::DiscardPolicy::New,
+        duplicate_window: AUDIT_DUPLICATE_WINDOW,
+        ..Default::default()
+    }
+}
+
+/// The audit-service's consumer: every audit subject, from the start,
+/// explicit acks (sent after the event is fsynced).
+pub fn audit_consumer_config() -> pull::Config {
+    pull::Config {
+        durable_name: Some(AUDIT_CONSUMER.to_string()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 20_000,
+        deliver_policy: jetstream::consumer::DeliverPolicy::All,
+        ..Default::default()
+    }
+}
+
+/// Gets or creates the audit stream and the audit-service's consumer. A
+/// stream an older version created without retention limits is updated.
+pub async fn ensure_audit_stream(js: &jetstream::Context) -> Result<stream::Stream, String> {
+    let err = |e: &dyn std::fmt::Display| format!("audit stream {}: {e}", names::AUDIT_STREAM);
+    let want = audit_stream_config();
+    let mut s = js
+        .get_or_create_stream(want.clone())
+        .await
+        .map_err(|e| err(&e))?;
+    let have = s.info().await.map_err(|e| err(&e))?.config.clone();
+    if have.retention != want.retention || have.max_bytes != want.max_bytes {
+        match js.update_stream(want).await {
+            Ok(_) => tracing::info!(
+                stream = names::AUDIT_STREAM,
+                "audit stream updated to interest retention with a size limit"
+            ),
+            Err(e) => tracing::warn!(
+                stream = names::AUDIT_STREAM,
+                error = %e,
+                "audit stream keeps its old settings (no retention limit)"
+            ),
+        }
+    }
+    s.get_or_create_consumer(AUDIT_CONSUMER, audit_consumer_config())
+        .await
+        .map_err(|e| err(&e))?;
+    Ok(s)
+}
