@@ -51,7 +51,7 @@ fn setup() -> &'static Setup {
             model_name: "tiny".into(),
             worker_id: "w1".into(),
             block_size: 16,
-            device: "cpu",
+            device: "cpu".into(),
             placement: Arc::new(placement),
         };
         Setup {

@@ -81,6 +81,9 @@ pub struct DecodeArgs {
     rounds: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Device: cpu, cuda, cuda:N or mig:<uuid> (auto means cpu here).
+    #[arg(long, default_value = "cpu")]
+    device: bulkhead_worker::device::DeviceArg,
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
@@ -121,6 +124,12 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                 iso_batch: a.iso_batch,
                 rounds: a.rounds,
                 seed: a.seed,
+                cuda: match bulkhead_worker::device::choose(&a.device)
+                    .map_err(anyhow::Error::msg)?
+                {
+                    bulkhead_worker::device::Chosen::Cuda { ordinal, .. } => Some(ordinal),
+                    bulkhead_worker::device::Chosen::Cpu => None,
+                },
                 ..DecodeBenchConfig::default()
             };
             let dir = tempfile_dir()?;

@@ -170,9 +170,10 @@ impl EngineHandle {
     ) -> std::io::Result<Self> {
         let (tx, rx) = stdmpsc::channel();
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let pool = KvPool::with_quota(
+        let pool = KvPool::with_storage(
             model.model.kv_shape(cfg.kv_blocks, cfg.block_size),
             cfg.kv_quota,
+            !model.model.kv_on_device(),
         );
         let engine = Engine {
             model,
@@ -546,6 +547,7 @@ impl Engine {
                 SeqInput {
                     tokens: &s.tokens[s.computed..s.computed + n],
                     start_pos: s.computed,
+                    tenant: &s.req.tenant,
                     blocks: &s.blocks,
                     want_logits: s.computed + n == s.tokens.len(),
                 }

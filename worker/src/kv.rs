@@ -175,6 +175,10 @@ pub struct KvPool {
     scrub_time: std::time::Duration,
     evicted_blocks: u64,
     cache_hit_blocks: u64,
+    /// False when the K/V values live elsewhere (the CUDA arena): `k`/`v`
+    /// are then empty and blocks to zero are queued in `to_scrub`.
+    host_storage: bool,
+    to_scrub: Vec<BlockId>,
 }
 
 impl KvPool {
@@ -184,7 +188,19 @@ impl KvPool {
     }
 
     pub fn with_quota(shape: KvShape, quota: KvQuota) -> Self {
-        let per_layer = shape.num_blocks * shape.block_len();
+        Self::with_storage(shape, quota, true)
+    }
+
+    /// A pool whose K/V values live in device memory (`host_storage` false):
+    /// it keeps only the bookkeeping, and the blocks that must be zeroed
+    /// before their new owner's next step are taken with
+    /// [`take_scrub_list`](Self::take_scrub_list) by the device engine.
+    pub fn with_storage(shape: KvShape, quota: KvQuota, host_storage: bool) -> Self {
+        let per_layer = if host_storage {
+            shape.num_blocks * shape.block_len()
+        } else {
+            0
+        };
         Self {
             shape,
             quota,
@@ -207,7 +223,20 @@ impl KvPool {
             scrub_time: std::time::Duration::ZERO,
             evicted_blocks: 0,
             cache_hit_blocks: 0,
+            host_storage,
+            to_scrub: Vec::new(),
         }
+    }
+
+    /// Whether the K/V values are in this pool (else in a device arena).
+    pub fn has_host_storage(&self) -> bool {
+        self.host_storage
+    }
+
+    /// Device storage: the blocks that changed owner since the last call;
+    /// the device engine zeroes them before it runs the next step.
+    pub fn take_scrub_list(&mut self) -> Vec<BlockId> {
+        std::mem::take(&mut self.to_scrub)
     }
 
     pub fn shape(&self) -> KvShape {
@@ -499,6 +528,10 @@ impl KvPool {
     }
 
     fn zero_block(&mut self, b: BlockId) {
+        if !self.host_storage {
+            self.to_scrub.push(b);
+            return;
+        }
         let len = self.shape.block_len();
         let start = b as usize * len;
         for layer in 0..self.shape.num_layers {

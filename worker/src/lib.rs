@@ -8,6 +8,7 @@ pub mod bench;
 pub mod certs;
 pub mod config;
 pub mod cuda;
+pub mod device;
 pub mod engine;
 pub mod genmodel;
 pub mod kv;

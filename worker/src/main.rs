@@ -9,6 +9,7 @@ use anyhow::Context;
 use bulkhead_proto::identity::{DEFAULT_TRUST_DOMAIN, SpiffeAuthorizer};
 use bulkhead_proto::worker::worker_server::WorkerServer;
 use bulkhead_worker::LoadedModel;
+use bulkhead_worker::device::{Chosen, DeviceArg};
 use bulkhead_worker::engine::{EngineConfig, EngineHandle};
 use bulkhead_worker::kv::{KvQuota, PrefixSecret};
 use bulkhead_worker::server::{MAX_REQUEST_BYTES, WorkerService};
@@ -118,13 +119,10 @@ struct ServeArgs {
     /// Tenants this worker admits (required for non-shared tiers; comma-separated).
     #[arg(long = "admit", env = "BULKHEAD_WORKER_ADMIT", value_delimiter = ',')]
     admit: Vec<String>,
-    /// Device: auto (CUDA device 0 when usable, else the CPU), cpu, or cuda.
-    #[arg(
-        long,
-        env = "BULKHEAD_WORKER_DEVICE",
-        value_enum,
-        default_value = "auto"
-    )]
+    /// Device: auto, cpu, cuda, cuda:N or mig:<MIG-uuid>. `auto` runs on the
+    /// CPU (saying whether a GPU was seen): the CUDA engine is used only when
+    /// named, and then starts or refuses with the reason.
+    #[arg(long, env = "BULKHEAD_WORKER_DEVICE", default_value = "auto")]
     device: DeviceArg,
     /// Serve Prometheus metrics at http://<addr>/metrics (port 0 = any free port).
     #[arg(long, env = "BULKHEAD_WORKER_METRICS_LISTEN")]
@@ -191,40 +189,6 @@ fn placement(args: &ServeArgs) -> anyhow::Result<bulkhead_worker::server::Placem
     })
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum DeviceArg {
-    Auto,
-    Cpu,
-    Cuda,
-}
-
-/// Picks the device and says why in one log line. The CUDA engine is not
-/// built yet: a CUDA device is discovered and reported, and the model runs
-/// on the CPU; `--device cuda` refuses to start rather than pretend.
-fn choose_device(want: DeviceArg) -> anyhow::Result<&'static str> {
-    if matches!(want, DeviceArg::Cpu) {
-        tracing::info!("device: cpu (--device cpu)");
-        return Ok("cpu");
-    }
-    match (bulkhead_worker::cuda::probe(0), want) {
-        (Ok(d), DeviceArg::Cuda) => anyhow::bail!(
-            "--device cuda: found {} ({} MiB) but this build's CUDA engine is not implemented yet; use --device auto or cpu",
-            d.name,
-            d.total_mem_bytes >> 20
-        ),
-        (Err(e), DeviceArg::Cuda) => anyhow::bail!("--device cuda: {e}"),
-        (Ok(d), _) => {
-            tracing::warn!(gpu = %d.name, mem_mib = d.total_mem_bytes >> 20,
-                "device: cpu — a CUDA device is present but the CUDA engine is not implemented yet; falling back to the CPU");
-            Ok("cpu")
-        }
-        (Err(e), _) => {
-            tracing::info!(reason = %e, "device: cpu (no usable CUDA device; falling back to the CPU)");
-            Ok("cpu")
-        }
-    }
-}
-
 fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .ok()
@@ -267,7 +231,7 @@ async fn shutdown_signal() {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     bulkhead_proto::identity::install_crypto_provider();
-    let device = choose_device(args.device)?;
+    let device = bulkhead_worker::device::choose(&args.device).map_err(anyhow::Error::msg)?;
     let placement = placement(&args)?;
     tracing::info!(pool = %placement.pool, isolation = ?args.isolation,
         tenants = ?placement.admitted, "pool");
@@ -328,6 +292,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "SYNTHETIC MODE: the model's arithmetic is replaced by a calibrated cost per token; answers are meaningless (benchmarks only)"
         );
     }
+    if let Chosen::Cuda { ordinal, .. } = &device {
+        let (ordinal, blocks, bs) = (*ordinal, args.kv_blocks, args.block_size);
+        loaded = tokio::task::spawn_blocking(move || {
+            loaded.model.use_cuda(ordinal, blocks, bs).map(|()| loaded)
+        })
+        .await?
+        .context("moving the model to the CUDA device")?;
+    }
     let loaded = Arc::new(loaded);
     tracing::info!(model = %model_name, layers = loaded.model.config.num_hidden_layers,
         vocab = loaded.model.vocab_size(), max_context = loaded.model.max_context(), "model loaded");
@@ -383,7 +355,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         model_name: model_name.clone(),
         worker_id: worker_id.clone(),
         block_size: args.block_size as u32,
-        device,
+        device: device.label(),
         placement: Arc::new(placement),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -20,15 +20,21 @@ pub enum ModelError {
     BadPosition(usize, usize),
     #[error("block table too short: position {pos} needs block #{idx}, table has {len}")]
     ShortTable { pos: usize, idx: usize, len: usize },
+    #[error("CUDA: {0}")]
+    Device(String),
+    /// The device attention kernel found a block not owned by the
+    /// sequence's tenant (the host guard should have caught it first).
+    #[error("KV ownership violation seen by the attention kernel in sequences {0:?}")]
+    OwnershipViolation(Vec<usize>),
 }
 
 /// A linear layer stored as HF does: `[out, in]` row-major.
 #[derive(Debug)]
 pub struct Linear {
-    w: Vec<f32>,
-    bias: Option<Vec<f32>>,
-    out_dim: usize,
-    in_dim: usize,
+    pub(crate) w: Vec<f32>,
+    pub(crate) bias: Option<Vec<f32>>,
+    pub(crate) out_dim: usize,
+    pub(crate) in_dim: usize,
 }
 
 impl Linear {
@@ -64,30 +70,32 @@ impl Linear {
 }
 
 #[derive(Debug)]
-struct Layer {
-    attn_norm: Vec<f32>,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    mlp_norm: Vec<f32>,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+pub(crate) struct Layer {
+    pub(crate) attn_norm: Vec<f32>,
+    pub(crate) q: Linear,
+    pub(crate) k: Linear,
+    pub(crate) v: Linear,
+    pub(crate) o: Linear,
+    pub(crate) mlp_norm: Vec<f32>,
+    pub(crate) gate: Linear,
+    pub(crate) up: Linear,
+    pub(crate) down: Linear,
 }
 
 /// A loaded model (weights only; the tokenizer lives in [`crate::tokenizer`]).
 #[derive(Debug)]
 pub struct Model {
     pub config: ModelConfig,
-    embed: Vec<f32>,
-    layers: Vec<Layer>,
-    norm: Vec<f32>,
+    pub(crate) embed: Vec<f32>,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) norm: Vec<f32>,
     /// `None` when tied to the embeddings.
-    lm_head: Option<Linear>,
-    inv_freq: Vec<f32>,
+    pub(crate) lm_head: Option<Linear>,
+    pub(crate) inv_freq: Vec<f32>,
     /// Benchmark mode: replaces the arithmetic with a calibrated cost.
     synthetic: Option<Synthetic>,
+    /// The copy of the weights on a CUDA device, when running there.
+    cuda: Option<crate::cuda::engine::CudaModel>,
 }
 
 /// Benchmark mode (`--synthetic-us-per-token`): a forward step costs
@@ -107,6 +115,9 @@ pub struct SeqInput<'a> {
     pub tokens: &'a [u32],
     /// Position of `tokens[0]`; positions before it are already in the cache.
     pub start_pos: usize,
+    /// The sequence's tenant (the device attention kernel checks that every
+    /// block it reads belongs to it).
+    pub tenant: &'a str,
     /// The sequence's block table (must cover `start_pos + tokens.len()`).
     pub blocks: &'a [BlockId],
     /// Whether to return logits of the last token.
@@ -122,6 +133,41 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
             *o = v * s * g;
         }
     }
+}
+
+/// Flattens a batch and checks it: per token, the token id and (sequence
+/// index, position); every id in the vocabulary, every position within the
+/// context and covered by the sequence's block table.
+#[allow(clippy::type_complexity)]
+pub(crate) fn flatten(
+    cfg: &ModelConfig,
+    block_size: usize,
+    batch: &[SeqInput<'_>],
+) -> Result<(Vec<u32>, Vec<(usize, usize)>), ModelError> {
+    let mut toks = Vec::new();
+    let mut meta = Vec::new();
+    for (si, s) in batch.iter().enumerate() {
+        for (j, &t) in s.tokens.iter().enumerate() {
+            let pos = s.start_pos + j;
+            if t as usize >= cfg.vocab_size {
+                return Err(ModelError::BadToken(t, cfg.vocab_size));
+            }
+            if pos >= cfg.max_position_embeddings {
+                return Err(ModelError::BadPosition(pos, cfg.max_position_embeddings));
+            }
+            let idx = pos / block_size;
+            if idx >= s.blocks.len() {
+                return Err(ModelError::ShortTable {
+                    pos,
+                    idx,
+                    len: s.blocks.len(),
+                });
+            }
+            toks.push(t);
+            meta.push((si, pos));
+        }
+    }
+    Ok((toks, meta))
 }
 
 impl Model {
@@ -173,7 +219,30 @@ impl Model {
             lm_head,
             inv_freq,
             synthetic: None,
+            cuda: None,
         })
+    }
+
+    /// Moves the forward pass to CUDA device `ordinal`: uploads the weights
+    /// and allocates the K/V arena of `kv_blocks` blocks in device memory.
+    /// The engine's pool must then be created without host storage
+    /// ([`kv_on_device`](Self::kv_on_device)).
+    pub fn use_cuda(
+        &mut self,
+        ordinal: usize,
+        kv_blocks: usize,
+        block_size: usize,
+    ) -> Result<(), ModelError> {
+        let shape = self.kv_shape(kv_blocks, block_size);
+        self.cuda = Some(crate::cuda::engine::CudaModel::upload(
+            self, ordinal, shape,
+        )?);
+        Ok(())
+    }
+
+    /// True when K/V values live in a device arena, not in the [`KvPool`].
+    pub fn kv_on_device(&self) -> bool {
+        self.cuda.is_some()
     }
 
     /// Switches to benchmark mode (see [`Synthetic`]).
@@ -237,6 +306,9 @@ impl Model {
                 })
                 .collect());
         }
+        if let Some(cuda) = &self.cuda {
+            return cuda.forward(pool, batch);
+        }
         let cfg = &self.config;
         let (h, hd, nh, nkv) = (
             cfg.hidden_size,
@@ -245,30 +317,7 @@ impl Model {
             cfg.num_kv_heads(),
         );
         let bs = pool.block_size();
-        // Flatten the batch: per token its sequence index and position.
-        let mut toks = Vec::new();
-        let mut meta = Vec::new();
-        for (si, s) in batch.iter().enumerate() {
-            for (j, &t) in s.tokens.iter().enumerate() {
-                let pos = s.start_pos + j;
-                if t as usize >= cfg.vocab_size {
-                    return Err(ModelError::BadToken(t, cfg.vocab_size));
-                }
-                if pos >= cfg.max_position_embeddings {
-                    return Err(ModelError::BadPosition(pos, cfg.max_position_embeddings));
-                }
-                let idx = pos / bs;
-                if idx >= s.blocks.len() {
-                    return Err(ModelError::ShortTable {
-                        pos,
-                        idx,
-                        len: s.blocks.len(),
-                    });
-                }
-                toks.push(t);
-                meta.push((si, pos));
-            }
-        }
+        let (toks, meta) = flatten(cfg, bs, batch)?;
         let n = toks.len();
         let mut x = vec![0.0f32; n * h];
         for (row, &t) in x.chunks_exact_mut(h).zip(&toks) {

@@ -35,7 +35,7 @@ pub struct WorkerService {
     pub worker_id: String,
     pub block_size: u32,
     /// The device the model runs on (`cpu`), as reported by ModelInfo.
-    pub device: &'static str,
+    pub device: String,
     /// The pool this worker belongs to and the tenants it admits.
     pub placement: Arc<Placement>,
 }
@@ -251,7 +251,7 @@ impl Worker for WorkerService {
                 model_name: self.model_name.clone(),
                 worker_id: self.worker_id.clone(),
                 block_size: self.block_size,
-                device: self.device,
+                device: self.device.clone(),
                 placement: self.placement.clone(),
             };
             tokio::task::spawn_blocking(move || {
@@ -359,7 +359,7 @@ impl Worker for WorkerService {
             max_context: self.model.model.max_context() as u32,
             vocab_size: self.model.model.vocab_size() as u32,
             kv_block_size: self.block_size,
-            device: self.device.into(),
+            device: self.device.clone(),
             worker_id: self.worker_id.clone(),
             pool: self.placement.pool.clone(),
             isolation: self.placement.isolation,

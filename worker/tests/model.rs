@@ -116,6 +116,7 @@ fn last_logits_full(m: &LoadedModel, ids: &[u32]) -> Vec<f32> {
             &[SeqInput {
                 tokens: ids,
                 start_pos: 0,
+                tenant: "t",
                 blocks: &blocks,
                 want_logits: true,
             }],
@@ -165,12 +166,14 @@ fn paged_incremental_matches_full_recompute() {
                     SeqInput {
                         tokens: &other_ids[op..op + 1],
                         start_pos: op,
+                        tenant: "o",
                         blocks: &other_blocks,
                         want_logits: false,
                     },
                     SeqInput {
                         tokens: &ids[pos..pos + n],
                         start_pos: pos,
+                        tenant: "t",
                         blocks: &blocks,
                         want_logits: true,
                     },
@@ -203,6 +206,7 @@ fn forward_rejects_bad_tokens_and_short_tables() {
         &[SeqInput {
             tokens: &bad,
             start_pos: 0,
+            tenant: "t",
             blocks: &blocks,
             want_logits: true,
         }],
@@ -214,6 +218,7 @@ fn forward_rejects_bad_tokens_and_short_tables() {
         &[SeqInput {
             tokens: &five,
             start_pos: 0,
+            tenant: "t",
             blocks: &blocks,
             want_logits: true,
         }],

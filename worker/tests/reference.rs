@@ -33,6 +33,7 @@ fn last_logits(m: &LoadedModel, ids: &[u32]) -> Vec<f32> {
             &[SeqInput {
                 tokens: ids,
                 start_pos: 0,
+                tenant: "t",
                 blocks: &blocks,
                 want_logits: true,
             }],

@@ -20,7 +20,7 @@ fn service() -> (tempfile::TempDir, WorkerService) {
         model_name: "tiny".into(),
         worker_id: "w1".into(),
         block_size: 16,
-        device: "cpu",
+        device: "cpu".into(),
         placement: Default::default(),
     };
     (d, svc)

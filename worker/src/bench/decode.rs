@@ -42,6 +42,8 @@ pub struct DecodeBenchConfig {
     pub rounds: usize,
     pub block_size: usize,
     pub seed: u64,
+    /// Run on this CUDA device instead of the CPU.
+    pub cuda: Option<usize>,
 }
 
 impl Default for DecodeBenchConfig {
@@ -66,6 +68,7 @@ impl Default for DecodeBenchConfig {
             rounds: 8,
             block_size: 16,
             seed: 1,
+            cuda: None,
         }
     }
 }
@@ -94,6 +97,8 @@ pub struct StepShare {
 #[derive(Debug, Clone, Serialize)]
 pub struct DecodeBenchReport {
     pub model: String,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
     pub parameters: u64,
     pub prompt_tokens: usize,
     pub gen_tokens: u32,
@@ -206,7 +211,7 @@ pub fn run(cfg: &DecodeBenchConfig, dir: &Path) -> Result<DecodeBenchReport, Ben
         )));
     }
     crate::genmodel::generate_with(dir, cfg.seed, cfg.shape)?;
-    let model = Arc::new(LoadedModel::load(dir)?);
+    let mut loaded = LoadedModel::load(dir)?;
     let max_batch = cfg
         .batches
         .iter()
@@ -215,6 +220,13 @@ pub fn run(cfg: &DecodeBenchConfig, dir: &Path) -> Result<DecodeBenchReport, Ben
         .unwrap_or(1)
         .max(cfg.iso_batch.max(1));
     let per_seq = (cfg.prompt_tokens + cfg.gen_tokens as usize).div_ceil(cfg.block_size) + 1;
+    if let Some(ordinal) = cfg.cuda {
+        loaded
+            .model
+            .use_cuda(ordinal, 2 * max_batch * per_seq, cfg.block_size)
+            .map_err(|e| BenchError::Engine(e.to_string()))?;
+    }
+    let model = Arc::new(loaded);
     let engine = EngineHandle::start(
         model.clone(),
         EngineConfig {
@@ -295,6 +307,7 @@ pub fn run(cfg: &DecodeBenchConfig, dir: &Path) -> Result<DecodeBenchReport, Ben
             s.kv_heads,
             model.model.vocab_size()
         ),
+        device: cfg.cuda.map_or("cpu".into(), |o| format!("cuda:{o}")),
         parameters: parameters(&s, model.model.vocab_size()),
         prompt_tokens: cfg.prompt_tokens,
         gen_tokens: cfg.gen_tokens,
@@ -320,9 +333,10 @@ impl std::fmt::Display for DecodeBenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "decode: {} ({:.1}M parameters), {} prompt + {} generated tokens per request, {} CPU threads",
+            "decode: {} ({:.1}M parameters) on {}, {} prompt + {} generated tokens per request, {} CPU threads",
             self.model,
             self.parameters as f64 / 1e6,
+            self.device,
             self.prompt_tokens,
             self.gen_tokens,
             self.threads

@@ -72,6 +72,31 @@ fn reassigned_block_is_zeroed_but_same_tenant_reuse_is_not() {
 }
 
 #[test]
+fn device_storage_queues_every_owner_change_for_the_device_to_zero() {
+    // The CUDA arena is zeroed by the engine from this list before the new
+    // owner's next step; the same rule as the host zeroing above.
+    let mut p = KvPool::with_storage(shape(2), KvQuota::UNLIMITED, false);
+    assert!(!p.has_host_storage());
+    let (a, b) = (t("a"), t("b"));
+    let blk = p.allocate(&a, 2).unwrap();
+    assert!(p.take_scrub_list().is_empty(), "fresh blocks had no owner");
+    p.free(&a, &blk);
+    let again = p.allocate(&a, 1).unwrap();
+    assert!(
+        p.take_scrub_list().is_empty(),
+        "same tenant: nothing to zero"
+    );
+    p.free(&a, &again);
+    let mut other = p.allocate(&b, 2).unwrap();
+    let mut queued = p.take_scrub_list();
+    queued.sort();
+    other.sort();
+    assert_eq!(queued, other, "both of a's blocks must be zeroed for b");
+    assert_eq!(p.scrubbed_blocks(), 2);
+    assert!(p.take_scrub_list().is_empty(), "taken once");
+}
+
+#[test]
 fn guard_fires_on_foreign_block_and_counts() {
     let mut p = KvPool::new(shape(4));
     let (a, b) = (t("a"), t("b"));
