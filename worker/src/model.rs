@@ -309,6 +309,11 @@ impl Model {
         if let Some(cuda) = &self.cuda {
             return cuda.forward(pool, batch);
         }
+        if !pool.has_host_storage() {
+            return Err(ModelError::Device(
+                "the KV pool has no host storage but the model runs on the CPU".into(),
+            ));
+        }
         let cfg = &self.config;
         let (h, hd, nh, nkv) = (
             cfg.hidden_size,

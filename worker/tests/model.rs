@@ -225,3 +225,27 @@ fn forward_rejects_bad_tokens_and_short_tables() {
     );
     assert!(r.unwrap_err().to_string().contains("block table too short"));
 }
+
+#[test]
+fn cpu_model_refuses_a_pool_without_host_storage() {
+    let d = model_dir(1);
+    let m = LoadedModel::load(d.path()).unwrap();
+    let mut pool = KvPool::with_storage(
+        m.model.kv_shape(4, 4),
+        bulkhead_worker::kv::KvQuota::UNLIMITED,
+        false,
+    );
+    let t: TenantId = Arc::from("t");
+    let blocks = pool.allocate(&t, 1).unwrap();
+    let r = m.model.forward(
+        &mut pool,
+        &[SeqInput {
+            tokens: &[1, 2],
+            start_pos: 0,
+            tenant: "t",
+            blocks: &blocks,
+            want_logits: true,
+        }],
+    );
+    assert!(r.unwrap_err().to_string().contains("no host storage"));
+}

@@ -145,6 +145,12 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         .await
         .context("connecting to the router")?;
     let per_task = a.requests.div_ceil(a.concurrency.max(1));
+    // CPU time of the processes on the routed path only (the direct path
+    // never touches them): the router, and NATS + audit-service for the
+    // audit event each routed request publishes.
+    let router_pid = info.routers.first().map_or(0, |r| r.pid);
+    let cpu_pids = [router_pid, info.nats_pid, info.audit_pid];
+    let cpu_before = cpu_pids.map(cpu_seconds);
     let direct_t = Arc::new(Mutex::new(Vec::new()));
     let routed_t = Arc::new(Mutex::new(Vec::new()));
     let mut router_busy = Duration::ZERO;
@@ -179,6 +185,11 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         t.await??;
     }
     let wall = started.elapsed();
+    let cpu_after = cpu_pids.map(cpu_seconds);
+    let cpu_per_req_us = |i: usize, n: usize| match (cpu_before[i], cpu_after[i]) {
+        (Some(b), Some(a)) if n > 0 => Some((a - b) * 1e6 / n as f64),
+        _ => None,
+    };
     let mut d = direct_t.lock().await.clone();
     let mut r = routed_t.lock().await.clone();
     d.sort();
@@ -195,6 +206,12 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         "ratio_p50": pct(&r, 0.5) / pct(&d, 0.5).max(1e-9),
         "router_requests_per_s": n as f64 / wall.as_secs_f64(),
         "mean_router_ms": router_busy.as_secs_f64() * 1e3 / n.max(1) as f64,
+        // CPU per routed request, and the rate one core would sustain at
+        // that cost (a projection from the measured CPU time, not a run).
+        "router_cpu_us_per_request": cpu_per_req_us(0, n),
+        "router_requests_per_core_s": cpu_per_req_us(0, n).map(|us| 1e6 / us.max(1e-9)),
+        "nats_cpu_us_per_request": cpu_per_req_us(1, n),
+        "audit_cpu_us_per_request": cpu_per_req_us(2, n),
     });
     if a.json {
         println!("{out}");
@@ -222,6 +239,44 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             "  router requests/s {:>8.0} (both paths share the machine; the rate counts routed requests only)",
             out["router_requests_per_s"].as_f64().unwrap_or(0.0)
         );
+        let f = |k: &str| out[k].as_f64().map_or("n/a".into(), |v| format!("{v:.0}"));
+        println!(
+            "  CPU per routed request: router {} µs (≈ {} requests/s per core), nats {} µs, audit {} µs",
+            f("router_cpu_us_per_request"),
+            f("router_requests_per_core_s"),
+            f("nats_cpu_us_per_request"),
+            f("audit_cpu_us_per_request"),
+        );
     }
     Ok(())
+}
+
+/// User + system CPU seconds a process has used (Linux `/proc`; the kernel
+/// reports them in USER_HZ ticks, 100 per second on Linux).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name (which may hold spaces).
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (utime, stime): (u64, u64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+    Some((utime + stime) as f64 / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_seconds_counts_this_process_work() {
+        let me = std::process::id();
+        let before = super::cpu_seconds(me).expect("own /proc/<pid>/stat");
+        let t0 = std::time::Instant::now();
+        let mut x = 0u64;
+        while t0.elapsed() < std::time::Duration::from_millis(400) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let after = super::cpu_seconds(me).unwrap();
+        // 0.4 s of spinning, ticks of 10 ms, and the machine may be shared.
+        assert!(after - before >= 0.1, "{before} -> {after}");
+        assert!(super::cpu_seconds(u32::MAX).is_none());
+    }
 }

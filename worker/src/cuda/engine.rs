@@ -297,6 +297,12 @@ impl CudaModel {
         pool: &mut KvPool,
         batch: &[SeqInput<'_>],
     ) -> Result<Vec<Option<Vec<f32>>>, ModelError> {
+        if pool.has_host_storage() {
+            // Its zeroing would happen on the host, never in this arena.
+            return Err(dev(
+                "the KV pool keeps host storage; a CUDA model needs KvPool::with_storage(.., false)",
+            ));
+        }
         let cfg = &self.cfg;
         let bs = pool.block_size();
         let (toks, meta) = flatten(cfg, bs, batch)?;
