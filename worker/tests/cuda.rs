@@ -30,18 +30,7 @@ fn kernels_compile_with_nvrtc() {
     }
     let ptx = engine::compile_kernels().expect("kernels.cu must compile");
     let src = ptx.to_src();
-    for name in [
-        "embed_gather",
-        "rms_norm",
-        "rope",
-        "kv_write",
-        "zero_blocks",
-        "paged_attention",
-        "silu_mul",
-        "add_inplace",
-        "add_bias",
-        "gather_rows",
-    ] {
+    for name in engine::KERNEL_NAMES {
         assert!(
             src.contains(&format!(".entry {name}(")),
             "PTX lacks kernel {name}"

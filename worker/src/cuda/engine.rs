@@ -26,7 +26,7 @@ use crate::kv::{KvPool, KvShape};
 use crate::model::{Model, ModelError, SeqInput, flatten};
 
 /// Every kernel of `kernels.cu`, by name.
-const KERNEL_NAMES: [&str; 10] = [
+pub const KERNEL_NAMES: [&str; 10] = [
     "embed_gather",
     "rms_norm",
     "rope",
