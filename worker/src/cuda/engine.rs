@@ -9,10 +9,12 @@
 //! receives each block's owner and each sequence's tenant and refuses to read
 //! a block of another tenant (a second line behind the host guard).
 //!
-//! Not yet measured on a GPU: no device was lent while this was written; the
-//! kernels are compiled by NVRTC in a test wherever its library is present,
-//! and `tests/cuda.rs` compares this forward pass with the CPU one when a
-//! device is present.
+//! Not yet run on a GPU: no device was lent while this was written. The
+//! kernels are compiled by NVRTC in `tests/cuda.rs` and their arithmetic is
+//! checked on the CPU under an emulation of the CUDA grid in
+//! `tests/cuda_emu.rs`; what only a device can check (cuBLAS, device
+//! memory, this file's launch code) is `tests/cuda.rs`'s parity test, which
+//! compares this forward pass with the CPU one when a device is present.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
