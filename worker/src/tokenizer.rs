@@ -215,9 +215,17 @@ pub struct TextDelta {
 /// Incremental detokenizer: decodes the generated ids and releases only the
 /// new suffix, holding back text while it ends in an incomplete UTF-8
 /// sequence (U+FFFD) or in a prefix of a stop string.
+///
+/// Each token decodes only a short window (the ids since the previous
+/// release, with the ones before it as context, as text-generation-inference
+/// does), so a generation of n tokens costs O(n), not O(n²).
 #[derive(Debug, Default)]
 pub struct Detokenizer {
     ids: Vec<u32>,
+    /// `ids[prefix_offset..read_offset]` decodes to the context text whose
+    /// continuation `ids[prefix_offset..]` yields the new text.
+    prefix_offset: usize,
+    read_offset: usize,
     /// Bytes of the decoded text already released.
     sent: usize,
     stop: Vec<String>,
@@ -236,14 +244,22 @@ impl Detokenizer {
     /// Adds a token; returns the text that can be released.
     pub fn push(&mut self, tok: &TextTokenizer, id: u32) -> Result<TextDelta, TokenizeError> {
         self.ids.push(id);
-        let text = tok.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}') {
+        let context = tok.decode(&self.ids[self.prefix_offset..self.read_offset])?;
+        let window = tok.decode(&self.ids[self.prefix_offset..])?;
+        if window.ends_with('\u{FFFD}') {
             return Ok(TextDelta {
                 text: String::new(),
                 stopped: false,
             });
         }
-        self.text = text;
+        match window.strip_prefix(context.as_str()) {
+            Some(new) => self.text.push_str(new),
+            // A tokenizer whose window decodes differently from the whole
+            // (never seen, but then be right rather than fast).
+            None => self.text = tok.decode(&self.ids)?,
+        }
+        self.prefix_offset = self.read_offset;
+        self.read_offset = self.ids.len();
         // Search for a stop string starting in the unreleased part (or
         // overlapping it).
         let max_stop = self.stop.iter().map(String::len).max().unwrap_or(0);

@@ -85,6 +85,28 @@ fn detokenizer_holds_incomplete_utf8_and_stop_strings() {
 }
 
 #[test]
+fn streamed_text_equals_the_whole_decode_over_a_long_generation() {
+    let d = model_dir(1);
+    let m = LoadedModel::load(d.path()).unwrap();
+    let tok = &m.tokenizer;
+    let text: String = (0..400)
+        .map(|i| ["Grüße ", "🦀 ", "naïve ", "日本語 ", "x", "\n", "  "][i % 7])
+        .collect();
+    let ids = tok.encode(&text, false).unwrap();
+    assert!(ids.len() > 1_000, "{} tokens", ids.len());
+    let mut det = Detokenizer::new(vec!["NEVER-THERE".into()]);
+    let mut out = String::new();
+    for &id in &ids {
+        let d = det.push(tok, id).unwrap();
+        assert!(!d.stopped);
+        out.push_str(&d.text);
+    }
+    out.push_str(&det.flush());
+    assert_eq!(out, tok.decode(&ids).unwrap());
+    assert_eq!(out, text);
+}
+
+#[test]
 fn missing_files_and_tensors_give_clear_errors() {
     let d = model_dir(1);
     std::fs::remove_file(d.path().join("tokenizer.json")).unwrap();
