@@ -105,11 +105,11 @@ pub async fn serve_with_ready(
             .await
             .map_err(|e| ServeError::Task(e.to_string()))??;
     let store = Arc::new(Mutex::new(store));
-    let nats = async_nats::connect(&opts.nats_url)
+    let nats = bulkhead_directory::connect_nats(&opts.nats_url, &opts.certs_dir, COMPONENT)
         .await
-        .map_err(|e| ServeError::Nats {
+        .map_err(|reason| ServeError::Nats {
             url: opts.nats_url.clone(),
-            reason: e.to_string(),
+            reason,
         })?;
     let js = async_nats::jetstream::new(nats);
     consumer::ensure_consumer(&js).await?;

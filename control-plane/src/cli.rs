@@ -57,7 +57,7 @@ pub enum CertsCmd {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "router,worker,audit,control,operator"
+            default_value = "router,worker,audit,control,operator,nats"
         )]
         components: Vec<String>,
         /// Validity of component certificates, in days.

@@ -22,7 +22,8 @@ mod crl;
 pub use crl::{Revoked, revoke, serial_of};
 
 /// Components that get a certificate from `bulkhead certs init` by default.
-pub const DEFAULT_COMPONENTS: &[&str] = &["router", "worker", "audit", "control", "operator"];
+pub const DEFAULT_COMPONENTS: &[&str] =
+    &["router", "worker", "audit", "control", "operator", "nats"];
 /// How long the CA is valid.
 const CA_DAYS: i64 = 3650;
 

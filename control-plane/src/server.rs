@@ -38,13 +38,17 @@ pub struct ServeOptions {
     pub metrics: Option<std::sync::Arc<crate::metrics::ControlMetrics>>,
 }
 
-/// Connects to NATS and opens (creating if missing) the KV buckets.
-pub async fn open_registry(nats_url: &str) -> Result<Registry, ServeError> {
-    let nats = async_nats::connect(nats_url)
+/// Connects to NATS (over mTLS as `control` from `certs_dir` when the URL
+/// is `tls://`) and opens (creating if missing) the KV buckets.
+pub async fn open_registry(
+    nats_url: &str,
+    certs_dir: &std::path::Path,
+) -> Result<Registry, ServeError> {
+    let nats = bulkhead_directory::connect_nats(nats_url, certs_dir, COMPONENT)
         .await
-        .map_err(|e| ServeError::Nats {
+        .map_err(|reason| ServeError::Nats {
             url: nats_url.to_string(),
-            reason: e.to_string(),
+            reason,
         })?;
     Ok(Registry::open(&async_nats::jetstream::new(nats)).await?)
 }

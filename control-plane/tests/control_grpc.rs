@@ -38,7 +38,9 @@ impl Running {
 
 async fn start(nats_url: &str, certs: &Path) -> Running {
     bulkhead_proto::identity::install_crypto_provider();
-    let registry = server::open_registry(nats_url).await.expect("registry");
+    let registry = server::open_registry(nats_url, std::path::Path::new("unused-for-nats-urls"))
+        .await
+        .expect("registry");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let opts = ServeOptions {

@@ -17,10 +17,12 @@ use bulkhead_proto::{keys, names};
 use futures::StreamExt;
 
 mod audit_stream;
+mod nats;
 pub use audit_stream::{
     AUDIT_CONSUMER, AUDIT_DUPLICATE_WINDOW, AUDIT_STREAM_MAX_BYTES, audit_consumer_config,
     audit_stream_config, ensure_audit_stream,
 };
+pub use nats::connect_nats;
 
 /// A key that resolved: its tenant (the current record) and its prefix.
 #[derive(Clone, Debug)]

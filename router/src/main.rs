@@ -143,9 +143,9 @@ async fn main() -> anyhow::Result<()> {
     install_crypto_provider();
     let secret = read_secret(&args.hash_secret_file)?;
 
-    let nats = async_nats::connect(&args.nats_url)
+    let nats = bulkhead_directory::connect_nats(&args.nats_url, &args.certs_dir, "router")
         .await
-        .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
+        .map_err(anyhow::Error::msg)?;
     let js = async_nats::jetstream::new(nats.clone());
     let dir = Arc::new(Directory::default());
     directory::sync(&js, dir.clone())

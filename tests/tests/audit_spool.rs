@@ -73,9 +73,17 @@ async fn nats_restart_loses_and_duplicates_nothing() -> Result<()> {
         );
 
         // The same server comes back on the same port with its data.
+        let certs = std::path::PathBuf::from(stack.s("certs_dir"));
         let mut cmd = Command::new(nats_server_binary());
         cmd.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
-            .arg(stack.dir.path().join("stack/nats"));
+            .arg(stack.dir.path().join("stack/nats"))
+            .arg("--tlsverify")
+            .arg("--tlscert")
+            .arg(certs.join("nats.pem"))
+            .arg("--tlskey")
+            .arg(certs.join("nats.key"))
+            .arg("--tlscacert")
+            .arg(certs.join("ca.pem"));
         restarted = Some(Proc::spawn("nats-restarted", cmd, stack.dir.path())?);
         send(&mut served, 10).await?;
 

@@ -52,7 +52,7 @@ struct Args {
 async fn run(args: Args) -> anyhow::Result<()> {
     let _telemetry = runtime::init("bulkhead-control", args.log_format);
     bulkhead_proto::identity::install_crypto_provider();
-    let registry = server::open_registry(&args.nats_url).await?;
+    let registry = server::open_registry(&args.nats_url, &args.certs_dir).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

@@ -180,15 +180,34 @@ async fn start(
             .await?;
         anyhow::ensure!(st.success(), "`bulkhead certs init` failed");
     }
+    if !certs.join("nats.pem").exists() {
+        // A certificates folder from before NATS spoke TLS.
+        let st = tokio::process::Command::new(bin("bulkhead"))
+            .args(["certs", "issue", "--component", "nats", "--dir"])
+            .arg(&certs)
+            .status()
+            .await?;
+        anyhow::ensure!(
+            st.success(),
+            "`bulkhead certs issue --component nats` failed"
+        );
+    }
     let certs_s = certs.to_string_lossy().to_string();
 
-    // NATS
+    // NATS, mutual TLS: every client presents a certificate of this CA.
     let nats_dir = dir.join("nats");
     let mut cmd = tokio::process::Command::new(&args.nats_server);
     cmd.args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
         .arg(&nats_dir)
         .arg("--ports_file_dir")
-        .arg(run_dir);
+        .arg(run_dir)
+        .arg("--tlsverify")
+        .arg("--tlscert")
+        .arg(certs.join("nats.pem"))
+        .arg("--tlskey")
+        .arg(certs.join("nats.key"))
+        .arg("--tlscacert")
+        .arg(certs.join("ca.pem"));
     // Expendable so fault tests can take NATS away and watch the router fail
     // closed; the stack says so when it happens.
     let nats_pid = kids.spawn_expendable("nats-server", cmd).with_context(|| {

@@ -1,0 +1,37 @@
+//! Connecting to NATS the same way in every service.
+//!
+//! A `tls://` URL means mutual TLS: the server must present a certificate
+//! issued by the cluster CA (`ca.pem` of the certificates folder) and this
+//! process presents its own component certificate (`<component>.pem` and
+//! `.key`), which a nats-server started with `--tlsverify` demands
+//! (`bulkhead dev` starts it that way). A `nats://` URL connects in plain
+//! text (a NATS that only listens on loopback, or tests).
+use std::path::Path;
+
+/// Connects to `url`; with `tls://`, as `component` from `certs_dir`.
+pub async fn connect_nats(
+    url: &str,
+    certs_dir: &Path,
+    component: &str,
+) -> Result<async_nats::Client, String> {
+    let mut opts = async_nats::ConnectOptions::new();
+    if url.starts_with("tls://") {
+        let paths = bulkhead_proto::identity::CertPaths::new(certs_dir, component);
+        for p in [&paths.ca, &paths.cert, &paths.key] {
+            if !p.exists() {
+                return Err(format!(
+                    "NATS at {url} needs TLS, but {} is missing (the certificates folder is {})",
+                    p.display(),
+                    certs_dir.display()
+                ));
+            }
+        }
+        opts = opts
+            .require_tls(true)
+            .add_root_certificates(paths.ca)
+            .add_client_certificate(paths.cert, paths.key);
+    }
+    opts.connect(url)
+        .await
+        .map_err(|e| format!("connecting to NATS at {url}: {e}"))
+}
