@@ -151,6 +151,10 @@ pub struct Peer {
 #[serde(deny_unknown_fields)]
 pub struct Nats {
     /// URL every NATS client gets, e.g. nats://nats.nats.svc.cluster.local:4222.
+    /// A `tls://` URL makes every component connect with mutual TLS, using
+    /// the cluster CA and its own certificate from its mounted certificates
+    /// (the NATS server must then trust the Bulkhead CA and require client
+    /// certificates, as `bulkhead dev` runs it).
     pub url: String,
     pub namespace: String,
     #[serde(default)]
