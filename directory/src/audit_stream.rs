@@ -3,8 +3,8 @@
 //!
 //! The stream is a buffer, not the record: the audit-service's store is. So
 //! it keeps an event only until the audit-service's durable consumer has
-//! acknowledged it (interest retention), and it is bounded: when the
-//! audit-service falls that far behind, publishing fails and the router
+//! acknowledged it (interest retention), and it is bounded (a million
+//! events): when the audit-service falls that far behind, publishing fails and the router
 //! refuses or spools (its `--audit-mode`) instead of NATS growing without
 //! limit. The consumer is created together with the stream, so an event
 //! published before the audit-service first starts is still kept for it.
@@ -16,8 +16,11 @@ use bulkhead_proto::names;
 /// The audit-service's durable consumer on the stream.
 pub const AUDIT_CONSUMER: &str = "bulkhead-audit";
 
-/// The most the stream holds for an audit-service that is behind or down.
-pub const AUDIT_STREAM_MAX_BYTES: i64 = 1 << 30;
+/// The most events the stream holds for an audit-service that is behind or
+/// down (≈ 300 bytes each: ≈ 300 MB). A message count, not a byte size:
+/// JetStream reserves a byte limit on disk up front and refuses to create
+/// the stream where that much is not free, a count it does not.
+pub const AUDIT_STREAM_MAX_MESSAGES: i64 = 1_000_000;
 
 /// Publishes with the same message id within this window are stored once.
 pub const AUDIT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -29,7 +32,7 @@ pub fn audit_stream_config() -> stream::Config {
         subjects: vec![format!("{}.>", names::AUDIT_SUBJECT_PREFIX)],
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Interest,
-        max_bytes: AUDIT_STREAM_MAX_BYTES,
+        max_messages: AUDIT_STREAM_MAX_MESSAGES,
         discard: stream::DiscardPolicy::New,
         duplicate_window: AUDIT_DUPLICATE_WINDOW,
         ..Default::default()
@@ -59,11 +62,15 @@ pub async fn ensure_audit_stream(js: &jetstream::Context) -> Result<stream::Stre
         .await
         .map_err(|e| err(&e))?;
     let have = s.info().await.map_err(|e| err(&e))?.config.clone();
-    if have.retention != want.retention || have.max_bytes != want.max_bytes {
+    // (A byte cap is what an earlier version set; unlimited reads as -1.)
+    if have.retention != want.retention
+        || have.max_messages != want.max_messages
+        || have.max_bytes > 0
+    {
         match js.update_stream(want).await {
             Ok(_) => tracing::info!(
                 stream = names::AUDIT_STREAM,
-                "audit stream updated to interest retention with a size limit"
+                "audit stream updated to interest retention with a message cap"
             ),
             Err(e) => tracing::warn!(
                 stream = names::AUDIT_STREAM,

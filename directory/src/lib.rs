@@ -19,7 +19,7 @@ use futures::StreamExt;
 mod audit_stream;
 mod nats;
 pub use audit_stream::{
-    AUDIT_CONSUMER, AUDIT_DUPLICATE_WINDOW, AUDIT_STREAM_MAX_BYTES, audit_consumer_config,
+    AUDIT_CONSUMER, AUDIT_DUPLICATE_WINDOW, AUDIT_STREAM_MAX_MESSAGES, audit_consumer_config,
     audit_stream_config, ensure_audit_stream,
 };
 pub use nats::connect_nats;
