@@ -51,6 +51,19 @@ async fn nats_restart_loses_and_duplicates_nothing() -> Result<()> {
         let port = url.rsplit(':').next().context("nats port")?.to_string();
         let pid = stack.info["nats_pid"].as_u64().unwrap_or(0);
         ensure!(pid > 0, "no nats pid in stack.json");
+        // Its own command line (TLS, store), to restart it the same way.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+        let mut args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .skip(1)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let p = args
+            .iter()
+            .position(|a| a == "-p")
+            .context("nats-server was started without -p")?;
+        args[p + 1] = port.clone();
         Command::new("kill")
             .args(["-9", &pid.to_string()])
             .status()?;
@@ -73,17 +86,8 @@ async fn nats_restart_loses_and_duplicates_nothing() -> Result<()> {
         );
 
         // The same server comes back on the same port with its data.
-        let certs = std::path::PathBuf::from(stack.s("certs_dir"));
         let mut cmd = Command::new(nats_server_binary());
-        cmd.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
-            .arg(stack.dir.path().join("stack/nats"))
-            .arg("--tlsverify")
-            .arg("--tlscert")
-            .arg(certs.join("nats.pem"))
-            .arg("--tlskey")
-            .arg(certs.join("nats.key"))
-            .arg("--tlscacert")
-            .arg(certs.join("ca.pem"));
+        cmd.args(&args);
         restarted = Some(Proc::spawn("nats-restarted", cmd, stack.dir.path())?);
         send(&mut served, 10).await?;
 

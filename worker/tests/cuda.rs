@@ -158,7 +158,7 @@ fn cuda_attention_kernel_refuses_another_tenants_block() {
         return;
     };
     let mut pool = KvPool::with_storage(cpu.model.kv_shape(blocks, bs), KvQuota::UNLIMITED, false);
-    let (a, b): (TenantId, TenantId) = (Arc::from("a"), Arc::from("b"));
+    let a: TenantId = Arc::from("a");
     let ids = cpu
         .tokenizer
         .encode_prompt("a secret prompt of tenant a")
@@ -177,7 +177,6 @@ fn cuda_attention_kernel_refuses_another_tenants_block() {
     assert!(ok.is_ok(), "{ok:?}");
     // b presents a's blocks (the host guard is skipped here on purpose): the
     // kernel must refuse to read them.
-    let _ = b;
     let r = gpu.model.forward(
         &mut pool,
         &[SeqInput {
