@@ -5,9 +5,9 @@
 //! cannot reach it.
 use std::sync::{Arc, Mutex};
 
+use bulkhead_identity::spiffe::CallerId;
 use bulkhead_proto::audit::audit_admin_server::AuditAdmin;
 use bulkhead_proto::audit::{ShredRequest, ShredResponse};
-use bulkhead_proto::identity::CallerId;
 use tonic::{Request, Response, Status};
 
 use crate::StoreError;

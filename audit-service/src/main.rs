@@ -11,7 +11,7 @@ use bulkhead_audit::keys::{KeyWrapper, LocalMasterKey};
 use bulkhead_audit::server::{self, ServeOptions};
 use bulkhead_audit::shred::Shredded;
 use bulkhead_audit::store::AuditStore;
-use bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN;
+use bulkhead_identity::spiffe::DEFAULT_TRUST_DOMAIN;
 use bulkhead_telemetry::{self as runtime, LogFormat};
 use clap::{Args, Parser, Subcommand};
 
@@ -271,7 +271,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _telemetry = runtime::init("bulkhead-audit", args.log_format);
-    bulkhead_proto::identity::install_crypto_provider();
+    bulkhead_identity::spiffe::install_crypto_provider();
     let certs_dir = args
         .certs_dir
         .clone()

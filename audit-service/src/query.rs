@@ -16,11 +16,11 @@
 //! next record.
 use std::sync::{Arc, Mutex};
 
+use bulkhead_identity::spiffe::CallerId;
 use bulkhead_proto::audit::audit_query_server::AuditQuery;
 use bulkhead_proto::audit::{
     AuditEvent, AuditQueryRequest, AuditQueryResponse, AuditReport, AuditReportRequest,
 };
-use bulkhead_proto::identity::CallerId;
 use bulkhead_proto::names::valid_tenant_id;
 use tonic::{Request, Response, Status};
 

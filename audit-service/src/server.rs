@@ -5,9 +5,9 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use bulkhead_identity::spiffe::{CertPaths, IdentityError, SpiffeAuthorizer};
 use bulkhead_proto::audit::audit_admin_server::AuditAdminServer;
 use bulkhead_proto::audit::audit_query_server::AuditQueryServer;
-use bulkhead_proto::identity::{CertPaths, IdentityError, SpiffeAuthorizer};
 use tokio::net::TcpListener;
 
 use crate::StoreError;
@@ -96,7 +96,7 @@ pub async fn serve_with_ready(
     shutdown: impl Future<Output = ()> + Send,
     on_ready: impl FnOnce() -> Result<(), String> + Send,
 ) -> Result<(), ServeError> {
-    bulkhead_proto::identity::install_crypto_provider();
+    bulkhead_identity::spiffe::install_crypto_provider();
     let tls = CertPaths::new(&opts.certs_dir, COMPONENT).reloading_server_tls("audit")?;
     let data_dir = opts.data_dir.clone();
     let store_opts = opts.store;

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use bulkhead_audit::keys::{KeyWrapper, LocalMasterKey};
 use bulkhead_audit::server::{self, ServeOptions};
-use bulkhead_control::client::mtls_channel;
-use bulkhead_control::pki;
+use bulkhead_cli::client::mtls_channel;
+use bulkhead_cli::pki;
 use bulkhead_e2e::NatsServer;
+use bulkhead_identity::spiffe::DEFAULT_TRUST_DOMAIN;
 use bulkhead_proto::audit::audit_query_client::AuditQueryClient;
 use bulkhead_proto::audit::{AuditEvent, AuditQueryRequest, AuditReportRequest};
 use bulkhead_proto::control::{ApiKeyRecord, KeyScope, Tenant};
-use bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN;
 use bulkhead_proto::{Message, keys, names};
 use tonic::transport::Channel;
 use tonic::{Code, Request};

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use bulkhead_audit::keys::{KeyWrapper, LocalMasterKey};
 use bulkhead_audit::server::{self, ServeOptions};
 use bulkhead_audit::store::AuditStore;
-use bulkhead_control::client::{AuditClient, mtls_channel};
-use bulkhead_control::pki;
+use bulkhead_cli::client::{AuditClient, mtls_channel};
+use bulkhead_cli::pki;
 use bulkhead_e2e::NatsServer;
+use bulkhead_identity::spiffe::DEFAULT_TRUST_DOMAIN;
 use bulkhead_proto::audit::audit_query_client::AuditQueryClient;
 use bulkhead_proto::audit::{AuditEvent, AuditQueryRequest};
-use bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN;
 use bulkhead_proto::{Message, names};
 use tonic::Code;
 

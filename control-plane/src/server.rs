@@ -5,8 +5,8 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
+use bulkhead_identity::spiffe::{CertPaths, IdentityError, SpiffeAuthorizer};
 use bulkhead_proto::control::control_server::ControlServer;
-use bulkhead_proto::identity::{CertPaths, IdentityError, SpiffeAuthorizer};
 use tokio::net::TcpListener;
 
 use crate::registry::{ControlError, Registry};

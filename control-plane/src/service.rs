@@ -36,7 +36,7 @@ impl ControlService {
 
 fn caller<T>(r: &Request<T>) -> String {
     r.extensions()
-        .get::<bulkhead_proto::identity::CallerId>()
+        .get::<bulkhead_identity::spiffe::CallerId>()
         .map(|c| c.0.to_string())
         .unwrap_or_default()
 }

@@ -16,7 +16,7 @@ pub async fn connect_nats(
 ) -> Result<async_nats::Client, String> {
     let mut opts = async_nats::ConnectOptions::new();
     if url.starts_with("tls://") {
-        let paths = bulkhead_proto::identity::CertPaths::new(certs_dir, component);
+        let paths = bulkhead_identity::spiffe::CertPaths::new(certs_dir, component);
         for p in [&paths.ca, &paths.cert, &paths.key] {
             if !p.exists() {
                 return Err(format!(

@@ -1,12 +1,11 @@
 //! Bulkhead's contracts: the generated gRPC/protobuf types and the small shared
-//! pieces every service needs to talk to another (mTLS identity, SPIFFE ids,
-//! NATS names). Only these types cross a process boundary.
+//! pieces both ends of a hop agree on (NATS names, API-key hashing). Only
+//! these types cross a process boundary. TLS and SPIFFE identities live in
+//! `bulkhead-identity`.
 #![forbid(unsafe_code)]
 
-pub mod identity;
 pub mod keys;
 pub mod names;
-pub mod tls;
 
 /// Generated code, nested as the protobuf packages are (`bulkhead.worker.v1`
 /// -> `bulkhead::worker::v1`) so cross-package references resolve.

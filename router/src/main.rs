@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use bulkhead_identity::spiffe::install_crypto_provider;
 use bulkhead_proto::client::inference_server::InferenceServer;
-use bulkhead_proto::identity::install_crypto_provider;
 use bulkhead_router::audit::{AuditPublisher, ContentHasher};
 use bulkhead_router::cluster::ClusterView;
 use bulkhead_router::directory::{self, Directory};

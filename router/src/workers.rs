@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bulkhead_proto::identity::CertPaths;
-use bulkhead_proto::tls::{ReloadingConnector, plain_scheme};
+use bulkhead_identity::spiffe::CertPaths;
+use bulkhead_identity::tls::{ReloadingConnector, plain_scheme};
 use bulkhead_proto::worker::worker_client::WorkerClient;
 use bulkhead_proto::worker::{CapacityRequest, CapacityResponse, ModelInfoRequest};
 use tonic::transport::{Channel, Endpoint};
@@ -116,7 +116,7 @@ impl WorkerHandle {
         let info = c.model_info(ModelInfoRequest {}).await?.into_inner();
         let shared = info.isolation == bulkhead_proto::common::Isolation::Shared as i32;
         let id = self.connector.peer_id();
-        if let Err(why) = bulkhead_proto::identity::check_worker_identity(
+        if let Err(why) = bulkhead_identity::spiffe::check_worker_identity(
             id.as_ref(),
             shared,
             &info.admitted_tenants,

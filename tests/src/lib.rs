@@ -194,7 +194,7 @@ impl DevStack {
     /// Starts `bulkhead dev` with extra arguments and environment variables
     /// (inherited by every component).
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
-        bulkhead_proto::identity::install_crypto_provider();
+        bulkhead_identity::spiffe::install_crypto_provider();
         let dir = tempfile::tempdir()?;
         let mut cmd = Command::new(bin_path("bulkhead"));
         cmd.arg("dev")
@@ -250,7 +250,7 @@ impl DevStack {
         let ch =
             tonic::transport::Endpoint::from_shared(format!("https://{}", self.s("audit_grpc")))?
                 .tls_config(
-                    bulkhead_proto::identity::CertPaths::new(&certs, "operator").client_tls()?,
+                    bulkhead_identity::spiffe::CertPaths::new(&certs, "operator").client_tls()?,
                 )?
                 .connect()
                 .await?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use bulkhead_e2e::DevStack;
-use bulkhead_proto::identity::CertPaths;
+use bulkhead_identity::spiffe::CertPaths;
 use bulkhead_proto::worker::WorkerGenerateRequest;
 use bulkhead_proto::worker::worker_client::WorkerClient;
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
 use bulkhead_e2e::{Proc, bin_path, read_log, wait_ready_file};
-use bulkhead_proto::identity::CertPaths;
+use bulkhead_identity::spiffe::CertPaths;
 use bulkhead_proto::worker::ModelInfoRequest;
 use bulkhead_proto::worker::worker_client::WorkerClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -119,7 +119,7 @@ fn start_worker(tmp: &Path, certs: &Path, extra: &[&str]) -> Result<(Proc, Strin
 
 #[tokio::test]
 async fn worker_admits_only_routers_of_its_ca() -> Result<()> {
-    bulkhead_proto::identity::install_crypto_provider();
+    bulkhead_identity::spiffe::install_crypto_provider();
     let tmp = tempfile::tempdir()?;
     let (ours, theirs, expired) = (
         tmp.path().join("ours"),
@@ -204,7 +204,7 @@ async fn worker_admits_only_routers_of_its_ca() -> Result<()> {
 /// get the new one, also without a restart.
 #[tokio::test]
 async fn revocation_and_renewal_take_effect_without_restart() -> Result<()> {
-    bulkhead_proto::identity::install_crypto_provider();
+    bulkhead_identity::spiffe::install_crypto_provider();
     let tmp = tempfile::tempdir()?;
     let ours = tmp.path().join("certs");
     certs(&["init"], &ours)?;
@@ -261,17 +261,17 @@ async fn revocation_and_renewal_take_effect_without_restart() -> Result<()> {
 
     // Renewal: a new worker certificate (2 days) replaces the old one on disk.
     let worker_paths = CertPaths::new(&ours, "worker");
-    let probe = || bulkhead_proto::tls::server_certificate(&addr, "localhost", &other);
+    let probe = || bulkhead_identity::tls::server_certificate(&addr, "localhost", &other);
     let (old_serial, old_not_after) =
-        bulkhead_proto::tls::serial_and_not_after(probe().await?.as_ref()).unwrap();
+        bulkhead_identity::tls::serial_and_not_after(probe().await?.as_ref()).unwrap();
     certs(&["issue", "--component", "worker", "--days", "2"], &ours)?;
-    let on_disk = bulkhead_proto::tls::read_certs(&worker_paths.cert)?;
+    let on_disk = bulkhead_identity::tls::read_certs(&worker_paths.cert)?;
     let (new_serial, new_not_after) =
-        bulkhead_proto::tls::serial_and_not_after(on_disk[0].as_ref()).unwrap();
+        bulkhead_identity::tls::serial_and_not_after(on_disk[0].as_ref()).unwrap();
     ensure!(new_serial != old_serial && new_not_after < old_not_after);
     let renewed_at = Instant::now();
     loop {
-        let served = bulkhead_proto::tls::serial_and_not_after(probe().await?.as_ref()).unwrap();
+        let served = bulkhead_identity::tls::serial_and_not_after(probe().await?.as_ref()).unwrap();
         if served == (new_serial.clone(), new_not_after) {
             break;
         }
@@ -296,7 +296,7 @@ async fn revocation_and_renewal_take_effect_without_restart() -> Result<()> {
 /// worker; anything else refuses to start.
 #[tokio::test]
 async fn tenant_worker_identities() -> Result<()> {
-    bulkhead_proto::identity::install_crypto_provider();
+    bulkhead_identity::spiffe::install_crypto_provider();
     let tmp = tempfile::tempdir()?;
     let ours: PathBuf = tmp.path().join("certs");
     certs(&["init"], &ours)?;
@@ -314,8 +314,8 @@ async fn tenant_worker_identities() -> Result<()> {
     ];
     let (mut worker, addr) = start_worker(tmp.path(), &ours, &dedicated)?;
     let router = CertPaths::new(&ours, "router");
-    let served = bulkhead_proto::tls::server_certificate(&addr, "localhost", &router).await?;
-    let id = bulkhead_proto::identity::spiffe_id_of_der(served.as_ref()).unwrap();
+    let served = bulkhead_identity::tls::server_certificate(&addr, "localhost", &router).await?;
+    let id = bulkhead_identity::spiffe::spiffe_id_of_der(served.as_ref()).unwrap();
     ensure!(
         id.to_string() == "spiffe://bulkhead.local/bulkhead/worker/tenant/acme",
         "{id}"
@@ -368,8 +368,8 @@ async fn tenant_worker_identities() -> Result<()> {
 /// revoked is refused by the client.
 #[tokio::test]
 async fn client_connector_follows_renewal_and_revocation() -> Result<()> {
-    use bulkhead_proto::tls::{ReloadingConnector, plain_scheme};
-    bulkhead_proto::identity::install_crypto_provider();
+    use bulkhead_identity::tls::{ReloadingConnector, plain_scheme};
+    bulkhead_identity::spiffe::install_crypto_provider();
     let tmp = tempfile::tempdir()?;
     let ours = tmp.path().join("certs");
     certs(&["init"], &ours)?;
@@ -393,8 +393,8 @@ async fn client_connector_follows_renewal_and_revocation() -> Result<()> {
     let (old_pem, old_key) = (tmp.path().join("old.pem"), tmp.path().join("old.key"));
     std::fs::copy(&router.cert, &old_pem)?;
     std::fs::copy(&router.key, &old_key)?;
-    let old = bulkhead_proto::tls::read_certs(&old_pem)?;
-    let (old_serial, _) = bulkhead_proto::tls::serial_and_not_after(old[0].as_ref()).unwrap();
+    let old = bulkhead_identity::tls::read_certs(&old_pem)?;
+    let (old_serial, _) = bulkhead_identity::tls::serial_and_not_after(old[0].as_ref()).unwrap();
     certs(&["issue", "--component", "router"], &ours)?;
     certs(&["revoke", "--serial", &old_serial], &ours)?;
     wait_log(tmp.path(), "worker", "revoked=1")?;

@@ -62,7 +62,7 @@ fn tls_opts(ca: &Path, cert: Option<(PathBuf, PathBuf)>) -> async_nats::ConnectO
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_requires_a_certificate_of_this_cluster() -> Result<()> {
-    bulkhead_proto::identity::install_crypto_provider();
+    bulkhead_identity::spiffe::install_crypto_provider();
     let stack = DevStack::start(&[])?;
     let url = stack.s("nats_url");
     ensure!(

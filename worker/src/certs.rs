@@ -9,7 +9,7 @@
 //! a per-tenant identity cannot front another pool.
 use std::path::Path;
 
-use bulkhead_proto::identity::{CertPaths, spiffe_id_of_der};
+use bulkhead_identity::spiffe::{CertPaths, spiffe_id_of_der};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertChoiceError {
@@ -45,11 +45,12 @@ pub fn worker_cert(
         _ => CertPaths::new(certs_dir, "worker"),
     };
     let path = paths.cert.display().to_string();
-    let certs =
-        bulkhead_proto::tls::read_certs(&paths.cert).map_err(|e| CertChoiceError::Unreadable {
+    let certs = bulkhead_identity::tls::read_certs(&paths.cert).map_err(|e| {
+        CertChoiceError::Unreadable {
             path: path.clone(),
             reason: e.to_string(),
-        })?;
+        }
+    })?;
     let id = spiffe_id_of_der(certs[0].as_ref())
         .ok_or_else(|| CertChoiceError::NoSpiffeId { path: path.clone() })?;
     if let Some(t) = id.worker_tenant() {

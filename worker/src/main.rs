@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use bulkhead_proto::identity::{DEFAULT_TRUST_DOMAIN, SpiffeAuthorizer};
+use bulkhead_identity::spiffe::{DEFAULT_TRUST_DOMAIN, SpiffeAuthorizer};
 use bulkhead_proto::worker::worker_server::WorkerServer;
 use bulkhead_worker::LoadedModel;
 use bulkhead_worker::device::{Chosen, DeviceArg};
@@ -230,7 +230,7 @@ async fn shutdown_signal() {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    bulkhead_proto::identity::install_crypto_provider();
+    bulkhead_identity::spiffe::install_crypto_provider();
     let device = bulkhead_worker::device::choose(&args.device).map_err(anyhow::Error::msg)?;
     let placement = placement(&args)?;
     tracing::info!(pool = %placement.pool, isolation = ?args.isolation,

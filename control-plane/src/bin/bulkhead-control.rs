@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use bulkhead_control::server::{self, ServeOptions};
-use bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN;
+use bulkhead_identity::spiffe::DEFAULT_TRUST_DOMAIN;
 use bulkhead_telemetry::{self as runtime, LogFormat};
 use clap::Parser;
 
@@ -51,7 +51,7 @@ struct Args {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let _telemetry = runtime::init("bulkhead-control", args.log_format);
-    bulkhead_proto::identity::install_crypto_provider();
+    bulkhead_identity::spiffe::install_crypto_provider();
     let registry = server::open_registry(&args.nats_url, &args.certs_dir).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -83,7 +83,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         metrics,
     };
     // Fail on bad certificates before announcing readiness.
-    bulkhead_proto::identity::CertPaths::new(&opts.certs_dir, server::COMPONENT).server_tls()?;
+    bulkhead_identity::spiffe::CertPaths::new(&opts.certs_dir, server::COMPONENT).server_tls()?;
     if let Some(path) = &args.ready_file {
         runtime::write_ready_file(
             path,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bulkhead_control::deploy::{self, Cluster};
+use bulkhead_cli::deploy::{self, Cluster};
 use serde::Deserialize;
 use serde_json::Value;
 

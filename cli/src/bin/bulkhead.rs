@@ -1,8 +1,8 @@
 //! `bulkhead`: the operator CLI.
 #![forbid(unsafe_code)]
 
-use bulkhead_control::cli::{self, AuditCmd, CertsCmd, KeysCmd, Remote, TenantsCmd};
-use bulkhead_control::dev::{self, DevArgs};
+use bulkhead_cli::commands::{self as cli, AuditCmd, CertsCmd, KeysCmd, Remote, TenantsCmd};
+use bulkhead_cli::dev::{self, DevArgs};
 use bulkhead_telemetry::{self as runtime, LogFormat};
 use clap::{Parser, Subcommand};
 
@@ -31,7 +31,7 @@ struct Cli {
 
 /// Top-level subcommands. To add one, add a variant here and one match arm in
 /// `main`; keep its arguments and code in its own module (as `Dev` does with
-/// `control-plane/src/dev/`), so the other commands stay untouched.
+/// `cli/src/dev/`), so the other commands stay untouched.
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// The cluster PKI (a CA and SPIFFE-identity certificates).
@@ -51,36 +51,36 @@ enum Cmd {
     Dev(DevArgs),
     /// Benchmarks against a running stack.
     #[command(subcommand)]
-    Bench(bulkhead_control::bench::BenchCmd),
+    Bench(bulkhead_cli::bench::BenchCmd),
     /// MIG planning: profiles, placement rules, nvidia-mig-parted configs.
     #[command(subcommand)]
-    Mig(bulkhead_control::mig_cli::MigCmd),
+    Mig(bulkhead_cli::mig_cli::MigCmd),
     /// Kubernetes manifests rendered from a cluster config.
     #[command(subcommand)]
-    Deploy(bulkhead_control::deploy::DeployCmd),
+    Deploy(bulkhead_cli::deploy::DeployCmd),
     /// The cluster at a glance: live routers, workers (pool, device, load)
     /// and tenants (queue depth, usage), from the routers' heartbeats.
     Status,
     /// `status`, refreshed live in the terminal.
-    Top(bulkhead_control::status::TopArgs),
+    Top(bulkhead_cli::status::TopArgs),
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let _telemetry = runtime::init("bulkhead", cli.log_format);
-    bulkhead_proto::identity::install_crypto_provider();
+    bulkhead_identity::spiffe::install_crypto_provider();
     let r = match cli.cmd {
         Cmd::Certs(c) => cli::certs(c, &cli.remote),
         Cmd::Tenants(c) => cli::tenants(c, &cli.remote).await,
         Cmd::Keys(c) => cli::keys(c, &cli.remote).await,
         Cmd::Audit(c) => cli::audit(c, &cli.remote).await,
         Cmd::Dev(a) => dev::run(a).await,
-        Cmd::Bench(b) => bulkhead_control::bench::run(b).await,
-        Cmd::Mig(c) => bulkhead_control::mig_cli::run(c, &cli.remote),
-        Cmd::Deploy(c) => bulkhead_control::deploy::run(c),
-        Cmd::Status => bulkhead_control::status::status(&cli.remote).await,
-        Cmd::Top(a) => bulkhead_control::status::top(a, &cli.remote).await,
+        Cmd::Bench(b) => bulkhead_cli::bench::run(b).await,
+        Cmd::Mig(c) => bulkhead_cli::mig_cli::run(c, &cli.remote),
+        Cmd::Deploy(c) => bulkhead_cli::deploy::run(c),
+        Cmd::Status => bulkhead_cli::status::status(&cli.remote).await,
+        Cmd::Top(a) => bulkhead_cli::status::top(a, &cli.remote).await,
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

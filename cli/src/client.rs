@@ -3,6 +3,7 @@
 //! the CLI and the dev stack.
 use std::path::Path;
 
+use bulkhead_identity::spiffe::{CertPaths, IdentityError};
 use bulkhead_proto::audit::audit_query_client::AuditQueryClient;
 use bulkhead_proto::audit::{AuditQueryRequest, AuditQueryResponse};
 use bulkhead_proto::control::control_client::ControlClient as RawControlClient;
@@ -11,7 +12,6 @@ use bulkhead_proto::control::{
     IssueKeyRequest, IssueKeyResponse, KeyInfo, KeyScope, ListKeysRequest, ListTenantsRequest,
     RevokeKeyRequest, RotateKeyRequest, RotateKeyResponse, Tenant, UpdateTenantRequest,
 };
-use bulkhead_proto::identity::{CertPaths, IdentityError};
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +49,7 @@ pub async fn mtls_channel(
     certs_dir: &Path,
     component: &str,
 ) -> Result<Channel, ClientError> {
-    bulkhead_proto::identity::install_crypto_provider();
+    bulkhead_identity::spiffe::install_crypto_provider();
     let tls = CertPaths::new(certs_dir, component).client_tls()?;
     let connect_err = |e: tonic::transport::Error| ClientError::Connect {
         url: url.to_string(),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use bulkhead_control::deploy::{self, Cluster, ConfigError};
+use bulkhead_cli::deploy::{self, Cluster, ConfigError};
 use serde_json::Value;
 
 #[path = "deploy_render/helm.rs"]

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use bulkhead_identity::spiffe::CertPaths;
 use bulkhead_proto::client::GenerateRequest;
 use bulkhead_proto::client::inference_client::InferenceClient;
 use bulkhead_proto::common::SamplingParams;
-use bulkhead_proto::identity::CertPaths;
 use bulkhead_proto::worker::WorkerGenerateRequest;
 use bulkhead_proto::worker::worker_client::WorkerClient;
 use clap::{Args, Subcommand};

@@ -7,15 +7,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bulkhead_control::client::ControlClient;
-use bulkhead_control::pki;
+use bulkhead_cli::client::ControlClient;
+use bulkhead_cli::pki;
 use bulkhead_control::server::{self, ServeOptions};
 use bulkhead_e2e::NatsServer;
+use bulkhead_identity::spiffe::DEFAULT_TRUST_DOMAIN;
 use bulkhead_proto::common::Isolation;
 use bulkhead_proto::control::{
     ApiKeyRecord, CreateTenantRequest, KeyScope, RotateKeyRequest, UpdateTenantRequest,
 };
-use bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN;
 use bulkhead_proto::{Message, keys, names};
 use futures::StreamExt;
 use tonic::Code;
@@ -40,7 +40,7 @@ impl Running {
 }
 
 async fn start(nats_url: &str, certs: &Path) -> Running {
-    bulkhead_proto::identity::install_crypto_provider();
+    bulkhead_identity::spiffe::install_crypto_provider();
     let registry = server::open_registry(nats_url, std::path::Path::new("unused-for-nats-urls"))
         .await
         .expect("registry");

@@ -15,8 +15,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use tonic::Request;
 use tonic::metadata::MetadataValue;
 
-use crate::cli::Remote;
 use crate::client::mtls_channel;
+use crate::commands::Remote;
 
 /// The tenant-admin key that scopes every audit read.
 #[derive(Args, Debug, Clone)]

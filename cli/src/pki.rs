@@ -11,7 +11,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use bulkhead_proto::identity::SpiffeId;
+use bulkhead_identity::spiffe::SpiffeId;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -237,7 +237,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         init(dir.path(), "example.org", DEFAULT_COMPONENTS, 30, false).unwrap();
         for c in DEFAULT_COMPONENTS {
-            let id = bulkhead_proto::identity::spiffe_id_of_der(&der(&dir
+            let id = bulkhead_identity::spiffe::spiffe_id_of_der(&der(&dir
                 .path()
                 .join(format!("{c}.pem"))))
             .expect("a SPIFFE id");
@@ -264,7 +264,7 @@ mod tests {
             x509_parser::extensions::GeneralName::DNSName(d) if *d == "bulkhead-worker-a.ns.svc")));
         issue(dir.path(), "example.org", "extra-1", 30).unwrap();
         assert_eq!(
-            bulkhead_proto::identity::spiffe_id_of_der(&der(&dir.path().join("extra-1.pem"))),
+            bulkhead_identity::spiffe::spiffe_id_of_der(&der(&dir.path().join("extra-1.pem"))),
             Some(SpiffeId::component("example.org", "extra-1"))
         );
         // issue() without a CA is a clear error, not a panic.
@@ -287,7 +287,7 @@ mod tests {
         init(dir.path(), "example.org", &["router", "worker"], 30, false).unwrap();
         issue_for_tenant(dir.path(), "example.org", "acme", 30, &[]).unwrap();
         let id =
-            bulkhead_proto::identity::spiffe_id_of_der(&der(&dir.path().join("worker.acme.pem")))
+            bulkhead_identity::spiffe::spiffe_id_of_der(&der(&dir.path().join("worker.acme.pem")))
                 .unwrap();
         assert_eq!(id, SpiffeId::tenant_worker("example.org", "acme"));
         assert_eq!(id.worker_tenant(), Some("acme"));
@@ -310,13 +310,13 @@ mod tests {
             Err(PkiError::BadSerial(_))
         ));
         // The CRL lists both serials (rustls checks its signature: tests/mtls.rs).
-        let crls = bulkhead_proto::tls::read_crls(&crl_path).unwrap();
+        let crls = bulkhead_identity::tls::read_crls(&crl_path).unwrap();
         assert_eq!(crls.len(), 1);
         use x509_parser::prelude::*;
         let (_, crl) = CertificateRevocationList::from_der(crls[0].as_ref()).unwrap();
         let listed: Vec<String> = crl
             .iter_revoked_certificates()
-            .map(|r| bulkhead_proto::tls::serial_hex(r.raw_serial()))
+            .map(|r| bulkhead_identity::tls::serial_hex(r.raw_serial()))
             .collect();
         assert_eq!(listed, vec![router, worker]);
         assert_eq!(crl.crl_number().map(|n| n.to_string()), Some("3".into()));

@@ -12,8 +12,8 @@ use bulkhead_proto::control::{ClusterStatusResponse, WorkerView};
 use clap::Args;
 use serde::Serialize;
 
-use crate::cli::Remote;
 use crate::client::ControlClient;
+use crate::commands::Remote;
 
 #[derive(Args, Debug)]
 pub struct TopArgs {

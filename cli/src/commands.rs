@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use bulkhead_identity::spiffe::DEFAULT_TRUST_DOMAIN;
 use bulkhead_proto::common::Isolation;
 use bulkhead_proto::control::{CreateTenantRequest, KeyScope, Tenant};
-use bulkhead_proto::identity::DEFAULT_TRUST_DOMAIN;
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::client::ControlClient;

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tonic::codegen::http::Uri;
 
 use super::{Stamp, TlsError, client_config, crl_path, stamp};
-use crate::identity::{CertPaths, SpiffeId, spiffe_id_of_der};
+use crate::spiffe::{CertPaths, SpiffeId, spiffe_id_of_der};
 
 type Cached = Option<(Stamp, Arc<rustls::ClientConfig>)>;
 

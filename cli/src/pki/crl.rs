@@ -1,10 +1,10 @@
 //! Revocation: `<dir>/crl.pem`, a CRL signed by the CA listing every revoked
 //! serial. Each revocation re-signs the whole list with the next CRL number
 //! and replaces the file atomically, so a server polling it never reads half
-//! a CRL. Servers load it when present (`bulkhead_proto::tls`).
+//! a CRL. Servers load it when present (`bulkhead_identity::tls`).
 use std::path::Path;
 
-use bulkhead_proto::tls::{crl_path_in, serial_and_not_after, serial_hex};
+use bulkhead_identity::tls::{crl_path_in, serial_and_not_after, serial_hex};
 use rcgen::{
     CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevocationReason,
     RevokedCertParams, SerialNumber,
@@ -29,7 +29,7 @@ pub struct Revoked {
 
 /// The serial (hex) of the certificate in a PEM file.
 pub fn serial_of(pem_path: &Path) -> Result<String, PkiError> {
-    let certs = bulkhead_proto::tls::read_certs(pem_path).map_err(|e| PkiError::Cert {
+    let certs = bulkhead_identity::tls::read_certs(pem_path).map_err(|e| PkiError::Cert {
         path: pem_path.display().to_string(),
         reason: e.to_string(),
     })?;
@@ -48,7 +48,7 @@ type Entry = (Vec<u8>, OffsetDateTime);
 fn existing(dir: &Path) -> Result<(Vec<Entry>, u64), PkiError> {
     use x509_parser::prelude::*;
     let path = crl_path_in(dir);
-    let crls = bulkhead_proto::tls::read_crls(&path).map_err(|e| PkiError::Cert {
+    let crls = bulkhead_identity::tls::read_crls(&path).map_err(|e| PkiError::Cert {
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
-use crate::cli::Remote;
+use crate::commands::Remote;
 use crate::mig::{self, GpuModel, TenantsFile};
 
 #[derive(Subcommand, Debug)]

@@ -4,11 +4,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use bulkhead_identity::spiffe::CertPaths;
 use bulkhead_proto::client::ListModelsRequest;
 use bulkhead_proto::client::inference_client::InferenceClient;
 use bulkhead_proto::control::control_client::ControlClient;
 use bulkhead_proto::control::{CreateTenantRequest, IssueKeyRequest, KeyScope};
-use bulkhead_proto::identity::CertPaths;
 use tonic::transport::Endpoint;
 
 use super::TenantInfo;

@@ -6,8 +6,8 @@ use bulkhead_proto::common::Isolation;
 use bulkhead_proto::control::{KeyInfo, KeyScope, RotateKeyRequest, UpdateTenantRequest};
 use clap::Args;
 
-use crate::cli::{IsolationArg, Remote};
 use crate::client::ControlClient;
+use crate::commands::{IsolationArg, Remote};
 
 #[derive(Args, Debug)]
 pub struct UpdateTenantArgs {
@@ -161,7 +161,7 @@ pub async fn update_tenant(a: UpdateTenantArgs, c: &mut ControlClient, r: &Remot
         })
         .await?;
     if r.json {
-        println!("{}", crate::cli::tenant_json(&t));
+        println!("{}", crate::commands::tenant_json(&t));
     } else {
         println!("tenant {} updated", t.id);
     }

@@ -2,7 +2,7 @@
 //! 4 x H100 80GB, every GPU's layout valid, what does not fit reported.
 use std::process::Command;
 
-use bulkhead_control::mig::{GpuModel, Placement, validate};
+use bulkhead_cli::mig::{GpuModel, Placement, validate};
 
 fn example() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/tenants.toml")

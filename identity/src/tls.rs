@@ -16,7 +16,7 @@
 //! and hand the streams to `serve_with_incoming*`; tonic's `Connected` impl
 //! for tokio-rustls streams keeps `Request::peer_certs` working.
 //!
-//! [`SpiffeAuthorizer::with_revocation`]: crate::identity::SpiffeAuthorizer::with_revocation
+//! [`SpiffeAuthorizer::with_revocation`]: crate::spiffe::SpiffeAuthorizer::with_revocation
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -34,7 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::identity::CertPaths;
+use crate::spiffe::CertPaths;
 
 pub mod client;
 pub use client::{ReloadingConnector, plain_scheme};
