@@ -2,7 +2,7 @@
 //! the commands (`commands`: certs, tenants, keys, audit; `lifecycle_cli`,
 //! `audit_cli`, `mig_cli`, `status`), the Rust clients of the operator APIs
 //! (`client`), the PKI (`pki`), the pure planners (`mig`: MIG layouts;
-//! `deploy`: Kubernetes manifests), NVML discovery (`mig_discover`), the
+//! `deploy`: Kubernetes manifests; `nats_conf`: NATS users and permissions), NVML discovery (`mig_discover`), the
 //! loopback dev stack (`dev`) and the benches (`bench`). No service links
 //! this crate.
 #![forbid(unsafe_code)]
@@ -17,6 +17,7 @@ pub mod lifecycle_cli;
 pub mod mig;
 pub mod mig_cli;
 pub mod mig_discover;
+pub mod nats_conf;
 pub mod pki;
 pub mod status;
 

@@ -45,8 +45,15 @@ fn render_example_via_cli() -> (tempfile::TempDir, BTreeMap<(String, String), Va
         let kind = v["kind"].as_str().expect("kind").to_string();
         assert!(v["apiVersion"].is_string(), "{}", path.display());
         let name = v["metadata"]["name"].as_str().unwrap_or("").to_string();
+        // Everything in the cluster's namespace, except what goes into
+        // NATS's (its users and its ingress policy).
+        let ns = if name == "bulkhead-nats" || name == "bulkhead-nats-auth" {
+            "nats"
+        } else {
+            "bulkhead"
+        };
         if kind != "Namespace" && kind != "Kustomization" {
-            assert_eq!(v["metadata"]["namespace"], "bulkhead", "{}", path.display());
+            assert_eq!(v["metadata"]["namespace"], ns, "{}", path.display());
         }
         assert!(
             objects.insert((kind.clone(), name.clone()), v).is_none(),
@@ -76,6 +83,8 @@ fn example_renders_every_expected_object() {
         ("NetworkPolicy", "bulkhead-router"),
         ("NetworkPolicy", "bulkhead-audit"),
         ("NetworkPolicy", "bulkhead-control"),
+        ("NetworkPolicy", "bulkhead-nats"),
+        ("ConfigMap", "bulkhead-nats-auth"),
     ] {
         get(&o, k, n);
     }
@@ -103,7 +112,7 @@ fn example_renders_every_expected_object() {
     let vols = tpl["spec"]["volumes"].to_string();
     assert!(vols.contains("bulkhead-router-tls") && vols.contains("bulkhead-router-hash-secret"));
     let args = tpl["spec"]["containers"][0]["args"].to_string();
-    assert!(args.contains("--nats-url=nats://nats.nats.svc.cluster.local:4222"));
+    assert!(args.contains("--nats-url=tls://nats.nats.svc.cluster.local:4222"));
     assert!(args.contains("https://bulkhead-worker-acme.bulkhead.svc:50061"));
     // Audit: a StatefulSet with a PVC template mounted as its data dir.
     let sts = get(&o, "StatefulSet", "bulkhead-audit");
@@ -308,6 +317,16 @@ fn bad_configs_give_the_documented_errors() {
 
     assert_eq!(err(&with_pools("")), ConfigError::NoPools);
 
+    let plain = with_pools(
+        "[[pool]]\nname = \"a\"\nisolation = \"shared\"\ntenants = [\"x\"]\nmodel = \"m\"\n",
+    )
+    .replace("tls://nats.", "nats://nats.");
+    assert!(plain.contains("nats://nats."), "{plain}");
+    assert_eq!(
+        err(&plain),
+        ConfigError::PlaintextNats("nats://nats.nats.svc.cluster.local:4222".into())
+    );
+
     let e = err(&with_pools(
         "[[pool]]\nname = \"a\"\nisolation = \"shared\"\ntenants = [\"x\"]\nmodel = \"m\"\ncolour = \"red\"\n",
     ));
@@ -340,4 +359,41 @@ fn bad_configs_give_the_documented_errors() {
         "{stderr}"
     );
     assert!(!dir.path().join("out").exists());
+}
+
+/// NATS's namespace gets the users and permissions and an ingress policy
+/// that admits only the NATS users among Bulkhead's components; the Helm
+/// chart's copy of the authorization is the generator's.
+#[test]
+fn nats_gets_its_users_and_an_ingress_policy() {
+    let (_out, o) = render_example_via_cli();
+    let auth = get(&o, "ConfigMap", "bulkhead-nats-auth");
+    assert_eq!(auth["metadata"]["namespace"], "nats");
+    let conf = auth["data"]["bulkhead-auth.conf"].as_str().unwrap();
+    assert_eq!(
+        conf,
+        bulkhead_cli::nats_conf::render_authorization("bulkhead.local")
+    );
+    let np = get(&o, "NetworkPolicy", "bulkhead-nats");
+    assert_eq!(np["metadata"]["namespace"], "nats");
+    let from = np["spec"]["ingress"][0]["from"].as_array().unwrap();
+    let components: Vec<&str> = from
+        .iter()
+        .map(|f| {
+            f["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(components, ["control", "router", "audit"]);
+    assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], 4222);
+
+    let chart_copy =
+        bulkhead_e2e::workspace_root().join("deploy/helm/bulkhead/files/nats-auth.conf");
+    assert_eq!(
+        std::fs::read_to_string(&chart_copy).unwrap(),
+        bulkhead_cli::nats_conf::render_authorization("@TRUST_DOMAIN@"),
+        "{} is stale: run `bulkhead deploy nats-auth --trust-domain @TRUST_DOMAIN@ > {0}`",
+        chart_copy.display()
+    );
 }

@@ -39,7 +39,8 @@ pub struct ServeOptions {
 }
 
 /// Connects to NATS (over mTLS as `control` from `certs_dir` when the URL
-/// is `tls://`) and opens (creating if missing) the KV buckets.
+/// is `tls://`) and opens (creating if missing) the KV buckets, the audit
+/// stream and the audit-service's consumer.
 pub async fn open_registry(
     nats_url: &str,
     certs_dir: &std::path::Path,
@@ -50,7 +51,18 @@ pub async fn open_registry(
             url: nats_url.to_string(),
             reason,
         })?;
-    Ok(Registry::open(&async_nats::jetstream::new(nats)).await?)
+    let js = async_nats::jetstream::new(nats);
+    let registry = Registry::open(&js).await?;
+    // The control-plane lays NATS out: on a NATS configured by Bulkhead
+    // routers and the audit-service may only look the audit stream and its
+    // consumer up, not create them.
+    bulkhead_directory::ensure_audit_stream(&js)
+        .await
+        .map_err(|reason| ServeError::Nats {
+            url: nats_url.to_string(),
+            reason,
+        })?;
+    Ok(registry)
 }
 
 /// Serves the Control API on `listener` until `shutdown` resolves.

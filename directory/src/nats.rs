@@ -6,7 +6,17 @@
 //! `.key`), which a nats-server started with `--tlsverify` demands
 //! (`bulkhead dev` starts it that way). A `nats://` URL connects in plain
 //! text (a NATS that only listens on loopback, or tests).
+//!
+//! Replies (JetStream API answers, KV watches, acks of publishes) come to
+//! an inbox prefix of the component's own, `_INBOX_<component>`: on a NATS
+//! configured by Bulkhead each component may subscribe only there, so none
+//! can read another's replies.
 use std::path::Path;
+
+/// The inbox prefix of `component`'s replies.
+pub fn inbox_prefix(component: &str) -> String {
+    format!("_INBOX_{component}")
+}
 
 /// Connects to `url`; with `tls://`, as `component` from `certs_dir`.
 pub async fn connect_nats(
@@ -14,7 +24,7 @@ pub async fn connect_nats(
     certs_dir: &Path,
     component: &str,
 ) -> Result<async_nats::Client, String> {
-    let mut opts = async_nats::ConnectOptions::new();
+    let mut opts = async_nats::ConnectOptions::new().custom_inbox_prefix(inbox_prefix(component));
     if url.starts_with("tls://") {
         let paths = bulkhead_identity::spiffe::CertPaths::new(certs_dir, component);
         for p in [&paths.ca, &paths.cert, &paths.key] {

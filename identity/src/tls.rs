@@ -130,8 +130,9 @@ pub fn serial_and_not_after(der: &[u8]) -> Option<(String, i64)> {
     ))
 }
 
-/// The serials (hex) revoked by the CRLs.
-fn revoked_serials(crls: &[CertificateRevocationListDer<'_>]) -> HashSet<String> {
+/// The serials (hex) revoked by the CRLs (signatures not checked: the
+/// CRL file is as trusted as the certificates folder it sits in).
+pub fn revoked_serials(crls: &[CertificateRevocationListDer<'_>]) -> HashSet<String> {
     use x509_parser::prelude::*;
     crls.iter()
         .filter_map(|c| CertificateRevocationList::from_der(c.as_ref()).ok())

@@ -287,6 +287,23 @@ impl DevStack {
         Ok(String::from_utf8(out.stdout)?)
     }
 
+    /// Runs `bulkhead certs <args> --dir <this stack's certificates>` and
+    /// returns its standard output.
+    pub fn certs(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(bin_path("bulkhead"))
+            .arg("certs")
+            .args(args)
+            .args(["--dir", &self.s("certs_dir")])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "bulkhead certs {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
     /// The log of one component (`router`, `worker`, `audit`, `control`).
     pub fn log(&self, name: &str) -> String {
         read_log(&self.dir.path().join("stack/logs"), name)

@@ -2,13 +2,39 @@
 //! TLS with the cluster CA. A plaintext client, a TLS client without a
 //! certificate, and one whose certificate another CA issued are all refused;
 //! a component certificate of this cluster gets in (and the stack itself,
-//! which only talks to NATS this way, serves and audits a request).
+//! which only talks to NATS this way, serves and audits a request). Inside,
+//! each certificate is a user with only its job's subjects
+//! (`least_privilege`).
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use bulkhead_e2e::{DevStack, bin_path};
+
+#[path = "nats_tls/least_privilege.rs"]
+mod least_privilege;
+
+/// Serves one completion through the stack's router.
+fn serve_one(stack: &DevStack) -> Result<()> {
+    let http = stack.s("router_http");
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .arg(format!("{http}/v1/completions"))
+        .args(["-H", &format!("Authorization: Bearer {}", stack.key(0))])
+        .args(["-H", "Content-Type: application/json"])
+        .args([
+            "-d",
+            &format!(
+                r#"{{"model":"{}","prompt":"hi","max_tokens":2}}"#,
+                stack.s("model")
+            ),
+        ])
+        .output()?;
+    let body = String::from_utf8_lossy(&out.stdout);
+    ensure!(body.contains("\"usage\""), "request not served: {body}");
+    Ok(())
+}
 
 async fn try_connect(
     url: &str,
@@ -111,22 +137,7 @@ async fn nats_requires_a_certificate_of_this_cluster() -> Result<()> {
 
     // The stack's own clients (router, control-plane, audit-service) use it:
     // a request is served and its audit record stored.
-    let http = stack.s("router_http");
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20"])
-        .arg(format!("{http}/v1/completions"))
-        .args(["-H", &format!("Authorization: Bearer {}", stack.key(0))])
-        .args(["-H", "Content-Type: application/json"])
-        .args([
-            "-d",
-            &format!(
-                r#"{{"model":"{}","prompt":"hi","max_tokens":2}}"#,
-                stack.s("model")
-            ),
-        ])
-        .output()?;
-    let body = String::from_utf8_lossy(&out.stdout);
-    ensure!(body.contains("\"usage\""), "request not served: {body}");
+    serve_one(&stack)?;
     let audit = stack
         .dir
         .path()
@@ -141,5 +152,9 @@ async fn nats_requires_a_certificate_of_this_cluster() -> Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(())
+    let r = least_privilege::check(&stack).await;
+    if r.is_err() {
+        stack.dump_logs();
+    }
+    r
 }

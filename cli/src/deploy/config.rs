@@ -15,6 +15,10 @@ use crate::mig::GpuModel;
 pub enum ConfigError {
     #[error("cluster.toml: {0}")]
     Parse(String),
+    #[error(
+        "[nats] url {0:?}: NATS must be reached over mutual TLS (a tls:// URL); a plaintext URL would send every tenant's records and keys in clear"
+    )]
+    PlaintextNats(String),
     #[error("cluster.toml: no [[pool]] is defined; at least one worker pool is needed")]
     NoPools,
     #[error(
@@ -150,11 +154,12 @@ pub struct Peer {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Nats {
-    /// URL every NATS client gets, e.g. nats://nats.nats.svc.cluster.local:4222.
-    /// A `tls://` URL makes every component connect with mutual TLS, using
-    /// the cluster CA and its own certificate from its mounted certificates
-    /// (the NATS server must then trust the Bulkhead CA and require client
-    /// certificates, as `bulkhead dev` runs it).
+    /// URL every NATS client gets, e.g. tls://nats.nats.svc.cluster.local:4222.
+    /// It must be `tls://`: every component connects with mutual TLS, using
+    /// the cluster CA and its own certificate from its mounted certificates;
+    /// the NATS server trusts the Bulkhead CA, maps each certificate to its
+    /// user (`verify_and_map`) and includes the rendered
+    /// `bulkhead-nats-auth` ConfigMap (see deploy/README.md).
     pub url: String,
     pub namespace: String,
     #[serde(default)]
@@ -376,6 +381,9 @@ impl Cluster {
 
     fn from_raw(raw: Raw) -> Result<Cluster, ConfigError> {
         check_name("namespace", &raw.namespace, 63)?;
+        if !raw.nats.url.starts_with("tls://") {
+            return Err(ConfigError::PlaintextNats(raw.nats.url));
+        }
         let gpu_model = match &raw.gpu_model {
             None => None,
             Some(g) => Some(

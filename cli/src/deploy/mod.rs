@@ -8,8 +8,11 @@
 //! gRPC); one worker Deployment + Service per `[[pool]]`; the audit-service
 //! StatefulSet (PersistentVolumeClaim template `data`) + Service; the
 //! control-plane Deployment + Service; NetworkPolicies (default-deny, router,
-//! audit, control, one per pool). NATS is only referenced (`[nats] url`),
-//! deployed by its own chart.
+//! audit, control, one per pool). NATS is deployed by its own chart; into
+//! its namespace go the NATS users and permissions (ConfigMap
+//! `bulkhead-nats-auth`, from `crate::nats_conf`) and an ingress
+//! NetworkPolicy admitting only the router, audit-service and control-plane.
+//! A `nats://` URL is refused.
 //!
 //! Secrets the manifests mount and the operator creates (names fixed):
 //! - `bulkhead-router-tls`, `bulkhead-audit-tls`, `bulkhead-control-tls`,
@@ -36,6 +39,14 @@ pub use config::{Cluster, ConfigError, GpuResource, Pool, Tier};
 pub enum DeployCmd {
     /// Render Kubernetes manifests from a cluster config.
     Render(RenderArgs),
+    /// Print NATS's users and permissions (an `authorization` block for
+    /// nats-server, with `tls { verify_and_map: true }`): each component's
+    /// certificate maps by its SPIFFE id to a user with only its subjects.
+    NatsAuth {
+        /// SPIFFE trust domain of the cluster.
+        #[arg(long, env = "BULKHEAD_TRUST_DOMAIN", default_value = bulkhead_identity::spiffe::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -73,6 +84,8 @@ pub fn render(c: &Cluster) -> Vec<Manifest> {
     v.push(("networkpolicy-audit".into(), policy::audit(c)));
     v.extend(render::control(c));
     v.push(("networkpolicy-control".into(), policy::control(c)));
+    v.push(("nats-auth".into(), render::nats_auth(c)));
+    v.push(("networkpolicy-nats".into(), policy::nats_ingress(c)));
     v.into_iter()
         .map(|(file, object)| Manifest { file, object })
         .collect()
@@ -133,6 +146,10 @@ pub fn run(cmd: DeployCmd) -> Result<()> {
                 cluster.namespace,
                 cluster.pools.len()
             );
+            Ok(())
+        }
+        DeployCmd::NatsAuth { trust_domain } => {
+            print!("{}", crate::nats_conf::render_authorization(&trust_domain));
             Ok(())
         }
     }

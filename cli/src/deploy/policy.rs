@@ -152,3 +152,39 @@ pub fn control(c: &Cluster) -> Value {
         ]),
     )
 }
+
+/// NATS's own namespace: its client port only from the Bulkhead components
+/// that are NATS users (router, audit-service, control-plane), and the
+/// NATS pods among themselves (cluster routes); nothing else may connect.
+pub fn nats_ingress(c: &Cluster) -> Value {
+    let users: Vec<Value> = crate::nats_conf::NATS_USERS
+        .iter()
+        .map(|component| {
+            json!({
+                "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": c.namespace } },
+                "podSelector": { "matchLabels": { PART_OF: "bulkhead", COMPONENT: component } },
+            })
+        })
+        .collect();
+    let peers = Peer {
+        namespace: c.nats.namespace.clone(),
+        pod_labels: c.nats.pod_labels.clone(),
+    };
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": "bulkhead-nats",
+            "namespace": c.nats.namespace,
+            "labels": { PART_OF: "bulkhead" },
+        },
+        "spec": {
+            "podSelector": { "matchLabels": c.nats.pod_labels },
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                { "from": users, "ports": ports(&[c.nats.port]) },
+                { "from": [remote(&peers)] },
+            ],
+        },
+    })
+}

@@ -148,6 +148,23 @@ fn svc_port(name: &str, p: u16) -> Value {
     json!({ "name": name, "port": p, "targetPort": name, "protocol": "TCP" })
 }
 
+/// The NATS authorization (`crate::nats_conf`) as a ConfigMap in NATS's
+/// namespace, for the NATS chart to include (`bulkhead-auth.conf`).
+pub fn nats_auth(c: &Cluster) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "bulkhead-nats-auth",
+            "namespace": c.nats.namespace,
+            "labels": { PART_OF: "bulkhead" },
+        },
+        "data": {
+            "bulkhead-auth.conf": crate::nats_conf::render_authorization(&c.trust_domain),
+        },
+    })
+}
+
 pub fn namespace(c: &Cluster) -> Value {
     json!({
         "apiVersion": "v1",

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+mod nats;
 mod procs;
 mod tenants;
 
@@ -194,20 +195,19 @@ async fn start(
     }
     let certs_s = certs.to_string_lossy().to_string();
 
-    // NATS, mutual TLS: every client presents a certificate of this CA.
+    // NATS, mutual TLS: every client presents a certificate of this CA,
+    // which maps to a user of its own with only the subjects its job needs
+    // (`crate::nats_conf`); the configuration follows revocations.
     let nats_dir = dir.join("nats");
+    let nats_conf = run_dir.join("nats.conf");
+    let td = nats::trust_domain(&certs)?;
+    nats::write_config(&nats_conf, &certs, &nats_dir, &td)?;
     let mut cmd = tokio::process::Command::new(&args.nats_server);
-    cmd.args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
-        .arg(&nats_dir)
+    cmd.arg("-c")
+        .arg(&nats_conf)
+        .args(["-a", "127.0.0.1", "-p", "-1", "-js"])
         .arg("--ports_file_dir")
-        .arg(run_dir)
-        .arg("--tlsverify")
-        .arg("--tlscert")
-        .arg(certs.join("nats.pem"))
-        .arg("--tlskey")
-        .arg(certs.join("nats.key"))
-        .arg("--tlscacert")
-        .arg(certs.join("ca.pem"));
+        .arg(run_dir);
     // Expendable so fault tests can take NATS away and watch the router fail
     // closed; the stack says so when it happens.
     let nats_pid = kids.spawn_expendable("nats-server", cmd).with_context(|| {
@@ -224,6 +224,7 @@ async fn start(
         .context("nats-server wrote no client URL")?
         .to_string();
     println!("nats-server      {nats_url}");
+    nats::spawn_reloader(nats_conf, certs.clone(), nats_dir, td, nats_pid);
 
     // Control-plane
     let ready = run_dir.join("control.json");

@@ -167,6 +167,10 @@ fn helm_chart_refuses_bad_pools_with_the_renderers_messages() {
             "migProfile is only allowed with isolation mig",
         ),
     ];
+    let plain = dir.path().join("plain-nats.yaml");
+    std::fs::write(&plain, "nats:\n  url: nats://nats.nats.svc:4222\n").unwrap();
+    let e = template(Some(&plain)).expect_err("a nats:// URL");
+    assert!(e.contains("NATS must be reached over mutual TLS"), "{e}");
     for (i, (pool, want)) in cases.into_iter().enumerate() {
         let f = dir.path().join(format!("bad{i}.yaml"));
         std::fs::write(&f, format!("pools:\n  - {pool}\n")).unwrap();
