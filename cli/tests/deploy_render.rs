@@ -95,7 +95,8 @@ fn example_renders_every_expected_object() {
     for f in listed {
         assert!(out.path().join(f.as_str().unwrap()).is_file());
     }
-    // Router: HTTP + gRPC ports, metrics annotation, scraped label, secrets.
+    // Router: HTTP + gRPC ports on the Service (not metrics: those are an
+    // internal port, scraped per pod), metrics annotation, secrets.
     let svc = get(&o, "Service", "bulkhead-router");
     let ports: Vec<&str> = svc["spec"]["ports"]
         .as_array()
@@ -107,12 +108,13 @@ fn example_renders_every_expected_object() {
     let tpl = &get(&o, "Deployment", "bulkhead-router")["spec"]["template"];
     assert_eq!(
         tpl["metadata"]["annotations"]["bulkhead.io/metrics-port"],
-        "8080"
+        "9090"
     );
     let vols = tpl["spec"]["volumes"].to_string();
     assert!(vols.contains("bulkhead-router-tls") && vols.contains("bulkhead-router-hash-secret"));
     let args = tpl["spec"]["containers"][0]["args"].to_string();
     assert!(args.contains("--nats-url=tls://nats.nats.svc.cluster.local:4222"));
+    assert!(args.contains("--metrics-listen=0.0.0.0:9090"), "{args}");
     assert!(args.contains("https://bulkhead-worker-acme.bulkhead.svc:50061"));
     // Audit: a StatefulSet with a PVC template mounted as its data dir.
     let sts = get(&o, "StatefulSet", "bulkhead-audit");

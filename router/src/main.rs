@@ -102,6 +102,12 @@ struct Args {
     /// (arrival order; a baseline for `bulkhead bench fairness` only).
     #[arg(long, env = "BULKHEAD_ROUTER_SCHEDULER", default_value = "fair", value_parser = ["fair", "fifo"])]
     scheduler: String,
+    /// Serve Prometheus metrics at http://<addr>/metrics (port 0 = any free
+    /// port). An internal address: the metrics name tenants and count their
+    /// tokens and latencies, so they are never on the public HTTP port
+    /// (which serves only the API and /healthz). Unset: no metrics served.
+    #[arg(long, env = "BULKHEAD_ROUTER_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Distinct tenants given their own metric labels; the rest share "other".
     #[arg(long, env = "BULKHEAD_METRICS_MAX_TENANTS", default_value_t = 100)]
     metrics_max_tenants: usize,
@@ -206,11 +212,26 @@ async fn main() -> anyhow::Result<()> {
     let (http_addr, grpc_addr) = (http_l.local_addr()?, grpc_l.local_addr()?);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics_addr = match args.metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics listener {addr}"))?;
+            let bound = l.local_addr()?;
+            let stop = shutdown_signal(stop_rx.clone());
+            let registry = Arc::new(registry);
+            tokio::spawn(async move {
+                if let Err(e) = bulkhead_telemetry::metrics::serve(l, registry, stop).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            });
+            Some(bound)
+        }
+        None => None,
+    };
     let http_srv = axum::serve(
         http_l,
-        http::router(state.clone())
-            .merge(bulkhead_telemetry::metrics::router(Arc::new(registry)))
-            .into_make_service_with_connect_info::<SocketAddr>(),
+        http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown_signal(stop_rx.clone()));
     let grpc_srv = tonic::transport::Server::builder()
@@ -250,10 +271,13 @@ async fn main() -> anyhow::Result<()> {
     .await
     .map_err(anyhow::Error::msg)
     .context("joining the router replicas")?;
-    tracing::info!(http = %http_addr, grpc = %grpc_addr, router.id = %router_id, "router serving");
+    tracing::info!(http = %http_addr, grpc = %grpc_addr, metrics = ?metrics_addr, router.id = %router_id, "router serving");
     if let Some(path) = &args.ready_file {
-        let json =
-            serde_json::json!({"http": http_addr.to_string(), "grpc": grpc_addr.to_string()});
+        let json = serde_json::json!({
+            "http": http_addr.to_string(),
+            "grpc": grpc_addr.to_string(),
+            "metrics": metrics_addr.map(|a| a.to_string()),
+        });
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, json.to_string())?;
         std::fs::rename(&tmp, path)?;

@@ -280,6 +280,21 @@ fn http_checks(edge: &Nginx, ca: &Path, stack: &DevStack) -> Result<()> {
     )?;
     ensure!(r.status == 401, "bad key: {} {:?}", r.status, r.lines);
 
+    // Only the API and /healthz go through: the router's metrics (tenant
+    // ids, per-tenant counters) are on its internal listener, and any other
+    // path stops at the edge.
+    for (path, want) in [("/healthz", "200"), ("/metrics", "404"), ("/debug", "404")] {
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["--resolve", &format!("localhost:{}:127.0.0.1", edge.port)])
+            .arg("--cacert")
+            .arg(ca)
+            .arg(format!("https://localhost:{}{path}", edge.port))
+            .output()?;
+        let code = String::from_utf8_lossy(&out.stdout);
+        ensure!(code == want, "GET {path} through the edge: {code}");
+    }
+
     // Without the cluster CA the edge's certificate is not trusted.
     let out = Command::new("curl")
         .args([

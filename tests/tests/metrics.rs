@@ -1,4 +1,5 @@
-//! `/metrics` on the router and the worker: valid exposition format (parsed
+//! `/metrics` on the router (an internal listener, never the public port)
+//! and the worker: valid exposition format (parsed
 //! by the reference parser, prometheus_client), and the per-tenant series
 //! move when that tenant's traffic flows — and only that tenant's.
 use std::collections::HashMap;
@@ -35,7 +36,20 @@ fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
 async fn metrics_parse_and_move_with_traffic() -> Result<()> {
     let stack = DevStack::start(&[])?;
     let result = async {
-        let router = format!("{}/metrics", stack.s("router_http"));
+        let router = stack.s("router_metrics");
+        // The public port serves the API and /healthz only: to a caller
+        // without a key, /metrics (tenant ids, token counts, latency
+        // histograms) is not there, and the API wants a key.
+        let public = stack.s("router_http");
+        let http = reqwest::Client::new();
+        for (path, want) in [("/metrics", 404), ("/v1/models", 401), ("/healthz", 200)] {
+            let st = http.get(format!("{public}{path}")).send().await?.status();
+            ensure!(st.as_u16() == want, "GET {path} on the public port: {st}");
+        }
+        ensure!(
+            !router.contains(public.trim_start_matches("http://")),
+            "the router's metrics are on its public port: {router}"
+        );
         let worker = stack.s("worker_metrics");
         let (a, b) = (stack.tenant(0), stack.tenant(1));
         let audit = stack.s("audit_metrics");

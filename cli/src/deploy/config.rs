@@ -185,6 +185,8 @@ pub struct Router {
     pub replicas: u32,
     pub http_port: u16,
     pub grpc_port: u16,
+    /// Internal port of `/metrics` (never the public HTTP port).
+    pub metrics_port: u16,
     pub service_type: String,
 }
 impl Default for Router {
@@ -193,6 +195,7 @@ impl Default for Router {
             replicas: 2,
             http_port: 8080,
             grpc_port: 50051,
+            metrics_port: 9090,
             service_type: "ClusterIP".into(),
         }
     }

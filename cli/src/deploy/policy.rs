@@ -77,7 +77,7 @@ pub fn router(c: &Cluster) -> Value {
         "from": [remote(&c.gateway)],
         "ports": ports(&[r.http_port, r.grpc_port]),
     })];
-    ingress.extend(scrape(c, r.http_port));
+    ingress.extend(scrape(c, r.metrics_port));
     let egress = json!([
         { "to": [local("worker")], "ports": ports(&[c.workers.grpc_port]) },
         { "to": [local("audit")], "ports": ports(&[c.audit.port]) },

@@ -196,6 +196,7 @@ pub fn router(c: &Cluster) -> Vec<(String, Value)> {
     let args = vec![
         format!("--http-listen=0.0.0.0:{}", r.http_port),
         format!("--grpc-listen=0.0.0.0:{}", r.grpc_port),
+        format!("--metrics-listen=0.0.0.0:{}", r.metrics_port),
         format!("--nats-url={}", c.nats.url),
         format!("--certs-dir={CERTS_DIR}"),
         format!("--worker={}", workers.join(",")),
@@ -205,7 +206,11 @@ pub fn router(c: &Cluster) -> Vec<(String, Value)> {
         c,
         "router",
         args,
-        vec![port("http", r.http_port), port("grpc", r.grpc_port)],
+        vec![
+            port("http", r.http_port),
+            port("grpc", r.grpc_port),
+            port("metrics", r.metrics_port),
+        ],
         vec![
             mount("certs", CERTS_DIR, true),
             mount("secrets", SECRETS_DIR, true),
@@ -219,8 +224,8 @@ pub fn router(c: &Cluster) -> Vec<(String, Value)> {
     }
     let pod = pod_template(
         selector("router", name),
-        // The router serves /metrics on its HTTP port.
-        Some(json!({ METRICS_PORT: r.http_port.to_string() })),
+        // /metrics on an internal port, never the public HTTP one.
+        Some(json!({ METRICS_PORT: r.metrics_port.to_string() })),
         pod_spec(
             vec![ctr],
             vec![

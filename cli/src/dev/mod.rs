@@ -55,6 +55,9 @@ pub struct DevArgs {
 pub struct StackInfo {
     pub router_http: String,
     pub router_grpc: String,
+    /// The first router's Prometheus endpoint (an internal listener: the
+    /// public HTTP port serves only the API and /healthz).
+    pub router_metrics: String,
     /// Every router replica (the first is `router_http`/`router_grpc`).
     pub routers: Vec<RouterInfo>,
     pub audit_grpc: String,
@@ -84,6 +87,8 @@ pub struct RouterInfo {
     pub id: String,
     pub http: String,
     pub grpc: String,
+    /// `http://host:port/metrics`.
+    pub metrics: String,
     pub pid: u32,
 }
 
@@ -382,6 +387,7 @@ async fn start(
         ])
         .args(["--nats-url", &nats_url, "--certs-dir", &certs_s])
         .args(["--worker", &worker_urls, "--router-id", &id])
+        .args(["--metrics-listen", "127.0.0.1:0"])
         // Used when BULKHEAD_ROUTER_AUDIT_MODE=spool.
         .arg("--audit-spool-dir")
         .arg(dir.join("spool").join(&id))
@@ -397,15 +403,18 @@ async fn start(
         let pid = kids.spawn(&name, cmd)?;
         let r = kids.wait_ready(&ready).await?;
         let (http, grpc) = (ready_addr(&r, "http")?, ready_addr(&r, "grpc")?);
+        let metrics = ready_addr(&r, "metrics")?;
         println!("{name:<16} http://{http}  grpc {grpc}");
         routers.push(RouterInfo {
             id,
             http: format!("http://{http}"),
             grpc,
+            metrics: format!("http://{metrics}/metrics"),
             pid,
         });
     }
     let (router_http, router_grpc) = (routers[0].http.clone(), routers[0].grpc.clone());
+    let router_metrics = routers[0].metrics.clone();
 
     let tenants = tenants::create_demo(
         &format!("https://{control_grpc}"),
@@ -423,6 +432,7 @@ async fn start(
     let info = StackInfo {
         router_http,
         router_grpc,
+        router_metrics,
         routers,
         audit_grpc,
         audit_pid,
