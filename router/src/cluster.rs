@@ -31,7 +31,22 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use bulkhead_proto::control::{RouterHeartbeat, TenantLoad};
 
 use crate::slots::{SlotView, TenantSlots};
-use bulkhead_proto::names::ROUTER_STALE_AFTER_MS;
+use bulkhead_proto::names::{ROUTER_HEARTBEAT_MS, ROUTER_STALE_AFTER_MS};
+
+/// Most peers counted: limits are divided by the live replica count, so a
+/// flood of fake heartbeats (a stolen router certificate) could otherwise
+/// shrink every tenant's limit towards zero.
+pub const MAX_PEERS: usize = 63;
+/// Most weighted service a peer may claim per millisecond (per tenant):
+/// about a million input tokens a second, more than one replica routes; a
+/// larger claim is clamped so a peer cannot push a tenant's fair-queue
+/// counter out of reach.
+pub const MAX_SERVICE_PER_MS: f64 = 1_000.0;
+/// Most running or queued requests a peer may claim for one tenant.
+pub const MAX_CLAIMED_REQUESTS: u32 = 65_536;
+/// Most tenants (and queued models per tenant) taken from one heartbeat.
+pub const MAX_CLAIMED_TENANTS: usize = 10_000;
+const MAX_CLAIMED_MODELS: usize = 16;
 
 /// The live replica count, written by the peer watch, read per request.
 #[derive(Debug)]
@@ -108,27 +123,48 @@ impl Peers {
         if hb.router_id == self.me || now_ms - hb.sent_unix_ms > ROUTER_STALE_AFTER_MS {
             return vec![];
         }
-        let service: HashMap<String, f64> = hb
-            .tenants
+        if !self.peers.contains_key(&hb.router_id) && self.peers.len() >= MAX_PEERS {
+            tracing::warn!(router = %hb.router_id, max = MAX_PEERS, "heartbeat of one router too many ignored");
+            return vec![];
+        }
+        let tenants = &hb.tenants[..hb.tenants.len().min(MAX_CLAIMED_TENANTS)];
+        let service: HashMap<String, f64> = tenants
             .iter()
             .filter(|t| t.service.is_finite() && t.service >= 0.0)
             .map(|t| (t.tenant_id.clone(), t.service))
             .collect();
         let mut deltas = vec![];
         if let Some(prev) = self.peers.get(&hb.router_id) {
+            let elapsed = (now_ms - prev.received_ms)
+                .clamp(ROUTER_HEARTBEAT_MS as i64, ROUTER_STALE_AFTER_MS);
+            let cap = MAX_SERVICE_PER_MS * elapsed as f64;
             for (tenant, now) in &service {
                 let before = prev.service.get(tenant).copied().unwrap_or(0.0);
                 if *now > before {
-                    deltas.push((tenant.clone(), now - before));
+                    deltas.push((tenant.clone(), (now - before).min(cap)));
                 }
             }
         }
+        let loads = tenants
+            .iter()
+            .map(|l| TenantLoad {
+                running: l.running.min(MAX_CLAIMED_REQUESTS),
+                queued: l.queued.min(MAX_CLAIMED_REQUESTS),
+                queued_models: l
+                    .queued_models
+                    .iter()
+                    .take(MAX_CLAIMED_MODELS)
+                    .cloned()
+                    .collect(),
+                ..l.clone()
+            })
+            .collect();
         self.peers.insert(
             hb.router_id.clone(),
             Peer {
                 received_ms: now_ms,
                 service,
-                loads: hb.tenants.clone(),
+                loads,
             },
         );
         deltas
@@ -258,5 +294,43 @@ mod tests {
         // Garbage figures are ignored.
         let d = p.apply(&hb("r2", 3_000, &[("a", f64::NAN), ("b", -1.0)]), 3_000);
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_fake_routers_cannot_divide_limits_without_bound() {
+        let mut p = Peers::new("r0");
+        for i in 0..1_000 {
+            p.apply(&hb(&format!("fake-{i}"), 1_000, &[]), 1_000);
+        }
+        assert_eq!(p.live(1_000), 1 + MAX_PEERS as u32);
+    }
+
+    #[test]
+    fn a_huge_service_claim_is_clamped_to_a_plausible_rate() {
+        let mut p = Peers::new("r0");
+        p.apply(&hb("r1", 0, &[("a", 0.0)]), 0);
+        let d = p.apply(&hb("r1", 1_000, &[("a", 1e18)]), 1_000);
+        assert_eq!(d, vec![("a".to_string(), MAX_SERVICE_PER_MS * 1_000.0)]);
+        // An honest figure passes unchanged.
+        let d = p.apply(&hb("r1", 2_000, &[("a", 1e18 + 5_000.0)]), 2_000);
+        assert_eq!(d.len(), 1);
+        assert!((d[0].1 - 5_000.0).abs() < 1e3, "{d:?}");
+    }
+
+    #[test]
+    fn claimed_loads_are_bounded() {
+        let mut p = Peers::new("r0");
+        let mut h = hb("r1", 1_000, &[("a", 1.0)]);
+        h.tenants[0].running = u32::MAX;
+        h.tenants[0].queued = u32::MAX;
+        h.tenants[0].queued_models = (0..1_000).map(|i| format!("m{i}")).collect();
+        p.apply(&h, 1_000);
+        let v = p.remote_slots(1_000);
+        let a = &v.tenants["a"];
+        assert_eq!(
+            (a.running, a.queued),
+            (MAX_CLAIMED_REQUESTS, MAX_CLAIMED_REQUESTS)
+        );
+        assert_eq!(a.queued_models.len(), MAX_CLAIMED_MODELS);
     }
 }
