@@ -49,6 +49,7 @@ impl AccessDirectory {
             Err(KeyError::WrongScope) => Err(Status::permission_denied(
                 "this is an inference key; audit records need a tenant-admin key",
             )),
+            Err(e @ KeyError::Stale(_)) => Err(Status::unavailable(e.to_string())),
             Err(e) => Err(Status::unauthenticated(e.to_string())),
         }
     }

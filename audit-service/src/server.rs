@@ -140,6 +140,7 @@ pub async fn serve_with_ready(
     let server = tonic::transport::Server::builder()
         .add_service(AuditQueryServer::with_interceptor(
             QueryService {
+                reader: Arc::new(store.lock().unwrap_or_else(|e| e.into_inner()).reader()),
                 store: store.clone(),
                 access,
                 operator_reads_any_tenant: opts.operator_reads_any_tenant,

@@ -240,6 +240,14 @@ impl AuditStore {
         }
     }
 
+    /// A read-only handle on the same folder, for queries: reading needs no
+    /// lock on this store, so a large query never stalls ingestion (a
+    /// record being appended meanwhile is either read whole or, as a torn
+    /// tail of the open segment, not yet).
+    pub fn reader(&self) -> Self {
+        Self::open_readonly(&self.root, self.wrapper.clone())
+    }
+
     pub(crate) fn tenant_dir(&self, tenant: &str) -> PathBuf {
         self.root.join("tenants").join(tenant)
     }

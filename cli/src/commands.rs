@@ -118,7 +118,9 @@ pub enum IsolationArg {
     Dedicated,
 }
 
-/// A tenant's admission limits, enforced by every router (0 = unlimited).
+/// A tenant's admission limits, enforced by every router (rates: 0 =
+/// unlimited; counts: 0 = the router's default, 64 in flight and 256 queued
+/// unless the router's flags say otherwise).
 #[derive(Args, Debug, Clone, Default)]
 pub struct LimitArgs {
     /// Requests per second (token bucket).
@@ -130,10 +132,12 @@ pub struct LimitArgs {
     /// Tokens per minute (prompt + max_tokens reserved, unused refunded).
     #[arg(long, default_value_t = 0)]
     pub tokens_per_minute: u64,
-    /// Requests admitted and not finished (queued or running).
+    /// Requests admitted and not finished (queued or running); 0 = the
+    /// router's default (--tenant-max-in-flight, 64).
     #[arg(long, default_value_t = 0)]
     pub max_in_flight: u32,
-    /// Requests waiting in the router's fair queue.
+    /// Requests waiting in the router's fair queue; 0 = the router's
+    /// default (--tenant-max-queued, 256).
     #[arg(long, default_value_t = 0)]
     pub max_queued: u32,
     /// Release the first token only at the next multiple of this many ms

@@ -6,23 +6,25 @@
 //! [`KeyError`] to their own error shapes.
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use async_nats::jetstream;
-use async_nats::jetstream::kv::{self, Operation};
+use async_nats::jetstream::kv;
 use bulkhead_proto::Message;
 use bulkhead_proto::control::{ApiKeyRecord, KeyScope, Tenant};
 use bulkhead_proto::{keys, names};
-use futures::StreamExt;
 
 mod audit_stream;
 mod nats;
+mod watch;
 pub use audit_stream::{
     AUDIT_CONSUMER, AUDIT_DUPLICATE_WINDOW, AUDIT_STREAM_MAX_MESSAGES, audit_consumer_config,
     audit_stream_config, ensure_audit_stream,
 };
 pub use nats::connect_nats;
+pub use watch::{DEFAULT_MAX_STALENESS_MS, sync};
 
 /// A key that resolved: its tenant (the current record) and its prefix.
 #[derive(Clone, Debug)]
@@ -49,6 +51,11 @@ pub enum KeyError {
     WrongScope,
     #[error("the tenant of this API key no longer exists")]
     TenantGone,
+    /// The copy may be missing revocations: refuse rather than trust it.
+    #[error(
+        "the tenant directory is not current ({0}); refusing rather than trusting keys that may have been revoked"
+    )]
+    Stale(String),
 }
 
 #[derive(Default)]
@@ -57,10 +64,26 @@ struct State {
     keys: HashMap<String, ApiKeyRecord>,
 }
 
-/// The copy of both buckets.
-#[derive(Default)]
+/// The copy of both buckets, and how current it is.
 pub struct Directory {
     state: RwLock<State>,
+    /// Bucket watches not running (ended, being restarted).
+    watches_down: AtomicU32,
+    /// When the NATS connection was lost (Unix ms; 0 = connected).
+    disconnected_since_ms: AtomicI64,
+    /// How long a lost connection is tolerated before keys are refused.
+    max_staleness_ms: AtomicI64,
+}
+
+impl Default for Directory {
+    fn default() -> Self {
+        Self {
+            state: RwLock::default(),
+            watches_down: AtomicU32::new(0),
+            disconnected_since_ms: AtomicI64::new(0),
+            max_staleness_ms: AtomicI64::new(DEFAULT_MAX_STALENESS_MS),
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
@@ -87,6 +110,9 @@ impl Directory {
             .ok_or(KeyError::Malformed)?;
         if !keys::well_formed(key) {
             return Err(KeyError::Invalid);
+        }
+        if let Some(why) = self.staleness(now_ms()) {
+            return Err(KeyError::Stale(why));
         }
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         let record = state
@@ -151,6 +177,62 @@ impl Directory {
     pub fn tenant_count(&self) -> usize {
         self.state.read().map(|s| s.tenants.len()).unwrap_or(0)
     }
+
+    /// Why the copy cannot be trusted at `now_ms`, if it cannot: a bucket
+    /// watch is down, or NATS has been unreachable for longer than the
+    /// bound ([`Directory::set_max_staleness_ms`]).
+    pub fn staleness(&self, now_ms: i64) -> Option<String> {
+        if self.watches_down.load(Ordering::Relaxed) > 0 {
+            return Some("a KV watch of the tenant or key bucket ended".into());
+        }
+        let since = self.disconnected_since_ms.load(Ordering::Relaxed);
+        let max = self.max_staleness_ms.load(Ordering::Relaxed);
+        (since != 0 && now_ms - since > max).then(|| {
+            format!(
+                "NATS unreachable for {} ms, more than the {max} ms allowed",
+                now_ms - since
+            )
+        })
+    }
+
+    /// How long a lost NATS connection is tolerated before every key is
+    /// refused (revocations cannot arrive meanwhile).
+    pub fn set_max_staleness_ms(&self, ms: i64) {
+        self.max_staleness_ms.store(ms.max(0), Ordering::Relaxed);
+    }
+
+    /// Records the NATS connection's state at `now_ms`.
+    pub fn set_connected(&self, connected: bool, now_ms: i64) {
+        if connected {
+            self.disconnected_since_ms.store(0, Ordering::Relaxed);
+        } else {
+            let _ = self.disconnected_since_ms.compare_exchange(
+                0,
+                now_ms.max(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    fn watch_down(&self, down: bool) {
+        if down {
+            self.watches_down.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.watches_down.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops every tenant (or key) not in `present` (after a reload, the
+    /// deletions missed while a watch was down).
+    fn retain(&self, is_tenants: bool, present: &HashSet<String>) {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if is_tenants {
+            state.tenants.retain(|k, _| present.contains(k));
+        } else {
+            state.keys.retain(|k, _| present.contains(k));
+        }
+    }
 }
 
 /// Opens (or creates, with the control-plane's settings) a KV bucket.
@@ -186,45 +268,66 @@ pub async fn routers_bucket(js: &jetstream::Context) -> Result<kv::Store, String
     .map_err(|e| format!("KV bucket {name}: {e}"))
 }
 
-/// Loads both buckets into `dir`, then keeps it current in the background
-/// (a revoked key stops working as soon as the watch delivers the change).
-pub async fn sync(js: &jetstream::Context, dir: Arc<Directory>) -> Result<(), String> {
-    for (name, is_tenants) in [
-        (names::TENANTS_BUCKET, true),
-        (names::API_KEYS_BUCKET, false),
-    ] {
-        let store = bucket(js, name).await?;
-        let err = |e: &dyn std::fmt::Display| format!("KV bucket {name}: {e}");
-        // Subscribe first, then load: a change in between is seen by both,
-        // and applying the same value twice is harmless.
-        let mut watch = store.watch_all().await.map_err(|e| err(&e))?;
-        let mut keys = store.keys().await.map_err(|e| err(&e))?;
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| err(&e))?;
-            let value = store.get(&key).await.map_err(|e| err(&e))?;
-            apply(&dir, is_tenants, &key, value.as_deref());
-        }
-        let dir = dir.clone();
-        tokio::spawn(async move {
-            while let Some(entry) = watch.next().await {
-                match entry {
-                    Ok(e) => {
-                        let value = matches!(e.operation, Operation::Put).then_some(&e.value[..]);
-                        apply(&dir, is_tenants, &e.key, value);
-                    }
-                    Err(err) => tracing::error!(bucket = name, %err, "KV watch error"),
-                }
-            }
-            tracing::error!(bucket = name, "KV watch ended; key changes no longer apply");
-        });
-    }
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn apply(dir: &Directory, is_tenants: bool, key: &str, value: Option<&[u8]>) {
-    if is_tenants {
-        dir.apply_tenant(key, value);
-    } else {
-        dir.apply_key(key, value);
+    const KEY: &str = "bh_AbCdEfGhIjKlMnOpQrStUvWxYz012345";
+
+    fn directory() -> Directory {
+        let d = Directory::default();
+        let t = Tenant {
+            id: "acme".into(),
+            ..Default::default()
+        };
+        d.apply_tenant("acme", Some(&t.encode_to_vec()));
+        let r = ApiKeyRecord {
+            tenant_id: "acme".into(),
+            scope: KeyScope::Inference as i32,
+            ..Default::default()
+        };
+        d.apply_key(&keys::key_hash(KEY), Some(&r.encode_to_vec()));
+        d
+    }
+
+    fn resolve(d: &Directory) -> Result<Resolved, KeyError> {
+        d.resolve(Some(&format!("Bearer {KEY}")), KeyScope::Inference)
+    }
+
+    #[test]
+    fn a_lost_connection_is_tolerated_up_to_the_bound_then_keys_are_refused() {
+        let d = directory();
+        d.set_max_staleness_ms(10_000);
+        assert!(resolve(&d).is_ok());
+        d.set_connected(false, 1_000);
+        assert_eq!(d.staleness(11_000), None);
+        assert!(d.staleness(11_001).unwrap().contains("NATS unreachable"));
+        // A second report of the same outage keeps its start.
+        d.set_connected(false, 5_000);
+        assert!(d.staleness(11_001).is_some());
+        d.set_connected(true, 12_000);
+        assert_eq!(d.staleness(12_000), None);
+        // In real time: an outage that began a minute ago refuses keys.
+        d.set_connected(false, now_ms() - 60_000);
+        assert!(matches!(resolve(&d), Err(KeyError::Stale(_))));
+        d.set_connected(true, now_ms());
+        assert!(resolve(&d).is_ok());
+    }
+
+    #[test]
+    fn a_watch_that_is_down_refuses_every_key_until_it_is_back() {
+        let d = directory();
+        d.watch_down(true);
+        assert!(matches!(resolve(&d), Err(KeyError::Stale(_))));
+        d.watch_down(false);
+        assert!(resolve(&d).is_ok());
+    }
+
+    #[test]
+    fn a_reload_drops_what_was_deleted_meanwhile() {
+        let d = directory();
+        d.retain(true, &HashSet::new());
+        assert_eq!(d.tenant_count(), 0);
+        assert_eq!(resolve(&d).unwrap_err(), KeyError::TenantGone);
     }
 }

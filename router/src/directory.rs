@@ -39,6 +39,7 @@ impl Directory {
             Err(KeyError::WrongScope) => Err(ApiError::PermissionDenied(
                 "this key is a tenant-admin key; inference needs an inference key".into(),
             )),
+            Err(e @ KeyError::Stale(_)) => Err(ApiError::Unavailable(e.to_string())),
             Err(e) => Err(ApiError::Unauthenticated(e.to_string())),
         }
     }
@@ -51,6 +52,12 @@ impl Directory {
     /// Applies one change of the API keys bucket (`None` = deleted).
     pub fn apply_key(&self, hash: &str, value: Option<&[u8]>) {
         self.inner.apply_key(hash, value);
+    }
+
+    /// How long a lost NATS connection is tolerated (see
+    /// `bulkhead_directory::Directory::staleness`).
+    pub fn set_max_staleness_ms(&self, ms: i64) {
+        self.inner.set_max_staleness_ms(ms);
     }
 
     pub fn tenant_count(&self) -> usize {

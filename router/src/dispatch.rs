@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::cluster::ClusterView;
 use crate::error::ApiError;
 use crate::fair::{FairQueue, INPUT_COST, OUTPUT_COST, Ticket};
-use crate::limits::{Limiter, Limits};
+use crate::limits::{Admission, Limiter, Limits};
 use crate::slots::SlotView;
 
 mod meter;
@@ -88,6 +88,7 @@ pub struct Stats {
 enum Msg {
     Stats(oneshot::Sender<Stats>),
     SetFifo(bool),
+    SetAdmission(Admission),
     Loads(oneshot::Sender<Vec<TenantLoad>>),
     /// Service another router replica delivered (see `cluster`).
     Remote {
@@ -174,6 +175,7 @@ impl<L: Send + 'static> Dispatcher<L> {
             weights: HashMap::new(),
             cluster,
             served: HashMap::new(),
+            admission: Admission::default(),
         };
         tokio::spawn(actor.run(enq_rx, rx));
         Self {
@@ -201,6 +203,11 @@ impl<L: Send + 'static> Dispatcher<L> {
     /// Switches to the FIFO baseline (experiments only; see `FairQueue`).
     pub fn set_fifo(&self, fifo: bool) {
         let _ = self.tx.send(Msg::SetFifo(fifo));
+    }
+
+    /// Sets the default per-tenant counts and this router's queue bound.
+    pub fn set_admission(&self, a: Admission) {
+        let _ = self.tx.send(Msg::SetAdmission(a));
     }
 
     /// Charges service another replica delivered to `tenant`.
@@ -281,6 +288,7 @@ struct Actor<P: Pool> {
     cluster: Arc<ClusterView>,
     /// Service cost and requests this replica dispatched, per tenant.
     served: HashMap<String, (f64, u64)>,
+    admission: Admission,
 }
 
 impl<P: Pool> Actor<P> {
@@ -331,7 +339,22 @@ impl<P: Pool> Actor<P> {
             ))));
             return;
         }
-        let limits = Limits::from_tenant(&e.tenant).share(self.cluster.replicas());
+        if self.queued.len() >= self.admission.max_queued_total as usize {
+            tracing::warn!(
+                max = self.admission.max_queued_total,
+                "router queue full; request refused"
+            );
+            let _ = e.reply.send(Err(ApiError::Overloaded {
+                message: format!(
+                    "this router's queue is full ({} requests waiting); try again shortly",
+                    self.admission.max_queued_total
+                ),
+                retry_after: std::time::Duration::from_secs(1),
+            }));
+            return;
+        }
+        let limits =
+            Limits::from_tenant_with(&e.tenant, &self.admission).share(self.cluster.replicas());
         let id = e.tenant.id.as_str();
         let queued = self.queue.queued(id) as u32;
         let in_flight = queued + self.running.get(id).copied().unwrap_or(0);
@@ -410,6 +433,7 @@ impl<P: Pool> Actor<P> {
                 let _ = reply.send(loads.into_values().collect());
             }
             Msg::SetFifo(fifo) => self.queue.set_fifo(fifo),
+            Msg::SetAdmission(a) => self.admission = a,
             Msg::Remote { tenant, cost } => self.queue.charge_cost(&tenant, cost),
             Msg::Charges => self.apply_charges(),
             Msg::Finish {

@@ -28,6 +28,13 @@ pub enum ApiError {
         message: String,
         retry_after: std::time::Duration,
     },
+    /// This router cannot take more work now (its queue is full);
+    /// retrying after `retry_after` may work.
+    #[error("{message} (retry after {} ms)", retry_after.as_millis())]
+    Overloaded {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -56,6 +63,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -70,6 +78,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => ("invalid_request_error", "payload_too_large"),
             Self::Unavailable(_) => ("server_error", "unavailable"),
             Self::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
+            Self::Overloaded { .. } => ("server_error", "overloaded"),
             Self::Internal(_) => ("server_error", "internal_error"),
         }
     }
@@ -80,7 +89,7 @@ impl ApiError {
             Self::PermissionDenied(_) => tonic::Code::PermissionDenied,
             Self::InvalidArgument { .. } | Self::PayloadTooLarge(_) => tonic::Code::InvalidArgument,
             Self::NotFound(_) => tonic::Code::NotFound,
-            Self::Unavailable(_) => tonic::Code::Unavailable,
+            Self::Unavailable(_) | Self::Overloaded { .. } => tonic::Code::Unavailable,
             Self::RateLimited { .. } => tonic::Code::ResourceExhausted,
             Self::Internal(_) => tonic::Code::Internal,
         }
@@ -93,7 +102,7 @@ impl ApiError {
 
     pub fn to_status(&self) -> tonic::Status {
         let mut status = tonic::Status::new(self.grpc_code(), self.to_string());
-        if let Self::RateLimited { retry_after, .. } = self {
+        if let Self::RateLimited { retry_after, .. } | Self::Overloaded { retry_after, .. } = self {
             let ms = tonic::metadata::MetadataValue::from(retry_after.as_millis() as u64);
             status.metadata_mut().insert("grpc-retry-pushback-ms", ms);
         }
@@ -103,7 +112,7 @@ impl ApiError {
     /// Whole seconds for a `Retry-After` header (rounded up, at least 1).
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
-            Self::RateLimited { retry_after, .. } => {
+            Self::RateLimited { retry_after, .. } | Self::Overloaded { retry_after, .. } => {
                 Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
                     .map(|s| s.max(1))
             }

@@ -20,7 +20,37 @@ use std::time::Duration;
 
 use bulkhead_proto::control::Tenant;
 
-/// A tenant's limits; 0 = unlimited.
+/// What a router admits when a tenant record leaves a limit at 0, and how
+/// much it queues in all: no tenant is unbounded by default, and one
+/// router's queue is bounded whatever the tenants' settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admission {
+    /// A tenant's requests in flight (queued or running) when its record
+    /// says 0.
+    pub default_max_in_flight: u32,
+    /// A tenant's requests waiting in the fair queue when its record says 0.
+    pub default_max_queued: u32,
+    /// Requests waiting in this router's queue, all tenants together.
+    pub max_queued_total: u32,
+}
+
+/// The defaults of [`Admission`] (and of the router's flags).
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 64;
+pub const DEFAULT_MAX_QUEUED: u32 = 256;
+pub const DEFAULT_MAX_QUEUED_TOTAL: u32 = 4_096;
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self {
+            default_max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            default_max_queued: DEFAULT_MAX_QUEUED,
+            max_queued_total: DEFAULT_MAX_QUEUED_TOTAL,
+        }
+    }
+}
+
+/// A tenant's limits; 0 = unlimited (rates), see [`Limits::from_tenant_with`]
+/// for the counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Limits {
     pub requests_per_second: u32,
@@ -32,6 +62,7 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The record's limits as they are (0 = unlimited).
     pub fn from_tenant(t: &Tenant) -> Self {
         Self {
             requests_per_second: t.requests_per_second,
@@ -39,6 +70,17 @@ impl Limits {
             tokens_per_minute: t.tokens_per_minute,
             max_in_flight: t.max_in_flight,
             max_queued: t.max_queued,
+        }
+    }
+
+    /// The record's limits, with `a`'s defaults where it leaves the
+    /// in-flight or queued count at 0: a tenant is never unbounded.
+    pub fn from_tenant_with(t: &Tenant, a: &Admission) -> Self {
+        let or = |v: u32, d: u32| if v == 0 { d } else { v };
+        Self {
+            max_in_flight: or(t.max_in_flight, a.default_max_in_flight),
+            max_queued: or(t.max_queued, a.default_max_queued),
+            ..Self::from_tenant(t)
         }
     }
 

@@ -108,6 +108,28 @@ struct Args {
     /// (which serves only the API and /healthz). Unset: no metrics served.
     #[arg(long, env = "BULKHEAD_ROUTER_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// A tenant's requests in flight (queued or running) when its record
+    /// sets no `max_in_flight` (0): no tenant is unbounded by default.
+    #[arg(long, env = "BULKHEAD_ROUTER_TENANT_MAX_IN_FLIGHT", default_value_t = bulkhead_router::limits::DEFAULT_MAX_IN_FLIGHT)]
+    tenant_max_in_flight: u32,
+    /// A tenant's requests waiting in the fair queue when its record sets no
+    /// `max_queued` (0).
+    #[arg(long, env = "BULKHEAD_ROUTER_TENANT_MAX_QUEUED", default_value_t = bulkhead_router::limits::DEFAULT_MAX_QUEUED)]
+    tenant_max_queued: u32,
+    /// Requests waiting in this router's queue, all tenants together; past
+    /// it new requests get 503 with Retry-After.
+    #[arg(long, env = "BULKHEAD_ROUTER_MAX_QUEUED", default_value_t = bulkhead_router::limits::DEFAULT_MAX_QUEUED_TOTAL)]
+    max_queued: u32,
+    /// How long NATS may be unreachable before every API key is refused
+    /// (503): revocations cannot arrive meanwhile, so the router fails
+    /// closed rather than serve keys that may have been revoked. A KV watch
+    /// that ends refuses keys at once, until it is restarted.
+    #[arg(
+        long,
+        env = "BULKHEAD_ROUTER_DIRECTORY_MAX_STALENESS_S",
+        default_value_t = 30
+    )]
+    directory_max_staleness_s: u32,
     /// Distinct tenants given their own metric labels; the rest share "other".
     #[arg(long, env = "BULKHEAD_METRICS_MAX_TENANTS", default_value_t = 100)]
     metrics_max_tenants: usize,
@@ -154,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let js = async_nats::jetstream::new(nats.clone());
     let dir = Arc::new(Directory::default());
+    dir.set_max_staleness_ms(i64::from(args.directory_max_staleness_s) * 1000);
     directory::sync(&js, dir.clone())
         .await
         .context("loading tenants and keys from NATS KV")?;
@@ -194,6 +217,13 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         cluster.clone(),
     ));
+    pipeline
+        .dispatcher()
+        .set_admission(bulkhead_router::limits::Admission {
+            default_max_in_flight: args.tenant_max_in_flight.max(1),
+            default_max_queued: args.tenant_max_queued.max(1),
+            max_queued_total: args.max_queued.max(1),
+        });
     if args.scheduler == "fifo" {
         tracing::warn!("scheduler: FIFO (a baseline for experiments: no fairness between tenants)");
         pipeline.dispatcher().set_fifo(true);

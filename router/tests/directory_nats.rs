@@ -93,4 +93,27 @@ async fn directory_follows_the_kv_buckets() {
         .await
         .unwrap();
     wait_until("second router", || dir2.authenticate(Some(&auth)).is_ok()).await;
+
+    // NATS goes away: for a while the copy is trusted, then (past the
+    // staleness bound) every key is refused with 503 rather than honour a
+    // revocation that could not arrive.
+    dir2.set_max_staleness_ms(500);
+    let mut nats = nats;
+    nats.proc
+        .terminate(Duration::from_secs(5))
+        .expect("stopping nats-server");
+    let took = wait_until("fail-closed after NATS is lost", || {
+        matches!(
+            dir2.authenticate(Some(&auth)),
+            Err(ApiError::Unavailable(_))
+        )
+    })
+    .await;
+    match dir2.authenticate(Some(&auth)) {
+        Err(ApiError::Unavailable(m)) => {
+            assert!(m.contains("NATS unreachable"), "{m}");
+            println!("keys refused {took:?} after NATS stopped: {m}");
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -87,6 +87,17 @@ impl KvQuota {
         guaranteed: 0,
         burst: usize::MAX,
     };
+
+    /// The worker's default: each active tenant is guaranteed a fair share
+    /// of the pool, `blocks / max_seqs` (at most `max_seqs` tenants can be
+    /// active at once, so every guarantee can be honoured together), capped
+    /// at `burst`.
+    pub fn fair_share(blocks: usize, max_seqs: usize, burst: usize) -> KvQuota {
+        KvQuota {
+            guaranteed: (blocks / max_seqs.max(1)).min(burst),
+            burst,
+        }
+    }
 }
 
 impl Default for KvQuota {

@@ -84,13 +84,12 @@ struct ServeArgs {
     /// Tokens per KV cache block.
     #[arg(long, env = "BULKHEAD_WORKER_BLOCK_SIZE", default_value_t = 16)]
     block_size: usize,
-    /// KV blocks kept available for each active tenant.
-    #[arg(
-        long,
-        env = "BULKHEAD_WORKER_KV_GUARANTEED_BLOCKS",
-        default_value_t = 0
-    )]
-    kv_guaranteed_blocks: usize,
+    /// KV blocks kept available for each active tenant, so a tenant that
+    /// fills the pool cannot starve the next one [default: a fair share,
+    /// --kv-blocks / --max-seqs (at most that many tenants are active at
+    /// once); 0 turns the guarantee off].
+    #[arg(long, env = "BULKHEAD_WORKER_KV_GUARANTEED_BLOCKS")]
+    kv_guaranteed_blocks: Option<usize>,
     /// The most KV blocks one tenant may hold [default: all of them].
     #[arg(long, env = "BULKHEAD_WORKER_KV_BURST_BLOCKS")]
     kv_burst_blocks: Option<usize>,
@@ -245,8 +244,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "--kv-burst-blocks must be between 1 and --kv-blocks ({})",
         args.kv_blocks
     );
+    let guaranteed = args
+        .kv_guaranteed_blocks
+        .unwrap_or(KvQuota::fair_share(args.kv_blocks, args.max_seqs, burst).guaranteed);
+    tracing::info!(
+        kv.blocks = args.kv_blocks,
+        kv.guaranteed = guaranteed,
+        kv.burst = burst,
+        "KV quota per tenant"
+    );
     anyhow::ensure!(
-        args.kv_guaranteed_blocks <= burst,
+        guaranteed <= burst,
         "--kv-guaranteed-blocks must not exceed --kv-burst-blocks ({burst})"
     );
     let prefix_secret = match &args.prefix_cache_secret_file {
@@ -328,10 +336,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         prefill_chunk: args.prefill_chunk,
         kv_blocks: args.kv_blocks,
         block_size: args.block_size,
-        kv_quota: KvQuota {
-            guaranteed: args.kv_guaranteed_blocks,
-            burst,
-        },
+        kv_quota: KvQuota { guaranteed, burst },
         prefix_secret,
         metrics: Some(metrics.clone()),
     };

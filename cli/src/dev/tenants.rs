@@ -9,6 +9,10 @@ use bulkhead_proto::client::ListModelsRequest;
 use bulkhead_proto::client::inference_client::InferenceClient;
 use bulkhead_proto::control::control_client::ControlClient;
 use bulkhead_proto::control::{CreateTenantRequest, IssueKeyRequest, KeyScope};
+
+/// The demo tenants' in-flight and queued counts.
+const DEMO_MAX_IN_FLIGHT: u32 = 1_024;
+const DEMO_MAX_QUEUED: u32 = 1_024;
 use tonic::transport::Endpoint;
 
 use super::TenantInfo;
@@ -43,6 +47,11 @@ pub async fn create_demo(
                 allowed_models: vec![model.to_string()],
                 max_tokens_per_request: max_tokens,
                 isolation,
+                // Explicit and generous, so the benches can load one demo
+                // tenant with hundreds of streams (a tenant that leaves
+                // these at 0 gets the router's defaults, 64 and 256).
+                max_in_flight: DEMO_MAX_IN_FLIGHT,
+                max_queued: DEMO_MAX_QUEUED,
                 ..Default::default()
             })
             .await;

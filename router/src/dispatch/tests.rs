@@ -357,3 +357,59 @@ async fn a_tenant_waiting_at_another_replica_holds_back_one_over_its_share() {
         .unwrap();
     drop((g, held));
 }
+
+#[tokio::test]
+async fn a_tenant_without_limits_gets_the_routers_defaults() {
+    let (d, _) = setup(0);
+    d.set_admission(Admission {
+        default_max_in_flight: 3,
+        default_max_queued: 2,
+        max_queued_total: 100,
+    });
+    // The record says 0 for both counts: the defaults apply, not "unlimited".
+    let a = tenant("a", |_| {});
+    let waiting: Vec<Waiting> = (0..2).map(|_| spawn_acquire(&d, &a)).collect();
+    until_queued(&d, 2).await;
+    let e = d.acquire(a.clone(), "m".into(), 10).await.err().unwrap();
+    assert!(
+        matches!(&e, ApiError::RateLimited { message, .. } if message.contains("2 waiting")),
+        "{e:?}"
+    );
+    // A tenant's own setting still wins over the default.
+    let b = tenant("b", |t| {
+        t.max_queued = 5;
+        t.max_in_flight = 10;
+    });
+    let more: Vec<Waiting> = (0..5).map(|_| spawn_acquire(&d, &b)).collect();
+    until_queued(&d, 7).await;
+    for h in waiting.into_iter().chain(more) {
+        h.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_full_router_queue_refuses_with_503_and_retry_after() {
+    let (d, _) = setup(0);
+    d.set_admission(Admission {
+        max_queued_total: 3,
+        ..Admission::default()
+    });
+    let waiting: Vec<Waiting> = ["a", "b", "c"]
+        .iter()
+        .map(|t| spawn_acquire(&d, &tenant(t, |_| {})))
+        .collect();
+    until_queued(&d, 3).await;
+    // A fourth tenant, within every limit of its own, finds the router full.
+    let e = d
+        .acquire(tenant("d", |_| {}), "m".into(), 10)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, ApiError::Overloaded { .. }), "{e:?}");
+    assert_eq!(e.http_status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(e.retry_after_secs(), Some(1));
+    assert_eq!(d.stats().await.queued, 3, "the refusal took nothing");
+    for h in waiting {
+        h.abort();
+    }
+}

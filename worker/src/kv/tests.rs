@@ -141,6 +141,32 @@ fn hashes(tenant: &str, tokens: &[u32]) -> Vec<BlockHash> {
 }
 
 #[test]
+fn by_default_a_tenant_that_fills_the_pool_leaves_the_next_its_fair_share() {
+    // 16 blocks, up to 4 sequences: each active tenant is guaranteed 4.
+    let quota = KvQuota::fair_share(16, 4, 16);
+    assert_eq!(quota, q(4, 16));
+    let mut p = KvPool::with_quota(shape(16), quota);
+    let (a, b) = (t("a"), t("b"));
+    let first = p.allocate(&b, 1).unwrap(); // b is active
+    // a takes all it can: the pool keeps b's remaining guarantee free.
+    let mut took = 0;
+    while p.allocate(&a, 1).is_ok() {
+        took += 1;
+    }
+    assert_eq!(took, 16 - 4);
+    let rest = p.allocate(&b, 3).expect("b's guarantee stays available");
+    assert_eq!(p.used_by("b"), 4);
+    p.free(&b, &first);
+    p.free(&b, &rest);
+    p.audit().unwrap();
+    // With no guarantee (the old default) a would have taken everything.
+    let mut p = KvPool::with_quota(shape(16), q(0, 16));
+    p.allocate(&b, 1).unwrap();
+    assert!(p.allocate(&a, 15).is_ok());
+    assert!(p.allocate(&b, 1).is_err());
+}
+
+#[test]
 fn burst_is_a_hard_cap_with_a_clear_error() {
     let mut p = KvPool::with_quota(shape(16), q(2, 5));
     let a = t("a");
