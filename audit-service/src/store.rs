@@ -165,17 +165,24 @@ fn aad(tenant: &str, seq: u64, epoch: u32, prev: &[u8; 32]) -> Vec<u8> {
     .concat()
 }
 
+/// Writes `bytes` to `path` (mode 0600) whole or not at all: a temporary
+/// file, fsynced, renamed over `path`; a concurrent reader (queries read
+/// without the writer's lock) never sees half a file.
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)
-        .map_err(|e| StoreError::io(path, e))?;
-    f.write_all(bytes).map_err(|e| StoreError::io(path, e))?;
-    f.sync_all().map_err(|e| StoreError::io(path, e))
+        .open(&tmp)
+        .map_err(|e| StoreError::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| StoreError::io(&tmp, e))?;
+    f.sync_all().map_err(|e| StoreError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))
 }
 
 impl AuditStore {
@@ -262,6 +269,14 @@ impl AuditStore {
 
     /// Reads and checks a tenant's whole log.
     pub fn read(&self, tenant: &str) -> Result<LogRead, StoreError> {
+        let keys = self.keys(tenant)?;
+        let read = segment::read_all(&self.tenant_dir(tenant), tenant, Some(&keys))?;
+        if read.first_bad.is_none() {
+            return Ok(read);
+        }
+        // A reader (see `reader`) may have loaded the keys just before the
+        // writer started a new key epoch and appended under it: read once
+        // more with the keys as they are now. Real damage stays damage.
         let keys = self.keys(tenant)?;
         segment::read_all(&self.tenant_dir(tenant), tenant, Some(&keys))
     }

@@ -20,6 +20,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The client did not send its request in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     Unavailable(String),
     /// Over one of the tenant's limits; retrying after `retry_after` may work.
@@ -61,6 +64,7 @@ impl ApiError {
             Self::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -76,6 +80,7 @@ impl ApiError {
             Self::InvalidArgument { .. } => ("invalid_request_error", "invalid_request"),
             Self::NotFound(_) => ("not_found_error", "not_found"),
             Self::PayloadTooLarge(_) => ("invalid_request_error", "payload_too_large"),
+            Self::RequestTimeout(_) => ("invalid_request_error", "request_timeout"),
             Self::Unavailable(_) => ("server_error", "unavailable"),
             Self::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
             Self::Overloaded { .. } => ("server_error", "overloaded"),
@@ -89,6 +94,7 @@ impl ApiError {
             Self::PermissionDenied(_) => tonic::Code::PermissionDenied,
             Self::InvalidArgument { .. } | Self::PayloadTooLarge(_) => tonic::Code::InvalidArgument,
             Self::NotFound(_) => tonic::Code::NotFound,
+            Self::RequestTimeout(_) => tonic::Code::DeadlineExceeded,
             Self::Unavailable(_) | Self::Overloaded { .. } => tonic::Code::Unavailable,
             Self::RateLimited { .. } => tonic::Code::ResourceExhausted,
             Self::Internal(_) => tonic::Code::Internal,

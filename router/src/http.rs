@@ -2,12 +2,12 @@
 //! `POST /v1/completions`, `GET /v1/models`, `GET /healthz`.
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::error::Error as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -25,10 +25,15 @@ use crate::validate::{Protocol, RawLogprobs, RawRequest, RequestMeta, validate};
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// How long a client has to send a request body once its key is accepted.
+pub const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Clone)]
 pub struct AppState {
     pub directory: Arc<Directory>,
     pub pipeline: Arc<Pipeline>,
+    /// See [`DEFAULT_BODY_TIMEOUT`].
+    pub body_timeout: std::time::Duration,
 }
 
 pub fn router(state: AppState) -> axum::Router {
@@ -61,11 +66,14 @@ fn authenticate(dir: &Directory, headers: &HeaderMap) -> Result<AuthContext, Api
     dir.authenticate(value)
 }
 
+// The body is taken unread: it is read only once the key is accepted
+// (`read_body`), so an unauthenticated caller cannot make the router read
+// (or wait for) a megabyte.
 async fn chat(
     state: State<AppState>,
     addr: ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     generate(state, addr, headers, body, Kind::Chat).await
 }
@@ -74,9 +82,32 @@ async fn completion(
     state: State<AppState>,
     addr: ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     generate(state, addr, headers, body, Kind::Completion).await
+}
+
+/// Reads a body of at most [`MAX_BODY_BYTES`] within `timeout`.
+async fn read_body(body: Body, timeout: std::time::Duration) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::PayloadTooLarge(format!(
+            "the request body exceeds the limit of {MAX_BODY_BYTES} bytes"
+        ))
+    };
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Err(_) => Err(ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {} s",
+            timeout.as_secs_f64()
+        ))),
+        Ok(Err(e))
+            if e.source()
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) =>
+        {
+            Err(too_large())
+        }
+        Ok(Err(e)) => Err(ApiError::invalid(format!("cannot read the body: {e}"))),
+        Ok(Ok(b)) => Ok(b),
+    }
 }
 
 /// Parses a body into the request and its streaming options (`pub` for the
@@ -102,7 +133,7 @@ async fn generate(
     State(s): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
     kind: Kind,
 ) -> Response {
     let meta = RequestMeta::new(Protocol::Http, addr.to_string());
@@ -117,7 +148,7 @@ async fn traced(
     s: AppState,
     meta: RequestMeta,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
     kind: Kind,
 ) -> Response {
     let auth = match tracing::info_span!("authenticate")
@@ -135,22 +166,9 @@ async fn traced(
         s.pipeline.refused(&auth, &meta, model, &e);
         with_request_id(e.into_response(), &meta.request_id)
     };
-    let body = match body {
+    let body = match read_body(body, s.body_timeout).await {
         Ok(b) => b,
-        Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return refuse(
-                "",
-                ApiError::PayloadTooLarge(format!(
-                    "the request body exceeds the limit of {MAX_BODY_BYTES} bytes"
-                )),
-            );
-        }
-        Err(rej) => {
-            return refuse(
-                "",
-                ApiError::invalid(format!("cannot read the body: {rej}")),
-            );
-        }
+        Err(e) => return refuse("", e),
     };
     let (raw, stream, include_usage) = match parse(kind, &body) {
         Ok(p) => p,

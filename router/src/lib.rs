@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod openai;
 pub mod peers;
 pub mod pipeline;
+pub mod serve;
 pub mod slots;
 pub mod spool;
 pub mod validate;

@@ -120,6 +120,33 @@ struct Args {
     /// it new requests get 503 with Retry-After.
     #[arg(long, env = "BULKHEAD_ROUTER_MAX_QUEUED", default_value_t = bulkhead_router::limits::DEFAULT_MAX_QUEUED_TOTAL)]
     max_queued: u32,
+    /// Most connections open at once on the public HTTP port; the next waits
+    /// in the kernel's backlog until one closes.
+    #[arg(
+        long,
+        env = "BULKHEAD_ROUTER_HTTP_MAX_CONNECTIONS",
+        default_value_t = 10_000
+    )]
+    http_max_connections: usize,
+    /// Milliseconds a client has to send its request headers (slow clients
+    /// holding connections with half a request are cut off).
+    #[arg(
+        long,
+        env = "BULKHEAD_ROUTER_HTTP_HEADER_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    http_header_timeout_ms: u64,
+    /// Milliseconds a client has to send its request body, once its key is
+    /// accepted (the body is not read before): past it, 408.
+    #[arg(
+        long,
+        env = "BULKHEAD_ROUTER_HTTP_BODY_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    http_body_timeout_ms: u64,
+    /// Most concurrent gRPC streams per client connection.
+    #[arg(long, env = "BULKHEAD_ROUTER_GRPC_MAX_STREAMS", default_value_t = 256)]
+    grpc_max_concurrent_streams: u32,
     /// How long NATS may be unreachable before every API key is refused
     /// (503): revocations cannot arrive meanwhile, so the router fails
     /// closed rather than serve keys that may have been revoked. A KV watch
@@ -231,6 +258,7 @@ async fn main() -> anyhow::Result<()> {
     let state = AppState {
         directory: dir,
         pipeline: pipeline.clone(),
+        body_timeout: Duration::from_millis(args.http_body_timeout_ms.max(1)),
     };
 
     let http_l = TcpListener::bind(args.http_listen)
@@ -259,12 +287,22 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
-    let http_srv = axum::serve(
+    let http_srv = bulkhead_router::serve::serve_http(
         http_l,
-        http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal(stop_rx.clone()));
+        http::router(state.clone()),
+        bulkhead_router::serve::EdgeLimits {
+            max_connections: args.http_max_connections,
+            header_timeout: Duration::from_millis(args.http_header_timeout_ms.max(1)),
+        },
+        shutdown_signal(stop_rx.clone()),
+    );
     let grpc_srv = tonic::transport::Server::builder()
+        // Hardened edge: bounded streams per connection, a deadline on the
+        // handshake-to-headers phase, and dead peers found by keepalive.
+        .max_concurrent_streams(Some(args.grpc_max_concurrent_streams.max(1)))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
         .add_service(
             InferenceServer::new(InferenceService { state })
                 .max_decoding_message_size(http::MAX_BODY_BYTES),
@@ -318,7 +356,7 @@ async fn main() -> anyhow::Result<()> {
         membership.leave().await;
         let _ = stop_tx.send(true);
     });
-    let (h, g) = tokio::join!(http_srv.into_future(), grpc_srv);
+    let (h, g) = tokio::join!(http_srv, grpc_srv);
     h?;
     g?;
     tracing::info!("router stopped");

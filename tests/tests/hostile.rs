@@ -369,3 +369,97 @@ async fn hostile_requests_get_clear_errors_and_touch_no_other_tenant() -> Result
     }
     result
 }
+
+/// Reads from `s` until EOF or `limit`; what arrived.
+fn read_all_within(s: &mut std::net::TcpStream, limit: Duration) -> String {
+    s.set_read_timeout(Some(limit)).ok();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The public port's edges: the body is not read before the key is
+/// checked, a body or headers sent too slowly are cut off, and the number
+/// of open connections is bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_hold_against_slow_and_unauthenticated_clients() -> Result<()> {
+    let stack = DevStack::start_with_env(
+        &[],
+        &[
+            ("BULKHEAD_ROUTER_HTTP_BODY_TIMEOUT_MS", "500"),
+            ("BULKHEAD_ROUTER_HTTP_HEADER_TIMEOUT_MS", "1000"),
+            ("BULKHEAD_ROUTER_HTTP_MAX_CONNECTIONS", "3"),
+        ],
+    )?;
+    let addr = stack
+        .s("router_http")
+        .trim_start_matches("http://")
+        .to_string();
+    let result = async {
+        // 1. No key, a body announced but never sent: 401 at once (a
+        //    router reading the body first would wait, then answer 408).
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 500000\r\n\r\n"
+        );
+        let (status, body) = raw_http(&addr, head.as_bytes(), b"")?;
+        ensure!(status == 401, "no key, no body: {status} {body}");
+
+        // 2. A valid key, a body that never comes: 408 after the body timeout.
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+            stack.key(0)
+        );
+        let (status, body) = raw_http(&addr, head.as_bytes(), b"{")?;
+        ensure!(status == 408, "body never sent: {status} {body}");
+        ensure!(body.contains("request_timeout"), "{body}");
+
+        // 3. Half a request's headers, then silence: the connection is
+        //    closed (hyper answers 408 or just closes).
+        let mut s = std::net::TcpStream::connect(&addr)?;
+        s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n").as_bytes())?;
+        let got = read_all_within(&mut s, Duration::from_secs(20));
+        ensure!(
+            !got.contains("200 OK"),
+            "half a request was answered as whole: {got:?}"
+        );
+        println!("slow headers: connection closed, answer {:?}", got.lines().next());
+
+        // 4. Three connections held open with complete keep-alive requests:
+        //    a fourth is not served until one of them closes.
+        let get = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        let mut held = vec![];
+        for _ in 0..3 {
+            let mut s = std::net::TcpStream::connect(&addr)?;
+            s.write_all(get.as_bytes())?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut buf = [0u8; 512];
+            let n = s.read(&mut buf)?;
+            ensure!(String::from_utf8_lossy(&buf[..n]).contains("200 OK"));
+            held.push(s);
+        }
+        let mut fourth = std::net::TcpStream::connect(&addr)?;
+        fourth.write_all(get.as_bytes())?;
+        let early = read_all_within(&mut fourth, Duration::from_millis(300));
+        ensure!(early.is_empty(), "a fourth connection was served: {early:?}");
+        drop(held.pop());
+        fourth.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut buf = [0u8; 512];
+        let n = fourth.read(&mut buf)?;
+        ensure!(
+            String::from_utf8_lossy(&buf[..n]).contains("200 OK"),
+            "the waiting connection was not served once one closed"
+        );
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        stack.dump_logs();
+    }
+    result
+}

@@ -191,7 +191,17 @@ impl EngineHandle {
         engine.publish();
         let thread = std::thread::Builder::new()
             .name("bulkhead-engine".into())
-            .spawn(move || engine.run())?;
+            .spawn(move || {
+                // A panic ends the thread (and every request on it); the
+                // handle then reports the engine dead (`is_alive`), so the
+                // worker turns unready instead of looking idle.
+                let run = std::panic::AssertUnwindSafe(move || engine.run());
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!(
+                        "the engine thread panicked: this worker serves nothing until it is restarted"
+                    );
+                }
+            })?;
         Ok(Self {
             tx,
             shared,
@@ -216,6 +226,16 @@ impl EngineHandle {
             return false;
         }
         rx.await.unwrap_or(false)
+    }
+
+    /// Whether the engine thread is running (false after a panic or
+    /// after `shutdown`).
+    pub fn is_alive(&self) -> bool {
+        self.thread
+            .lock()
+            .ok()
+            .and_then(|t| t.as_ref().map(|h| !h.is_finished()))
+            .unwrap_or(false)
     }
 
     pub fn capacity(&self) -> Capacity {

@@ -354,6 +354,12 @@ impl Worker for WorkerService {
         &self,
         _request: Request<ModelInfoRequest>,
     ) -> Result<Response<ModelInfoResponse>, Status> {
+        // Routers poll this: a dead engine makes the worker unready.
+        if !self.engine.is_alive() {
+            return Err(Status::unavailable(
+                "this worker's engine has stopped (it panicked); it serves nothing until restarted",
+            ));
+        }
         Ok(Response::new(ModelInfoResponse {
             model: self.model_name.clone(),
             max_context: self.model.model.max_context() as u32,

@@ -321,3 +321,32 @@ fn out_of_blocks_mid_decode_preempts_and_recomputes() {
     }
     assert_eq!(cap.free_kv_blocks, cap.total_kv_blocks, "{cap:?}");
 }
+
+/// A panic on the engine thread (here raised by a step observer) does not
+/// leave a silent, idle-looking engine: the handle reports it dead, new
+/// work is refused, and the request that was running ends.
+#[test]
+fn an_engine_thread_panic_is_reported_not_silent() {
+    let (_d, m) = load();
+    let observer: bulkhead_worker::engine::StepObserver =
+        Arc::new(|_: &bulkhead_worker::engine::StepReport| panic!("injected engine fault"));
+    let engine = EngineHandle::start(m.clone(), cfg(64), Some(observer)).unwrap();
+    assert!(engine.is_alive());
+    let (req, mut rx) = request(&m, "r1", "a", "hello", 4, SamplingParams::default());
+    engine.submit(req).unwrap();
+    // The request's channel closes without a Finished event.
+    let mut finished = false;
+    while let Some(ev) = rx.blocking_recv() {
+        finished |= matches!(ev, EngineEvent::Finished { .. });
+    }
+    assert!(!finished, "the request finished despite the panic");
+    for _ in 0..1000 {
+        if !engine.is_alive() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(!engine.is_alive(), "the dead engine still looks alive");
+    let (req, _rx) = request(&m, "r2", "b", "hi", 2, SamplingParams::default());
+    assert!(engine.submit(req).is_err(), "a dead engine accepted work");
+}
