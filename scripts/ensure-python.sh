@@ -5,6 +5,8 @@
 # - prometheus_client: the reference parser of the metrics format;
 # - kubernetes-validate: the Kubernetes JSON schemas (bundled, offline) that
 #   every rendered manifest is validated against.
+# Versions and wheel hashes: scripts/requirements/test.txt (the versions
+# below must match it).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.bulkhead/venv"
@@ -20,8 +22,9 @@ PY
 then
   echo "installing numpy $NUMPY_VERSION, prometheus_client $PROMETHEUS_CLIENT_VERSION," \
     "kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $venv (one time)" >&2
+  # Every wheel, dependencies included, pinned by hash.
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "numpy==$NUMPY_VERSION" "prometheus_client==$PROMETHEUS_CLIENT_VERSION" \
-    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >&2
+    --require-hashes --only-binary=:all: \
+    -r "$root/scripts/requirements/test.txt" >&2
 fi
 echo "$venv/bin/python3"
