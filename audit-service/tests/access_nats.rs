@@ -162,8 +162,13 @@ async fn tenant_admin_keys_read_only_their_own_tenant() {
         })
         .await
     });
-    let mut c = AuditQueryClient::new(mtls_channel(&url, &certs, "operator").await.unwrap());
-    let mut router = AuditQueryClient::new(mtls_channel(&url, &certs, "router").await.unwrap());
+    let mut c = AuditQueryClient::new(
+        mtls_channel(&url, &certs, "operator", "audit")
+            .await
+            .unwrap(),
+    );
+    let mut router =
+        AuditQueryClient::new(mtls_channel(&url, &certs, "router", "audit").await.unwrap());
 
     // Own tenant: all 20 records, once stored.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -108,21 +108,29 @@ async fn only_the_operator_can_shred_and_the_chain_still_verifies() {
         })
         .await
     });
-    let mut q = AuditQueryClient::new(mtls_channel(&url, &certs, "operator").await.unwrap());
+    let mut q = AuditQueryClient::new(
+        mtls_channel(&url, &certs, "operator", "audit")
+            .await
+            .unwrap(),
+    );
     for t in ["acme", "globex", "initech"] {
         wait_count(&mut q, t, 10).await;
     }
 
     // Routers and the control-plane may query, but not shred.
     for who in ["router", "control", "worker"] {
-        let mut a = AuditAdminClient::new(mtls_channel(&url, &certs, who).await.unwrap());
+        let mut a = AuditAdminClient::new(mtls_channel(&url, &certs, who, "audit").await.unwrap());
         let e = a.shred(shred("acme")).await.unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{who}: {e:?}");
         assert!(e.message().contains("audit admin API"), "{e:?}");
     }
     assert_eq!(count(&mut q, "acme").await.unwrap(), 10, "nothing shredded");
 
-    let mut op = AuditAdminClient::new(mtls_channel(&url, &certs, "operator").await.unwrap());
+    let mut op = AuditAdminClient::new(
+        mtls_channel(&url, &certs, "operator", "audit")
+            .await
+            .unwrap(),
+    );
     let e = op.shred(shred("nobody")).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     let e = op.shred(shred("../etc")).await.unwrap_err();

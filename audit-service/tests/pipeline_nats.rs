@@ -256,7 +256,8 @@ async fn events_are_stored_once_encrypted_and_per_tenant() {
         );
     }
     // A worker may not query audit records.
-    let mut worker = AuditQueryClient::new(mtls_channel(&url, &certs, "worker").await.unwrap());
+    let mut worker =
+        AuditQueryClient::new(mtls_channel(&url, &certs, "worker", "audit").await.unwrap());
     let s = worker
         .query(AuditQueryRequest {
             tenant_id: "acme".into(),

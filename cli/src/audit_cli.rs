@@ -211,7 +211,7 @@ pub fn report_markdown(r: &AuditReport) -> String {
 }
 
 pub async fn run(cmd: AuditCmd, r: &Remote) -> Result<()> {
-    let channel = mtls_channel(&r.audit, &r.certs_dir, "operator").await?;
+    let channel = mtls_channel(&r.audit, &r.certs_dir, "operator", "audit").await?;
     let mut c = AuditQueryClient::new(channel.clone());
     match cmd {
         AuditCmd::Shred { tenant } => {

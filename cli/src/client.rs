@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use bulkhead_identity::spiffe::{CertPaths, IdentityError};
+use bulkhead_identity::tls::{ExpectedServer, ReloadingConnector, plain_scheme};
 use bulkhead_proto::audit::audit_query_client::AuditQueryClient;
 use bulkhead_proto::audit::{AuditQueryRequest, AuditQueryResponse};
 use bulkhead_proto::control::control_client::ControlClient as RawControlClient;
@@ -44,26 +45,39 @@ impl ClientError {
 }
 
 /// An mTLS channel to `url` presenting `<certs_dir>/<component>.pem`.
+/// An mTLS channel to `url` as `component` (certificate from
+/// `certs_dir`). The server must present `server`'s SPIFFE id, checked in
+/// the handshake, and a certificate not on the CRL (`<certs>/crl.pem`):
+/// the operator's tools trust what the services trust, no more.
 pub async fn mtls_channel(
     url: &str,
     certs_dir: &Path,
     component: &str,
+    server: &str,
 ) -> Result<Channel, ClientError> {
     bulkhead_identity::spiffe::install_crypto_provider();
-    let tls = CertPaths::new(certs_dir, component).client_tls()?;
+    let connector = ReloadingConnector::expecting(
+        CertPaths::new(certs_dir, component),
+        ExpectedServer::Component(server.to_string()),
+    )
+    .map_err(|e| ClientError::Identity(e.into()))?;
     let connect_err = |e: tonic::transport::Error| ClientError::Connect {
         url: url.to_string(),
         reason: error_chain(&e),
     };
-    Endpoint::from_shared(url.to_string())
+    if !url.starts_with("https://") {
+        return Err(ClientError::BadUrl {
+            url: url.to_string(),
+            reason: "must be https:// (mTLS)".into(),
+        });
+    }
+    Endpoint::from_shared(plain_scheme(url))
         .map_err(|e| ClientError::BadUrl {
             url: url.to_string(),
             reason: e.to_string(),
         })?
         .connect_timeout(std::time::Duration::from_secs(10))
-        .tls_config(tls)
-        .map_err(connect_err)?
-        .connect()
+        .connect_with_connector(connector)
         .await
         .map_err(connect_err)
 }
@@ -99,7 +113,7 @@ impl ControlClient {
         component: &str,
     ) -> Result<Self, ClientError> {
         Ok(Self::from_channel(
-            mtls_channel(url, certs_dir, component).await?,
+            mtls_channel(url, certs_dir, component, "control").await?,
         ))
     }
 
@@ -225,7 +239,7 @@ impl AuditClient {
     /// Connects with the `operator` certificate from `certs_dir`.
     pub async fn connect(url: &str, certs_dir: &Path) -> Result<Self, ClientError> {
         Ok(Self {
-            inner: AuditQueryClient::new(mtls_channel(url, certs_dir, "operator").await?),
+            inner: AuditQueryClient::new(mtls_channel(url, certs_dir, "operator", "audit").await?),
         })
     }
 

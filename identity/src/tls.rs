@@ -37,7 +37,9 @@ use tokio_rustls::server::TlsStream;
 use crate::spiffe::CertPaths;
 
 pub mod client;
+pub mod verify;
 pub use client::{ReloadingConnector, plain_scheme};
+pub use verify::ExpectedServer;
 
 /// How often servers look at their certificate files.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
@@ -404,6 +406,16 @@ impl ServerTls {
 /// Client side, read from disk now: trust the CA, refuse server
 /// certificates on the CRL (when present), present our certificate; ALPN h2.
 pub fn client_config(paths: &CertPaths) -> Result<rustls::ClientConfig, TlsError> {
+    client_config_expecting(paths, None)
+}
+
+/// [`client_config`]; with `expected`, the server's SPIFFE id is also
+/// checked in the handshake ([`verify::SpiffeServerVerifier`]), in the
+/// trust domain of this client's own certificate.
+pub fn client_config_expecting(
+    paths: &CertPaths,
+    expected: Option<&ExpectedServer>,
+) -> Result<rustls::ClientConfig, TlsError> {
     let provider = provider();
     let mut roots = RootCertStore::empty();
     for ca in read_certs(&paths.ca)? {
@@ -417,15 +429,32 @@ pub fn client_config(paths: &CertPaths) -> Result<rustls::ClientConfig, TlsError
     if !crls.is_empty() {
         verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
     }
+    let webpki = verifier.build().map_err(|e| TlsError::Pem {
+        path: paths.ca.clone(),
+        reason: e.to_string(),
+    })?;
     let chain = read_certs(&paths.cert)?;
     let key = PrivateKeyDer::from_pem_slice(&read(&paths.key)?).map_err(pem_err(&paths.key))?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_webpki_verifier(verifier.build().map_err(|e| TlsError::Pem {
-            path: paths.ca.clone(),
-            reason: e.to_string(),
-        })?)
-        .with_client_auth_cert(chain, key)?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?;
+    let mut config = match expected {
+        None => builder
+            .with_webpki_verifier(webpki)
+            .with_client_auth_cert(chain, key)?,
+        Some(e) => {
+            let td = crate::spiffe::spiffe_id_of_der(chain[0].as_ref())
+                .ok_or_else(|| TlsError::Pem {
+                    path: paths.cert.clone(),
+                    reason: "this certificate carries no SPIFFE id, so the trust domain its peers must be in is unknown".into(),
+                })?
+                .trust_domain;
+            let v = verify::SpiffeServerVerifier::new(webpki, td, e.clone());
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(v))
+                .with_client_auth_cert(chain, key)?
+        }
+    };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }

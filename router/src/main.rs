@@ -59,7 +59,10 @@ struct Args {
     /// Folder with ca.pem, router.pem and router.key (see `bulkhead certs init`).
     #[arg(long, env = "BULKHEAD_CERTS_DIR")]
     certs_dir: PathBuf,
-    /// Worker gRPC URLs, e.g. https://127.0.0.1:50061 (repeat or comma-separate).
+    /// Worker gRPC URLs, e.g. https://127.0.0.1:50061 (repeat or
+    /// comma-separate). Each worker's certificate must carry a worker
+    /// SPIFFE id, checked in the handshake; `https://host:port#tenant=T`
+    /// accepts only tenant T's dedicated worker identity there.
     #[arg(
         long = "worker",
         env = "BULKHEAD_ROUTER_WORKERS",
@@ -67,12 +70,16 @@ struct Args {
         required = true
     )]
     workers: Vec<String>,
-    /// Refuse a worker that reports a dedicated pool but presents the plain
-    /// worker certificate instead of its tenant's (`bulkhead certs issue
-    /// --component worker --tenant T`). A per-tenant certificate is always
-    /// refused on any other pool.
-    #[arg(long, env = "BULKHEAD_REQUIRE_TENANT_WORKER_IDS")]
-    require_tenant_worker_ids: bool,
+    /// Accept a worker that reports a dedicated (process/mig) pool while it
+    /// presents the shared worker certificate. By default such a worker is
+    /// kept out of rotation until it presents its tenant's own identity
+    /// (`bulkhead certs issue --component worker --tenant T`); a per-tenant
+    /// certificate is always refused on any other pool.
+    #[arg(
+        long,
+        env = "BULKHEAD_ROUTER_ALLOW_SHARED_WORKER_IDENTITY_ON_DEDICATED_POOLS"
+    )]
+    allow_shared_worker_identity_on_dedicated_pools: bool,
     /// File with the secret (64 hex characters) that keys the audit content
     /// hashes; every router replica must use the same one.
     #[arg(long, env = "BULKHEAD_ROUTER_HASH_SECRET_FILE")]
@@ -229,7 +236,7 @@ async fn main() -> anyhow::Result<()> {
     let workers = Arc::new(WorkerPool::with_identity_rule(
         &args.workers,
         &args.certs_dir,
-        args.require_tenant_worker_ids,
+        !args.allow_shared_worker_identity_on_dedicated_pools,
     )?);
     workers.poll_all().await;
     workers.spawn_poller(Duration::from_millis(args.poll_ms.max(50)));

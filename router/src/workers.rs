@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bulkhead_identity::spiffe::CertPaths;
-use bulkhead_identity::tls::{ReloadingConnector, plain_scheme};
+use bulkhead_identity::tls::{ExpectedServer, ReloadingConnector, plain_scheme};
 use bulkhead_proto::worker::worker_client::WorkerClient;
 use bulkhead_proto::worker::{CapacityRequest, CapacityResponse, ModelInfoRequest};
 use tonic::transport::{Channel, Endpoint};
@@ -159,6 +159,27 @@ impl Drop for InFlight {
     }
 }
 
+/// `https://host:port` or `https://host:port#tenant=<t>` (a pool dedicated
+/// to tenant t: only t's worker identity is accepted at the handshake).
+pub fn parse_worker(entry: &str) -> anyhow::Result<(String, ExpectedServer)> {
+    let (url, expected) = match entry.split_once('#') {
+        None => (entry, ExpectedServer::AnyWorker),
+        Some((url, frag)) => match frag.strip_prefix("tenant=") {
+            Some(t) if bulkhead_proto::names::valid_tenant_id(t) => {
+                (url, ExpectedServer::TenantWorker(t.to_string()))
+            }
+            _ => {
+                anyhow::bail!("worker {entry:?}: the only suffix understood is #tenant=<tenant id>")
+            }
+        },
+    };
+    anyhow::ensure!(
+        url.starts_with("https://"),
+        "worker URL {url:?} must be https:// (mTLS)"
+    );
+    Ok((url.to_string(), expected))
+}
+
 pub struct WorkerPool {
     workers: Vec<Arc<WorkerHandle>>,
     affinity: Mutex<AffinityTable>,
@@ -184,12 +205,13 @@ impl WorkerPool {
     ) -> anyhow::Result<Self> {
         let paths = CertPaths::new(certs_dir, "router");
         let mut workers = Vec::new();
-        for url in urls {
-            anyhow::ensure!(
-                url.starts_with("https://"),
-                "worker URL {url:?} must be https:// (mTLS)"
-            );
-            let connector = ReloadingConnector::new(paths.clone())?;
+        for entry in urls {
+            let (url, expected) = parse_worker(entry)?;
+            let url = &url;
+            // The worker's SPIFFE id is checked in the handshake: a worker
+            // identity (a tenant's, when the URL names the tenant), never
+            // another component's certificate.
+            let connector = ReloadingConnector::expecting(paths.clone(), expected)?;
             let channel = Endpoint::from_shared(plain_scheme(url))
                 .map_err(|e| anyhow::anyhow!("bad worker URL {url:?}: {e}"))?
                 .connect_timeout(Duration::from_secs(2))

@@ -418,3 +418,78 @@ async fn client_connector_follows_renewal_and_revocation() -> Result<()> {
     worker.ensure_running()?;
     Ok(())
 }
+
+/// Calls ModelInfo through a connector that expects `expected` of the
+/// server's SPIFFE id (what the router and the CLI do).
+async fn model_info_expecting(
+    addr: &str,
+    client: CertPaths,
+    expected: bulkhead_identity::tls::ExpectedServer,
+) -> Result<(), String> {
+    use bulkhead_identity::tls::{ReloadingConnector, plain_scheme};
+    let connector = ReloadingConnector::expecting(client, expected).map_err(|e| e.to_string())?;
+    let channel = Endpoint::from_shared(plain_scheme(&format!("https://{addr}")))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    model_info(channel).await
+}
+
+/// Clients check the server's SPIFFE id in the handshake: a worker
+/// presenting the shared identity is refused where a tenant's dedicated
+/// worker is expected, a server with another component's certificate is
+/// refused where a worker is expected, and a worker where the CLI expects
+/// the control-plane — though every one of these certificates chains to the
+/// cluster CA and matches the host name.
+#[tokio::test]
+async fn clients_refuse_the_wrong_server_identity_in_the_handshake() -> Result<()> {
+    use bulkhead_identity::tls::ExpectedServer;
+    bulkhead_identity::spiffe::install_crypto_provider();
+    let tmp = tempfile::tempdir()?;
+    let ours = tmp.path().join("certs");
+    certs(&["init"], &ours)?;
+    let (mut worker, addr) = start_worker(tmp.path(), &ours, &[])?;
+    let router = CertPaths::new(&ours, "router");
+
+    model_info_expecting(&addr, router.clone(), ExpectedServer::AnyWorker)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let e = model_info_expecting(
+        &addr,
+        router.clone(),
+        ExpectedServer::TenantWorker("acme".into()),
+    )
+    .await
+    .expect_err("the shared worker identity fronted acme's pool");
+    ensure!(e.contains("expected tenant acme's dedicated worker"), "{e}");
+    println!("tenant pool, shared identity: {e}");
+    let e = model_info_expecting(
+        &addr,
+        CertPaths::new(&ours, "operator"),
+        ExpectedServer::Component("control".into()),
+    )
+    .await
+    .expect_err("a worker passed for the control-plane");
+    ensure!(e.contains("expected the control"), "{e}");
+    println!("CLI to a worker posing as control: {e}");
+
+    // A server with the audit-service's certificate where a worker is expected.
+    let tls = CertPaths::new(&ours, "audit").reloading_server_tls("impostor")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let impostor = listener.local_addr()?.to_string();
+    tokio::spawn(async move {
+        let mut incoming = tls.incoming(listener);
+        while let Some(s) = futures::StreamExt::next(&mut incoming).await {
+            drop(s);
+        }
+    });
+    let e = model_info_expecting(&impostor, router, ExpectedServer::AnyWorker)
+        .await
+        .expect_err("an audit-service certificate passed for a worker");
+    ensure!(e.contains("expected a worker"), "{e}");
+    println!("impostor with the audit certificate: {e}");
+    worker.ensure_running()?;
+    Ok(())
+}

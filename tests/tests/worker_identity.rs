@@ -1,4 +1,4 @@
-//! A router started with --require-tenant-worker-ids keeps a worker that
+//! A router (by default) keeps a worker that
 //! reports a dedicated pool out of rotation while it presents the plain
 //! worker certificate (a shared identity must not front a tenant's pool),
 //! and takes it once it presents that tenant's identity
@@ -103,7 +103,7 @@ fn router_requires_the_tenant_identity_of_a_dedicated_worker() -> Result<()> {
     .arg("--certs-dir")
     .arg(&certs)
     .args(["--worker", &format!("https://127.0.0.1:{port}")])
-    .args(["--poll-ms", "200", "--require-tenant-worker-ids"])
+    .args(["--poll-ms", "200"])
     .arg("--hash-secret-file")
     .arg(&secret)
     .arg("--ready-file")

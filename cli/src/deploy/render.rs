@@ -189,10 +189,20 @@ pub fn worker_url(c: &Cluster, pool: &Pool) -> String {
     )
 }
 
+/// The router's `--worker` entry for a pool: a tenant-dedicated pool's
+/// names its tenant, so the router accepts only that tenant's worker
+/// identity in the handshake.
+fn router_worker_entry(c: &Cluster, pool: &Pool) -> String {
+    match (pool.tier.tenant_dedicated(), pool.tenants.as_slice()) {
+        (true, [t]) => format!("{}#tenant={t}", worker_url(c, pool)),
+        _ => worker_url(c, pool),
+    }
+}
+
 pub fn router(c: &Cluster) -> Vec<(String, Value)> {
     let name = "bulkhead-router";
     let r = &c.router;
-    let workers: Vec<String> = c.pools.iter().map(|p| worker_url(c, p)).collect();
+    let workers: Vec<String> = c.pools.iter().map(|p| router_worker_entry(c, p)).collect();
     let args = vec![
         format!("--http-listen=0.0.0.0:{}", r.http_port),
         format!("--grpc-listen=0.0.0.0:{}", r.grpc_port),

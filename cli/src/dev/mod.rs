@@ -327,7 +327,28 @@ async fn start(
         });
     }
     if let Some(t) = &args.dedicated {
-        // A pool of its own for one tenant (the `process` tier).
+        // A pool of its own for one tenant (the `process` tier), with the
+        // tenant's own worker identity (routers refuse the shared one on a
+        // dedicated pool).
+        if !certs.join(format!("worker.{t}.pem")).exists() {
+            let st = tokio::process::Command::new(bin("bulkhead"))
+                .args([
+                    "certs",
+                    "issue",
+                    "--component",
+                    "worker",
+                    "--tenant",
+                    t,
+                    "--dir",
+                ])
+                .arg(&certs)
+                .status()
+                .await?;
+            anyhow::ensure!(
+                st.success(),
+                "`bulkhead certs issue --component worker --tenant {t}` failed"
+            );
+        }
         let ready = run_dir.join("worker-dedicated.json");
         let mut cmd = tokio::process::Command::new(bin("bulkhead-worker"));
         cmd.arg("serve")
@@ -369,9 +390,16 @@ async fn start(
     if !secret.exists() {
         write_private(&secret, &hex::encode(rand::random::<[u8; 32]>()))?;
     }
+    // The dedicated pool's URL names its tenant: the router then accepts
+    // only that tenant's worker identity in the handshake.
     let worker_urls = workers
         .iter()
-        .map(|w| format!("https://{}", w.grpc))
+        .map(|w| match &args.dedicated {
+            Some(t) if w.id == format!("dev-worker-{t}") => {
+                format!("https://{}#tenant={t}", w.grpc)
+            }
+            _ => format!("https://{}", w.grpc),
+        })
         .collect::<Vec<_>>()
         .join(",");
     let mut routers = vec![];

@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tonic::codegen::http::Uri;
 
-use super::{Stamp, TlsError, client_config, crl_path, stamp};
+use super::{ExpectedServer, Stamp, TlsError, client_config_expecting, crl_path, stamp};
 use crate::spiffe::{CertPaths, SpiffeId, spiffe_id_of_der};
 
 type Cached = Option<(Stamp, Arc<rustls::ClientConfig>)>;
@@ -26,6 +26,7 @@ type Cached = Option<(Stamp, Arc<rustls::ClientConfig>)>;
 #[derive(Debug)]
 struct Inner {
     paths: CertPaths,
+    expected: Option<ExpectedServer>,
     config: Mutex<Cached>,
     peer: Mutex<Option<SpiffeId>>,
 }
@@ -46,11 +47,23 @@ pub fn plain_scheme(url: &str) -> String {
 }
 
 impl ReloadingConnector {
-    /// Reads the files once, so that a missing or bad file fails now.
+    /// Reads the files once, so that a missing or bad file fails now. Any
+    /// server the CA vouches for is accepted; see [`Self::expecting`].
     pub fn new(paths: CertPaths) -> Result<Self, TlsError> {
+        Self::with_expected(paths, None)
+    }
+
+    /// Like [`Self::new`], and the server's SPIFFE id must be `expected`
+    /// (checked in the handshake: a wrong one never gets a request).
+    pub fn expecting(paths: CertPaths, expected: ExpectedServer) -> Result<Self, TlsError> {
+        Self::with_expected(paths, Some(expected))
+    }
+
+    fn with_expected(paths: CertPaths, expected: Option<ExpectedServer>) -> Result<Self, TlsError> {
         let c = Self {
             inner: Arc::new(Inner {
                 paths,
+                expected,
                 config: Mutex::new(None),
                 peer: Mutex::new(None),
             }),
@@ -78,7 +91,7 @@ impl ReloadingConnector {
         {
             return Ok(c.clone());
         }
-        match client_config(p) {
+        match client_config_expecting(p, self.inner.expected.as_ref()) {
             Ok(c) => {
                 if cached.is_some() {
                     tracing::info!(cert = %p.cert.display(), "client TLS material changed on disk; new connections use it");
