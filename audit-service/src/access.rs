@@ -21,6 +21,8 @@ pub use bulkhead_directory::now_ms;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TenantAdmin {
     pub tenant_id: String,
+    /// The tenant's incarnation (`Tenant.uid`): only its log is served.
+    pub tenant_uid: String,
     pub key_prefix: String,
 }
 
@@ -38,6 +40,7 @@ impl AccessDirectory {
         match self.inner.resolve(authorization, KeyScope::TenantAdmin) {
             Ok(r) => Ok(TenantAdmin {
                 tenant_id: r.tenant.id.clone(),
+                tenant_uid: r.tenant.uid.clone(),
                 key_prefix: r.key_prefix,
             }),
             Err(KeyError::Missing) => Err(Status::unauthenticated(

@@ -50,8 +50,14 @@ fn invalid_tenant(t: &str) -> Status {
 }
 
 impl QueryService {
-    /// Decides whether the caller may read `tenant`'s records.
-    async fn authorize<T>(&self, req: &Request<T>, rpc: &str, tenant: &str) -> Result<(), Status> {
+    /// Decides whether the caller may read `tenant`'s records; returns the
+    /// incarnation it may see (`None`: the operator override, any).
+    async fn authorize<T>(
+        &self,
+        req: &Request<T>,
+        rpc: &str,
+        tenant: &str,
+    ) -> Result<Option<String>, Status> {
         let auth = match req.metadata().get("authorization") {
             None => None,
             Some(v) => Some(v.to_str().map_err(|_| {
@@ -73,20 +79,21 @@ impl QueryService {
                 tenant,
                 "operator override: reading a tenant's audit records"
             );
-            return Ok(());
+            return Ok(None);
         }
         let admin = self.access.authenticate(auth)?;
         if !valid_tenant_id(tenant) {
             return Err(invalid_tenant(tenant));
         }
         if admin.tenant_id == tenant {
-            return Ok(());
+            return Ok(Some(admin.tenant_uid));
         }
         tracing::warn!(rpc, caller_tenant = %admin.tenant_id, key = %admin.key_prefix,
             "refused a tenant-admin key's read of another tenant's audit records");
         let ev = AuditEvent {
             request_id: uuid::Uuid::new_v4().to_string(),
             tenant_id: admin.tenant_id.clone(),
+            tenant_uid: admin.tenant_uid.clone(),
             timestamp_unix_ms: now_ms(),
             routing_decision: format!("audit {rpc}: another tenant's records refused"),
             status: report::DENIED.into(),
@@ -115,10 +122,10 @@ impl QueryService {
 
     /// Reads (and decrypts) a whole log off the async threads, without
     /// taking the writer's lock: ingestion goes on while a large log is read.
-    async fn read(&self, tenant: &str) -> Result<LogRead, Status> {
+    async fn read(&self, tenant: &str, uid: Option<String>) -> Result<LogRead, Status> {
         let reader = self.reader.clone();
         let t = tenant.to_string();
-        tokio::task::spawn_blocking(move || reader.read(&t))
+        tokio::task::spawn_blocking(move || reader.read_as(&t, uid.as_deref()))
             .await
             .map_err(|e| Status::internal(format!("query task failed: {e}")))?
             .map_err(|e| match e {
@@ -141,7 +148,8 @@ impl AuditQuery for QueryService {
         &self,
         request: Request<AuditQueryRequest>,
     ) -> Result<Response<AuditQueryResponse>, Status> {
-        self.authorize(&request, "query", &request.get_ref().tenant_id)
+        let uid = self
+            .authorize(&request, "query", &request.get_ref().tenant_id)
             .await?;
         let q = request.into_inner();
         let start: usize = if q.page_token.is_empty() {
@@ -158,7 +166,7 @@ impl AuditQuery for QueryService {
             n => n.min(MAX_PAGE),
         } as usize;
         let to = window_end(q.to_unix_ms);
-        let read = self.read(&q.tenant_id).await?;
+        let read = self.read(&q.tenant_id, uid).await?;
         let mut records = Vec::new();
         let mut next = None;
         for (i, f) in read.frames.into_iter().enumerate().skip(start) {
@@ -182,7 +190,8 @@ impl AuditQuery for QueryService {
         &self,
         request: Request<AuditReportRequest>,
     ) -> Result<Response<AuditReport>, Status> {
-        self.authorize(&request, "report", &request.get_ref().tenant_id)
+        let uid = self
+            .authorize(&request, "report", &request.get_ref().tenant_id)
             .await?;
         let q = request.into_inner();
         let now = now_ms();
@@ -192,7 +201,7 @@ impl AuditQuery for QueryService {
                 "to_unix_ms is before from_unix_ms",
             ));
         }
-        let read = self.read(&q.tenant_id).await?;
+        let read = self.read(&q.tenant_id, uid).await?;
         let intact = read.first_bad.is_none();
         let events = read.frames.iter().map(|f| &f.event);
         Ok(Response::new(report::compute(
@@ -239,7 +248,7 @@ mod tests {
         // Ingestion holds the writer's lock for as long as the read takes
         // (and longer): the read must not need it.
         let held = store.lock().unwrap();
-        let read = tokio::time::timeout(std::time::Duration::from_secs(30), q.read("acme"))
+        let read = tokio::time::timeout(std::time::Duration::from_secs(30), q.read("acme", None))
             .await
             .expect("the query waited for the writer's lock")
             .unwrap();

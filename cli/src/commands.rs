@@ -302,7 +302,7 @@ pub fn certs(cmd: CertsCmd, r: &Remote) -> Result<()> {
 
 pub fn tenant_json(t: &Tenant) -> serde_json::Value {
     serde_json::json!({
-        "id": t.id, "weight": t.weight, "allowed_models": t.allowed_models,
+        "id": t.id, "uid": t.uid, "weight": t.weight, "allowed_models": t.allowed_models,
         "max_tokens_per_request": t.max_tokens_per_request,
         "isolation": Isolation::try_from(t.isolation).map(|i| i.as_str_name()).unwrap_or("?"),
         "created_unix_ms": t.created_unix_ms,

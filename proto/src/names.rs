@@ -21,6 +21,23 @@ pub fn audit_subject(tenant_id: &str) -> String {
     format!("{AUDIT_SUBJECT_PREFIX}.{tenant_id}")
 }
 
+/// The key a tenant's state (KV blocks, prefix-cache salt, content-hash
+/// key) hangs off: its id and its immutable internal id (`Tenant.uid`), so
+/// a deleted id created again shares nothing with the old tenant. Records
+/// from before the uid existed keep the plain id.
+pub fn tenant_key(id: &str, uid: &str) -> String {
+    if uid.is_empty() {
+        id.to_string()
+    } else {
+        format!("{id}/{uid}")
+    }
+}
+
+/// The tenant id part of a [`tenant_key`] (for labels and logs).
+pub fn tenant_id_of_key(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(id, _)| id)
+}
+
 /// Tenant ids are used in NATS subjects, KV keys and file names, so they are
 /// restricted to a safe alphabet: 1-64 of `[a-z0-9-_]`, starting with a letter
 /// or digit.

@@ -106,7 +106,7 @@ impl Pipeline {
 
     /// Audits a request from a known tenant that was refused before dispatch.
     pub fn refused(&self, auth: &AuthContext, meta: &RequestMeta, model: &str, err: &ApiError) {
-        let mut ev = base_event(meta, &auth.tenant.id, &auth.key_prefix, model);
+        let mut ev = base_event(meta, &auth.tenant, &auth.key_prefix, model);
         ev.status = "refused".into();
         ev.error_code = err.code_name();
         ev.traceparent = bulkhead_telemetry::propagation::current_traceparent();
@@ -241,6 +241,7 @@ impl Pipeline {
         let wreq = WorkerGenerateRequest {
             request_id: req.request_id.clone(),
             tenant_id: req.tenant.id.clone(),
+            tenant_uid: req.tenant.uid.clone(),
             model: req.model.clone(),
             prompt,
             messages,
@@ -406,9 +407,12 @@ impl Pipeline {
             source_addr: req.source_addr.clone(),
         };
         let tenant = &req.tenant.id;
-        let mut ev = base_event(&meta, tenant, &req.key_prefix, &req.model);
-        ev.prompt_hash = self.hasher.hash(tenant, &req.input.canonical_bytes());
-        ev.response_hash = self.hasher.hash(tenant, o.response.as_bytes());
+        let mut ev = base_event(&meta, &req.tenant, &req.key_prefix, &req.model);
+        // Keyed per incarnation: a re-created tenant's hashes are not
+        // comparable with the old tenant's.
+        let key = bulkhead_proto::names::tenant_key(tenant, &req.tenant.uid);
+        ev.prompt_hash = self.hasher.hash(&key, &req.input.canonical_bytes());
+        ev.response_hash = self.hasher.hash(&key, o.response.as_bytes());
         ev.prompt_tokens = o.usage.prompt_tokens;
         ev.completion_tokens = o.usage.completion_tokens;
         ev.cached_tokens = o.usage.cached_tokens;
@@ -437,7 +441,12 @@ impl Pipeline {
     }
 }
 
-fn base_event(meta: &RequestMeta, tenant: &str, key_prefix: &str, model: &str) -> AuditEvent {
+fn base_event(
+    meta: &RequestMeta,
+    tenant: &bulkhead_proto::control::Tenant,
+    key_prefix: &str,
+    model: &str,
+) -> AuditEvent {
     let latency = meta.received.elapsed();
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -445,7 +454,8 @@ fn base_event(meta: &RequestMeta, tenant: &str, key_prefix: &str, model: &str) -
         .unwrap_or(0);
     AuditEvent {
         request_id: meta.request_id.clone(),
-        tenant_id: tenant.to_string(),
+        tenant_id: tenant.id.clone(),
+        tenant_uid: tenant.uid.clone(),
         model: crate::validate::truncate(model, 128),
         timestamp_unix_ms: now_ms - latency.as_millis() as i64,
         latency_us: latency.as_micros() as u64,

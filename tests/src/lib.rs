@@ -245,6 +245,16 @@ impl DevStack {
     /// The audit records of the i-th demo tenant, read as that tenant's
     /// admin would: mTLS (operator certificate) plus its tenant-admin key.
     pub async fn audit_records(&self, i: usize) -> Result<Vec<bulkhead_proto::audit::AuditEvent>> {
+        self.audit_records_for(&self.tenant(i), &self.admin_key(i))
+            .await
+    }
+
+    /// The audit records of `tenant`, read with its tenant-admin key.
+    pub async fn audit_records_for(
+        &self,
+        tenant: &str,
+        admin_key: &str,
+    ) -> Result<Vec<bulkhead_proto::audit::AuditEvent>> {
         use bulkhead_proto::audit::{AuditQueryRequest, audit_query_client::AuditQueryClient};
         let certs = PathBuf::from(self.s("certs_dir"));
         let ch =
@@ -255,14 +265,12 @@ impl DevStack {
                 .connect()
                 .await?;
         let mut req = tonic::Request::new(AuditQueryRequest {
-            tenant_id: self.tenant(i),
+            tenant_id: tenant.to_string(),
             page_size: 1000,
             ..Default::default()
         });
-        req.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", self.admin_key(i)).parse()?,
-        );
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {admin_key}").parse()?);
         Ok(AuditQueryClient::new(ch)
             .query(req)
             .await?

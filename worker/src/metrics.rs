@@ -100,7 +100,8 @@ impl WorkerMetrics {
     }
 
     fn labels(&self, tenant: &str) -> Labels {
-        vec![("tenant".into(), self.tenants.label(tenant))]
+        let id = bulkhead_proto::names::tenant_id_of_key(tenant);
+        vec![("tenant".into(), self.tenants.label(id))]
     }
 
     pub fn step(&self, batch: usize, took: Duration) {

@@ -129,6 +129,16 @@ impl WorkerService {
                 "tenant_id must be 1-64 characters of [a-z0-9-_] starting with a letter or digit",
             ));
         }
+        if req.tenant_uid.len() > 64
+            || !req
+                .tenant_uid
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b'-')
+        {
+            return Err(invalid(
+                "tenant_uid must be at most 64 characters of hex digits and '-'",
+            ));
+        }
         let p = &self.placement;
         if p.isolation != bulkhead_proto::common::Isolation::Shared as i32
             && !p.admitted.contains(&req.tenant_id)
@@ -281,7 +291,12 @@ impl Worker for WorkerService {
         self.engine
             .submit(GenerateRequest {
                 request_id,
-                tenant: Arc::from(req.tenant_id.as_str()),
+                // KV blocks and the prefix-cache salt hang off the tenant's
+                // incarnation, not just its id.
+                tenant: Arc::from(bulkhead_proto::names::tenant_key(
+                    &req.tenant_id,
+                    &req.tenant_uid,
+                )),
                 prompt,
                 params,
                 stop: req.stop.clone(),

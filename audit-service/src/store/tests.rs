@@ -182,3 +182,59 @@ fn bad_events_are_refused() {
     assert!(s.append(&ev("acme", "")).is_err());
     assert!(s.append(&ev("acme", &"x".repeat(500))).is_err());
 }
+
+fn ev_uid(tenant: &str, uid: &str, id: &str) -> AuditEvent {
+    AuditEvent {
+        tenant_uid: uid.into(),
+        ..ev(tenant, id)
+    }
+}
+
+#[test]
+fn each_incarnation_of_a_tenant_id_has_its_own_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = AuditStore::open(dir.path(), master()).unwrap();
+    for i in 0..3 {
+        assert!(
+            s.append(&ev_uid("acme", "aaaa-1", &format!("old{i}")))
+                .unwrap()
+        );
+    }
+    s.sync().unwrap();
+    assert_eq!(s.read_as("acme", Some("aaaa-1")).unwrap().frames.len(), 3);
+    // The id is deleted and created again: a new uid. Until its first
+    // event, the new tenant sees nothing of the old log.
+    assert_eq!(s.read_as("acme", Some("bbbb-2")).unwrap().frames.len(), 0);
+    assert!(s.append(&ev_uid("acme", "bbbb-2", "new0")).unwrap());
+    s.sync().unwrap();
+    let now = s.read_as("acme", Some("bbbb-2")).unwrap();
+    assert_eq!(now.frames.len(), 1);
+    assert_eq!(now.frames[0].event.request_id, "new0");
+    assert!(now.first_bad.is_none());
+    // The old log is kept, retired, whole.
+    let retired = dir.path().join("retired/acme.aaaa-1");
+    assert!(retired.join("segments").exists());
+    // A late event of the retired incarnation is refused, not mixed in.
+    assert!(matches!(
+        s.append(&ev_uid("acme", "aaaa-1", "late")),
+        Err(StoreError::Invalid(_))
+    ));
+    // The operator (no uid) reads the current log.
+    assert_eq!(s.read_as("acme", None).unwrap().frames.len(), 1);
+    drop(s);
+    // After a restart the incarnation is still known.
+    let mut s = AuditStore::open(dir.path(), master()).unwrap();
+    assert!(s.append(&ev_uid("acme", "bbbb-2", "new1")).unwrap());
+    s.sync().unwrap();
+    assert_eq!(s.read_as("acme", Some("bbbb-2")).unwrap().frames.len(), 2);
+}
+
+#[test]
+fn a_log_from_before_uids_is_adopted_by_the_first_uid() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store_with(dir.path(), 2);
+    assert!(s.append(&ev_uid("acme", "cccc-3", "r9")).unwrap());
+    s.sync().unwrap();
+    assert_eq!(s.read_as("acme", Some("cccc-3")).unwrap().frames.len(), 3);
+    assert!(!dir.path().join("retired").exists());
+}
