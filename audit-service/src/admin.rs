@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bulkhead_identity::spiffe::CallerId;
 use bulkhead_proto::audit::audit_admin_server::AuditAdmin;
-use bulkhead_proto::audit::{ShredRequest, ShredResponse};
+use bulkhead_proto::audit::{HeadsRequest, HeadsResponse, ShredRequest, ShredResponse};
 use tonic::{Request, Response, Status};
 
 use crate::StoreError;
@@ -56,5 +56,32 @@ impl AuditAdmin for AdminService {
             already_shredded,
             records,
         }))
+    }
+
+    async fn heads(&self, req: Request<HeadsRequest>) -> Result<Response<HeadsResponse>, Status> {
+        let want = req.into_inner().tenant_id;
+        let reader = self
+            .store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reader();
+        let heads = tokio::task::spawn_blocking(move || {
+            let tenants = if want.is_empty() {
+                crate::verify::tenants(reader.root())?
+            } else {
+                vec![want]
+            };
+            let mut heads = vec![];
+            for t in tenants {
+                if let Some(h) = crate::heads::head(&reader, &t)? {
+                    heads.push(h);
+                }
+            }
+            Ok::<_, StoreError>(heads)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("heads task failed: {e}")))?
+        .map_err(|e| Status::internal(format!("reading the checkpoints failed: {e}")))?;
+        Ok(Response::new(HeadsResponse { heads }))
     }
 }

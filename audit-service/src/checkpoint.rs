@@ -48,7 +48,13 @@ impl Checkpoint {
     }
 }
 
-fn message(tenant: &str, count: u64, segment: u64, closes: bool, hash: &[u8; 32]) -> Vec<u8> {
+pub(crate) fn message(
+    tenant: &str,
+    count: u64,
+    segment: u64,
+    closes: bool,
+    hash: &[u8; 32],
+) -> Vec<u8> {
     [
         DOMAIN,
         tenant.as_bytes(),

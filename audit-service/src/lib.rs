@@ -15,6 +15,7 @@ pub mod admin;
 pub mod bench;
 pub mod checkpoint;
 pub mod consumer;
+pub mod heads;
 pub mod keys;
 pub mod metrics;
 pub mod query;

@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -180,6 +180,13 @@ struct VerifyArgs {
     /// detect a rewritten log together with re-signed checkpoints.
     #[arg(long)]
     checkpoint_public_key: Option<String>,
+    /// Check the logs against signed heads exported earlier and kept off
+    /// this host (`bulkhead audit heads --out FILE`, or the `head` of query
+    /// answers; one JSON object per line): each log must still hold exactly
+    /// what its head signed, neither rewritten nor truncated. Needs no
+    /// master key (the chain is checked without decrypting).
+    #[arg(long)]
+    head: Option<PathBuf>,
 }
 
 fn master_key(k: &KeyArgs) -> anyhow::Result<Arc<dyn KeyWrapper>> {
@@ -198,6 +205,9 @@ fn master_key(k: &KeyArgs) -> anyhow::Result<Arc<dyn KeyWrapper>> {
 
 fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
     let root = &args.keys.data_dir;
+    if let Some(file) = &args.head {
+        return verify_heads(root, file, args.tenant.as_deref());
+    }
     let tenants = match args.tenant {
         Some(t) => vec![t],
         None => bulkhead_audit::verify::tenants(root)?,
@@ -224,6 +234,39 @@ fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
         ok &= v.ok;
         println!("{}", v.line);
     }
+    Ok(ok)
+}
+
+/// `verify --head FILE`: every head in the file (of `only`, when given).
+fn verify_heads(root: &Path, file: &Path, only: Option<&str>) -> anyhow::Result<bool> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the heads in {}", file.display()))?;
+    let store = AuditStore::open_readonly(root, Arc::new(LocalMasterKey::from_bytes(&[0; 32])));
+    let mut ok = true;
+    let mut checked = 0;
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let head = bulkhead_proto::head_text::from_json(line)
+            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", file.display(), i + 1))?;
+        if only.is_some_and(|t| t != head.tenant_id) {
+            continue;
+        }
+        checked += 1;
+        match bulkhead_audit::heads::verify(root, &store, &head) {
+            Ok(()) => println!(
+                "{}: ok, the log still holds the {} records its head signed",
+                head.tenant_id, head.count
+            ),
+            Err(why) => {
+                ok = false;
+                println!("{}: FAILED against its signed head: {why}", head.tenant_id);
+            }
+        }
+    }
+    anyhow::ensure!(checked > 0, "no head to check in {}", file.display());
     Ok(ok)
 }
 

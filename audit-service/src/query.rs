@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use bulkhead_identity::spiffe::CallerId;
 use bulkhead_proto::audit::audit_query_server::AuditQuery;
 use bulkhead_proto::audit::{
-    AuditEvent, AuditQueryRequest, AuditQueryResponse, AuditReport, AuditReportRequest,
+    AuditEvent, AuditQueryRequest, AuditQueryResponse, AuditReport, AuditReportRequest, SignedHead,
 };
 use bulkhead_proto::names::valid_tenant_id;
 use tonic::{Request, Response, Status};
@@ -122,19 +122,35 @@ impl QueryService {
 
     /// Reads (and decrypts) a whole log off the async threads, without
     /// taking the writer's lock: ingestion goes on while a large log is read.
-    async fn read(&self, tenant: &str, uid: Option<String>) -> Result<LogRead, Status> {
+    async fn read(
+        &self,
+        tenant: &str,
+        uid: Option<String>,
+    ) -> Result<(LogRead, Option<SignedHead>), Status> {
         let reader = self.reader.clone();
         let t = tenant.to_string();
-        tokio::task::spawn_blocking(move || reader.read_as(&t, uid.as_deref()))
-            .await
-            .map_err(|e| Status::internal(format!("query task failed: {e}")))?
-            .map_err(|e| match e {
-                StoreError::Shredded(_) => Status::failed_precondition(e.to_string()),
-                e => {
-                    tracing::error!(tenant, error = %e, "audit query failed");
-                    Status::internal(format!("reading the audit log failed: {e}"))
-                }
-            })
+        tokio::task::spawn_blocking(move || {
+            let log = reader.read_as(&t, uid.as_deref())?;
+            // The signed head goes out with the answer (see `heads`), for
+            // the incarnation the caller may see only.
+            let visible =
+                crate::store::incarnation::visible_to(&reader.tenant_dir(&t), uid.as_deref());
+            let head = if visible {
+                crate::heads::head(&reader, &t)?
+            } else {
+                None
+            };
+            Ok::<_, StoreError>((log, head))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("query task failed: {e}")))?
+        .map_err(|e| match e {
+            StoreError::Shredded(_) => Status::failed_precondition(e.to_string()),
+            e => {
+                tracing::error!(tenant, error = %e, "audit query failed");
+                Status::internal(format!("reading the audit log failed: {e}"))
+            }
+        })
     }
 }
 
@@ -166,7 +182,7 @@ impl AuditQuery for QueryService {
             n => n.min(MAX_PAGE),
         } as usize;
         let to = window_end(q.to_unix_ms);
-        let read = self.read(&q.tenant_id, uid).await?;
+        let (read, head) = self.read(&q.tenant_id, uid).await?;
         let mut records = Vec::new();
         let mut next = None;
         for (i, f) in read.frames.into_iter().enumerate().skip(start) {
@@ -183,6 +199,7 @@ impl AuditQuery for QueryService {
         Ok(Response::new(AuditQueryResponse {
             records,
             next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+            head,
         }))
     }
 
@@ -201,17 +218,12 @@ impl AuditQuery for QueryService {
                 "to_unix_ms is before from_unix_ms",
             ));
         }
-        let read = self.read(&q.tenant_id, uid).await?;
+        let (read, head) = self.read(&q.tenant_id, uid).await?;
         let intact = read.first_bad.is_none();
         let events = read.frames.iter().map(|f| &f.event);
-        Ok(Response::new(report::compute(
-            &q.tenant_id,
-            q.from_unix_ms,
-            to,
-            events,
-            intact,
-            now,
-        )))
+        let mut report = report::compute(&q.tenant_id, q.from_unix_ms, to, events, intact, now);
+        report.head = head;
+        Ok(Response::new(report))
     }
 }
 
@@ -248,10 +260,11 @@ mod tests {
         // Ingestion holds the writer's lock for as long as the read takes
         // (and longer): the read must not need it.
         let held = store.lock().unwrap();
-        let read = tokio::time::timeout(std::time::Duration::from_secs(30), q.read("acme", None))
-            .await
-            .expect("the query waited for the writer's lock")
-            .unwrap();
+        let (read, _) =
+            tokio::time::timeout(std::time::Duration::from_secs(30), q.read("acme", None))
+                .await
+                .expect("the query waited for the writer's lock")
+                .unwrap();
         drop(held);
         assert_eq!(read.frames.len(), 50);
         assert!(read.first_bad.is_none());

@@ -145,6 +145,32 @@ async fn only_the_operator_can_shred_and_the_chain_still_verifies() {
     let r = op.shred(shred("acme")).await.unwrap().into_inner();
     assert!(r.already_shredded && r.keys_destroyed == 0, "{r:?}");
 
+    // The shred closed acme's log with a signed checkpoint: its head can be
+    // exported (operator only) and kept off the host.
+    let heads = op
+        .heads(bulkhead_proto::audit::HeadsRequest {
+            tenant_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .heads;
+    let acme = heads
+        .iter()
+        .find(|h| h.tenant_id == "acme")
+        .expect("acme's head");
+    assert_eq!(
+        (acme.count, acme.hash.len(), acme.public_key.len()),
+        (10, 32, 32)
+    );
+    let mut router =
+        AuditAdminClient::new(mtls_channel(&url, &certs, "router", "audit").await.unwrap());
+    let e = router
+        .heads(bulkhead_proto::audit::HeadsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
     // The operator CLI does the same for another tenant.
     let remote = Remote {
         control: "https://127.0.0.1:1".into(),

@@ -226,3 +226,58 @@ fn verify_names_the_first_bad_record_across_segments() {
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("acme: FAILED at record 6"), "{text}");
 }
+
+/// `bulkhead-audit verify --head FILE`: a head exported while the log was
+/// whole fails the log once its last segment is deleted together with the
+/// checkpoint that closed it (which plain `verify` cannot see).
+#[test]
+fn verify_with_an_exported_head_catches_a_dropped_last_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    ten_records(dir);
+    let store = AuditStore::open_readonly(dir, master());
+    let head = bulkhead_audit::heads::head(&store, "acme")
+        .unwrap()
+        .unwrap();
+    assert_eq!(head.count, 10);
+    let heads = tmp.path().join("heads.jsonl");
+    std::fs::write(
+        &heads,
+        format!("{}\n", bulkhead_proto::head_text::to_json(&head)),
+    )
+    .unwrap();
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_bulkhead-audit"))
+            .args(["verify", "--data-dir", dir.to_str().unwrap()])
+            .arg("--head")
+            .arg(&heads)
+            .env_remove("BULKHEAD_AUDIT_MASTER_KEY")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = run();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("acme: ok"), "{text}");
+    // The last segment and its closing checkpoint go.
+    let last = (1..=10)
+        .rev()
+        .find(|n| seg(dir, *n).exists())
+        .expect("a segment");
+    std::fs::remove_file(seg(dir, last)).unwrap();
+    let cpf = dir.join("tenants/acme/checkpoints");
+    let cps: Vec<checkpoint::Checkpoint> = checkpoint::read_all(&dir.join("tenants/acme")).unwrap();
+    let keep = cps.iter().take_while(|c| c.segment < last).count();
+    let bytes = std::fs::read(&cpf).unwrap();
+    std::fs::write(&cpf, &bytes[..keep * checkpoint::ENTRY]).unwrap();
+    assert!(verdict(dir).ok, "{}", verdict(dir).line);
+    let (code, text) = run();
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("acme: FAILED against its signed head: the log was truncated"),
+        "{text}"
+    );
+}

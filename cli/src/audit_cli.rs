@@ -9,7 +9,8 @@ use anyhow::{Context, Result};
 use bulkhead_proto::audit::audit_admin_client::AuditAdminClient;
 use bulkhead_proto::audit::audit_query_client::AuditQueryClient;
 use bulkhead_proto::audit::{
-    AuditEvent, AuditQueryRequest, AuditReport, AuditReportRequest, ShredRequest, ShredResponse,
+    AuditEvent, AuditQueryRequest, AuditReport, AuditReportRequest, HeadsRequest, ShredRequest,
+    ShredResponse,
 };
 use clap::{Args, Subcommand, ValueEnum};
 use tonic::Request;
@@ -87,6 +88,18 @@ pub enum AuditCmd {
         /// The tenant whose records to make unrecoverable.
         #[arg(long)]
         tenant: String,
+    },
+    /// Export the latest signed head of each tenant's log (or of one), one
+    /// JSON object per line, to keep off the audit host: `bulkhead-audit
+    /// verify --head FILE` later proves each log still holds what its head
+    /// signed (no rewrite, no truncation). Operator certificate only.
+    Heads {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Append the heads to this file (default: standard output).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
 }
 
@@ -214,6 +227,37 @@ pub async fn run(cmd: AuditCmd, r: &Remote) -> Result<()> {
     let channel = mtls_channel(&r.audit, &r.certs_dir, "operator", "audit").await?;
     let mut c = AuditQueryClient::new(channel.clone());
     match cmd {
+        AuditCmd::Heads { tenant, out } => {
+            let resp = AuditAdminClient::new(channel)
+                .heads(HeadsRequest {
+                    tenant_id: tenant.unwrap_or_default(),
+                })
+                .await
+                .map_err(crate::client::ClientError::from)?
+                .into_inner();
+            let text: String = resp
+                .heads
+                .iter()
+                .map(|h| format!("{}\n", bulkhead_proto::head_text::to_json(h)))
+                .collect();
+            match out {
+                None => print!("{text}"),
+                Some(path) => {
+                    use std::io::Write;
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+                        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+                    eprintln!(
+                        "{} head(s) appended to {}",
+                        resp.heads.len(),
+                        path.display()
+                    );
+                }
+            }
+        }
         AuditCmd::Shred { tenant } => {
             let resp = AuditAdminClient::new(channel)
                 .shred(ShredRequest { tenant_id: tenant })

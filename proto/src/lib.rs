@@ -4,6 +4,7 @@
 //! `bulkhead-identity`.
 #![forbid(unsafe_code)]
 
+pub mod head_text;
 pub mod keys;
 pub mod names;
 
