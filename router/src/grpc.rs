@@ -72,10 +72,14 @@ impl Inference for InferenceService {
         &self,
         request: Request<GenerateRequest>,
     ) -> Result<Response<GenerateStream>, Status> {
-        let source = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let xff: Vec<&str> = request
+            .metadata()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let source =
+            crate::forwarded::client_addr(request.remote_addr(), &xff, &self.state.trusted_proxies);
         let meta = RequestMeta::new(Protocol::Grpc, source);
         let span = tracing::info_span!("request", request.id = %meta.request_id,
             tenant.id = tracing::field::Empty, protocol = "grpc");

@@ -34,6 +34,8 @@ pub struct AppState {
     pub pipeline: Arc<Pipeline>,
     /// See [`DEFAULT_BODY_TIMEOUT`].
     pub body_timeout: std::time::Duration,
+    /// Peers whose `X-Forwarded-For` is believed (`crate::forwarded`).
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 pub fn router(state: AppState) -> axum::Router {
@@ -113,6 +115,11 @@ async fn read_body(body: Body, timeout: std::time::Duration) -> Result<Bytes, Ap
 /// Parses a body into the request and its streaming options (`pub` for the
 /// `http_body` fuzz target and its corpus test).
 pub fn parse(kind: Kind, body: &[u8]) -> Result<(RawRequest, bool, bool), ApiError> {
+    let value: serde_json::Value = openai::parse(body)?;
+    let Some(fields) = value.as_object() else {
+        return Err(ApiError::invalid("the request body must be a JSON object"));
+    };
+    openai::fields::check(kind, fields)?;
     let (common, input, logprobs) = match kind {
         Kind::Chat => {
             let b: openai::ChatBody = openai::parse(body)?;
@@ -136,7 +143,13 @@ async fn generate(
     body: Body,
     kind: Kind,
 ) -> Response {
-    let meta = RequestMeta::new(Protocol::Http, addr.to_string());
+    let xff: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let source = crate::forwarded::client_addr(Some(addr), &xff, &s.trusted_proxies);
+    let meta = RequestMeta::new(Protocol::Http, source);
     let span = tracing::info_span!("request", request.id = %meta.request_id,
         tenant.id = tracing::field::Empty, protocol = "http");
     bulkhead_telemetry::propagation::adopt_http(&span, &headers);

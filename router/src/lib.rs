@@ -18,6 +18,7 @@ pub mod directory;
 pub mod dispatch;
 pub mod error;
 pub mod fair;
+pub mod forwarded;
 pub mod grpc;
 pub mod http;
 pub mod limits;

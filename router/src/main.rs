@@ -127,6 +127,16 @@ struct Args {
     /// it new requests get 503 with Retry-After.
     #[arg(long, env = "BULKHEAD_ROUTER_MAX_QUEUED", default_value_t = bulkhead_router::limits::DEFAULT_MAX_QUEUED_TOTAL)]
     max_queued: u32,
+    /// Edge proxies (CIDRs or addresses, comma-separated) whose
+    /// X-Forwarded-For header names the client: from these peers the
+    /// client's address goes into the audit record; from any other peer the
+    /// header is ignored. Default: none.
+    #[arg(
+        long = "trusted-proxy",
+        env = "BULKHEAD_ROUTER_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<String>,
     /// Most connections open at once on the public HTTP port; the next waits
     /// in the kernel's backlog until one closes.
     #[arg(
@@ -266,6 +276,9 @@ async fn main() -> anyhow::Result<()> {
         directory: dir,
         pipeline: pipeline.clone(),
         body_timeout: Duration::from_millis(args.http_body_timeout_ms.max(1)),
+        trusted_proxies: bulkhead_router::forwarded::parse_trusted(&args.trusted_proxies)
+            .map_err(anyhow::Error::msg)?
+            .into(),
     };
 
     let http_l = TcpListener::bind(args.http_listen)

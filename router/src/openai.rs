@@ -1,6 +1,6 @@
 //! OpenAI wire types: the request bodies the router accepts and the response
-//! bodies it writes. Parsing is lenient about fields it does not use (as
-//! OpenAI clients send many) and strict about the ones it does.
+//! bodies it writes. Every field is honoured or refused by name
+//! (`fields`): unknown and unimplemented fields are 400s, not dropped.
 use bulkhead_proto::common::{ChatMessage, FinishReason, TokenLogprob};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 use crate::pipeline::Usage;
 use crate::validate::{Input, RawLogprobs, RawRequest};
+
+pub mod fields;
 
 #[derive(Deserialize)]
 #[serde(untagged)]

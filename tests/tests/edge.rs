@@ -312,6 +312,52 @@ fn http_checks(edge: &Nginx, ca: &Path, stack: &DevStack) -> Result<()> {
     Ok(())
 }
 
+/// The client's address (as the client's own proxy reports it to the edge,
+/// which appends the address it saw) reaches the audit record.
+async fn forwarded_check(edge: &Nginx, ca: &Path, stack: &DevStack) -> Result<()> {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", edge.port),
+        ])
+        .arg("--cacert")
+        .arg(ca)
+        .args(["-H", &format!("Authorization: Bearer {}", stack.key(0))])
+        .args(["-H", "Content-Type: application/json"])
+        .args(["-H", "X-Forwarded-For: 198.51.100.7"])
+        .args(["--data-binary", &chat(&stack.s("model"), false).to_string()])
+        .arg(format!(
+            "https://localhost:{}/v1/chat/completions",
+            edge.port
+        ))
+        .output()?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| String::from_utf8_lossy(&out.stdout).into_owned())?;
+    let id = v["id"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("chatcmpl-")
+        .to_string();
+    let t0 = std::time::Instant::now();
+    loop {
+        let recs = stack.audit_records(0).await?;
+        if let Some(r) = recs.iter().find(|r| r.request_id == id) {
+            ensure!(
+                r.source_addr == "198.51.100.7",
+                "recorded source {:?}",
+                r.source_addr
+            );
+            return Ok(());
+        }
+        ensure!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no audit record for {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn grpc_checks(edge: &Nginx, ca: &Path, stack: &DevStack) -> Result<()> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(ca)?))
@@ -362,7 +408,9 @@ async fn grpc_checks(edge: &Nginx, ca: &Path, stack: &DevStack) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_proxy_terminates_tls_for_http_and_passes_grpc() -> Result<()> {
-    let stack = DevStack::start(&[])?;
+    // The router believes X-Forwarded-For from the edge (on loopback here).
+    let stack =
+        DevStack::start_with_env(&[], &[("BULKHEAD_ROUTER_TRUSTED_PROXIES", "127.0.0.1/32")])?;
     let certs = PathBuf::from(stack.s("certs_dir"));
     let out = Command::new(bin_path("bulkhead"))
         .args([
@@ -395,6 +443,7 @@ async fn edge_proxy_terminates_tls_for_http_and_passes_grpc() -> Result<()> {
 
     let result = async {
         http_checks(&edge, &ca, &stack)?;
+        forwarded_check(&edge, &ca, &stack).await?;
         grpc_checks(&edge, &ca, &stack).await
     }
     .await;
