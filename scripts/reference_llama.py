@@ -7,6 +7,7 @@ and prints the last position's logits and N greedy tokens as JSON.
 Computes in float64 with a full causal recompute (no KV cache, no paging), so
 it shares nothing with the Rust engine but the file formats."""
 import json
+import math
 import struct
 import sys
 
@@ -42,9 +43,34 @@ def rmsnorm(x, w, eps):
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
 
 
-def rope(x, positions, theta):
-    d = x.shape[-1]
+def inv_freq(d, theta, scaling):
+    """Rotary inverse frequencies, with rope_scaling as transformers'
+    _compute_linear_scaling_rope_parameters / _compute_llama3_parameters
+    define them (float64)."""
     inv = 1.0 / (theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind in ("default", "dynamic"):
+        return inv
+    if kind == "linear":
+        return inv / scaling["factor"]
+    if kind == "llama3":
+        factor = scaling["factor"]
+        low = scaling["low_freq_factor"]
+        high = scaling["high_freq_factor"]
+        old = scaling["original_max_position_embeddings"]
+        low_wavelen, high_wavelen = old / low, old / high
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
+        smooth = (old / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return np.where(medium, smoothed, scaled)
+    raise SystemExit(f"rope_scaling type {kind!r} is not in the reference")
+
+
+def rope(x, positions, theta, scaling=None):
+    d = x.shape[-1]
+    inv = inv_freq(d, theta, scaling)
     ang = np.outer(positions, inv)
     ang = np.concatenate([ang, ang], -1)[:, None, :]
     half = d // 2
@@ -72,8 +98,9 @@ def forward(cfg, w, ids):
             bias = w.get(p + f"self_attn.{name}.bias")
             return y if bias is None else y + bias
 
-        q = rope(proj("q_proj").reshape(t, heads, head_dim), pos, theta)
-        k = rope(proj("k_proj").reshape(t, kv_heads, head_dim), pos, theta)
+        scaling = cfg.get("rope_scaling")
+        q = rope(proj("q_proj").reshape(t, heads, head_dim), pos, theta, scaling)
+        k = rope(proj("k_proj").reshape(t, kv_heads, head_dim), pos, theta, scaling)
         v = proj("v_proj").reshape(t, kv_heads, head_dim)
         k = np.repeat(k, heads // kv_heads, axis=1)
         v = np.repeat(v, heads // kv_heads, axis=1)

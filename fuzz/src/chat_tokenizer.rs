@@ -79,7 +79,12 @@ fn detokenize(tok: &TextTokenizer, ids: &[u32], stops: &[String]) {
     let n = stopped_at.map_or(ids.len(), |i| i + 1);
     let full = tok.decode(&ids[..n]).expect("decode");
     if stopped_at.is_none() {
-        out.push_str(&d.flush());
+        out.push_str(&d.flush(tok));
+        // Unstopped, everything comes out (a character cut at the end too),
+        // up to a stop string the last bytes completed.
+        if !stops.iter().any(|s| full.contains(s.as_str())) {
+            assert_eq!(out, full, "flushed text differs from the decoded text");
+        }
     }
     assert!(
         full.starts_with(&out),

@@ -1,5 +1,12 @@
 //! `config.json` of a Llama-family (Llama, Mistral, Qwen2) Hugging Face model.
+//!
+//! A checkpoint is served exactly or not at all: every field that changes
+//! what the model computes is either implemented here or refused at load
+//! with an error naming it (another architecture or activation, an
+//! unimplemented `rope_scaling` type, mixture-of-experts fields, MLP
+//! biases). Absent fields take the Hugging Face defaults.
 use serde::Deserialize;
+use serde_json::Value;
 use std::path::Path;
 
 use crate::LoadError;
@@ -28,6 +35,45 @@ pub struct ModelConfig {
     pub bos_token_id: Option<TokenIds>,
     #[serde(default)]
     pub eos_token_id: Option<TokenIds>,
+    #[serde(default)]
+    pub architectures: Option<Vec<String>>,
+    #[serde(default)]
+    pub model_type: Option<String>,
+    #[serde(default)]
+    pub hidden_act: Option<String>,
+    #[serde(default)]
+    pub rope_scaling: Option<Value>,
+    #[serde(default)]
+    pub sliding_window: Option<Value>,
+    #[serde(default)]
+    pub use_sliding_window: Option<bool>,
+    #[serde(default)]
+    pub mlp_bias: Option<bool>,
+    #[serde(default)]
+    pub num_local_experts: Option<Value>,
+    #[serde(default)]
+    pub num_experts: Option<Value>,
+}
+
+/// Architectures whose forward pass this engine computes exactly.
+pub const ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
+const MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
+
+/// How rotary position frequencies are scaled (`rope_scaling`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor` (frequencies too).
+    Linear {
+        factor: f64,
+    },
+    /// Llama 3.1's piecewise frequency scaling.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
 }
 
 /// `eos_token_id` may be one id or a list of ids.
@@ -53,8 +99,9 @@ fn default_max_pos() -> usize {
 fn default_theta() -> f32 {
     10000.0
 }
+/// Hugging Face's default for Llama, Mistral and Qwen2 configs.
 fn default_eps() -> f32 {
-    1e-5
+    1e-6
 }
 
 impl ModelConfig {
@@ -76,8 +123,146 @@ impl ModelConfig {
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
+    /// The `rope_scaling` setting, or why it cannot be served. `dynamic`
+    /// (NTK) scaling changes nothing up to `max_position_embeddings`, which
+    /// bounds the context served, so it is served as none.
+    pub fn rope_scaling(&self) -> Result<RopeScaling, String> {
+        let Some(v) = self.rope_scaling.as_ref().filter(|v| !v.is_null()) else {
+            return Ok(RopeScaling::None);
+        };
+        let kind = v
+            .get("rope_type")
+            .or_else(|| v.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let num = |k: &str| -> Result<f64, String> {
+            v.get(k)
+                .and_then(Value::as_f64)
+                .filter(|x| x.is_finite() && *x > 0.0)
+                .ok_or_else(|| format!("rope_scaling.{k} is missing or not a positive number"))
+        };
+        match kind {
+            "default" => Ok(RopeScaling::None),
+            "dynamic" => Ok(RopeScaling::None),
+            "linear" => Ok(RopeScaling::Linear {
+                factor: num("factor")?,
+            }),
+            "llama3" => {
+                let s = RopeScaling::Llama3 {
+                    factor: num("factor")?,
+                    low_freq_factor: num("low_freq_factor")?,
+                    high_freq_factor: num("high_freq_factor")?,
+                    original_max_position_embeddings: num("original_max_position_embeddings")?,
+                };
+                if let RopeScaling::Llama3 {
+                    low_freq_factor,
+                    high_freq_factor,
+                    ..
+                } = s
+                    && high_freq_factor <= low_freq_factor
+                {
+                    return Err("rope_scaling.high_freq_factor must exceed low_freq_factor".into());
+                }
+                Ok(s)
+            }
+            other => Err(format!(
+                "rope_scaling type {other:?} is not implemented (default, linear, dynamic and llama3 are); refusing rather than serving the model wrong"
+            )),
+        }
+    }
+
+    /// The rotary inverse frequencies (one per pair of dimensions), with
+    /// `rope_scaling` applied as transformers computes it.
+    pub fn inv_freq(&self) -> Result<Vec<f32>, String> {
+        let hd = self.head_dim();
+        let theta = f64::from(self.rope_theta);
+        let base: Vec<f64> = (0..hd / 2)
+            .map(|i| 1.0 / theta.powf(2.0 * i as f64 / hd as f64))
+            .collect();
+        let scaled: Vec<f64> = match self.rope_scaling()? {
+            RopeScaling::None => base,
+            RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old,
+            } => {
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                base.iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / factor
+                        } else {
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    })
+                    .collect()
+            }
+        };
+        Ok(scaled.into_iter().map(|f| f as f32).collect())
+    }
+
+    /// The longest context served exactly: `max_position_embeddings`, or a
+    /// sliding attention window when one applies (every token then sees
+    /// the whole sequence, which is what the window computes too).
+    pub fn served_context(&self) -> usize {
+        let window = match (&self.sliding_window, self.use_sliding_window) {
+            (_, Some(false)) => None,
+            (Some(v), _) => v.as_u64().map(|w| w as usize).filter(|w| *w > 0),
+            (None, _) => None,
+        };
+        match window {
+            Some(w) => w.min(self.max_position_embeddings),
+            None => self.max_position_embeddings,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), LoadError> {
         let bad = |m: String| Err(LoadError::Config(m));
+        if let Some(archs) = &self.architectures
+            && let Some(a) = archs.iter().find(|a| !ARCHITECTURES.contains(&a.as_str()))
+        {
+            return bad(format!(
+                "architectures: {a} is not served (only {}); refusing rather than computing it wrong",
+                ARCHITECTURES.join(", ")
+            ));
+        }
+        if let Some(t) = &self.model_type
+            && !MODEL_TYPES.contains(&t.as_str())
+        {
+            return bad(format!(
+                "model_type {t:?} is not served (only {})",
+                MODEL_TYPES.join(", ")
+            ));
+        }
+        if let Some(act) = &self.hidden_act
+            && act != "silu"
+        {
+            return bad(format!("hidden_act {act:?} is not implemented (only silu)"));
+        }
+        if self.mlp_bias == Some(true) {
+            return bad("mlp_bias: MLP biases are not implemented".into());
+        }
+        for (name, v) in [
+            ("num_local_experts", &self.num_local_experts),
+            ("num_experts", &self.num_experts),
+        ] {
+            if v.as_ref()
+                .is_some_and(|v| !v.is_null() && v.as_u64() != Some(0))
+            {
+                return bad(format!("{name}: mixture-of-experts models are not served"));
+            }
+        }
+        if let Err(e) = self.rope_scaling() {
+            return bad(e);
+        }
         if self.num_attention_heads == 0 || self.num_kv_heads() == 0 {
             return bad("attention head counts must be positive".into());
         }

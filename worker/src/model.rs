@@ -208,9 +208,7 @@ impl Model {
         } else {
             return Err(LoadError::MissingTensor("lm_head.weight".into()));
         };
-        let inv_freq = (0..hd / 2)
-            .map(|i| 1.0 / config.rope_theta.powf(2.0 * i as f32 / hd as f32))
-            .collect();
+        let inv_freq = config.inv_freq().map_err(LoadError::Config)?;
         Ok(Self {
             config,
             embed,
@@ -265,8 +263,9 @@ impl Model {
         self.config.vocab_size
     }
 
+    /// The longest context served exactly (see `ModelConfig::served_context`).
     pub fn max_context(&self) -> usize {
-        self.config.max_position_embeddings
+        self.config.served_context()
     }
 
     fn rope(&self, x: &mut [f32], pos: usize) {

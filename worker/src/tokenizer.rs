@@ -260,19 +260,7 @@ impl Detokenizer {
         }
         self.prefix_offset = self.read_offset;
         self.read_offset = self.ids.len();
-        // Search for a stop string starting in the unreleased part (or
-        // overlapping it).
-        let max_stop = self.stop.iter().map(String::len).max().unwrap_or(0);
-        let mut from = self.sent.saturating_sub(max_stop);
-        while !self.text.is_char_boundary(from) {
-            from -= 1;
-        }
-        let hit = self
-            .stop
-            .iter()
-            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| i + from))
-            .min();
-        if let Some(at) = hit {
+        if let Some(at) = self.stop_at() {
             let out = self.text.get(self.sent..at).unwrap_or("").to_string();
             self.sent = self.sent.max(at);
             return Ok(TextDelta {
@@ -293,9 +281,45 @@ impl Detokenizer {
         Ok(self.release_to(end))
     }
 
-    /// Releases everything held back (at the end of a generation).
-    pub fn flush(&mut self) -> String {
-        self.release_to(self.text.len()).text
+    /// Releases everything held back (at the end of a generation),
+    /// including tokens that end inside a UTF-8 character: their bytes come
+    /// out as U+FFFD, as a whole decode would give them, so the final text
+    /// carries every token reported.
+    pub fn flush(&mut self, tok: &TextTokenizer) -> String {
+        if self.read_offset < self.ids.len()
+            && let (Ok(context), Ok(window)) = (
+                tok.decode(&self.ids[self.prefix_offset..self.read_offset]),
+                tok.decode(&self.ids[self.prefix_offset..]),
+            )
+        {
+            match window.strip_prefix(context.as_str()) {
+                Some(new) => self.text.push_str(new),
+                None => {
+                    if let Ok(all) = tok.decode(&self.ids) {
+                        self.text = all;
+                    }
+                }
+            }
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.ids.len();
+        }
+        // What came in last may complete a stop string: nothing from it on.
+        let end = self.stop_at().unwrap_or(self.text.len());
+        self.release_to(end).text
+    }
+
+    /// Where the first stop string starts in the unreleased text (or
+    /// overlapping it), if one does.
+    fn stop_at(&self) -> Option<usize> {
+        let max_stop = self.stop.iter().map(String::len).max().unwrap_or(0);
+        let mut from = self.sent.saturating_sub(max_stop);
+        while !self.text.is_char_boundary(from) {
+            from -= 1;
+        }
+        self.stop
+            .iter()
+            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| i + from))
+            .min()
     }
 
     fn release_to(&mut self, mut end: usize) -> TextDelta {

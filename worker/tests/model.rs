@@ -80,8 +80,35 @@ fn detokenizer_holds_incomplete_utf8_and_stop_strings() {
     for &id in &ids {
         out.push_str(&det.push(tok, id).unwrap().text);
     }
-    out.push_str(&det.flush());
+    out.push_str(&det.flush(tok));
     assert_eq!(out, "ab🦀cd STOP ef");
+}
+
+/// A generation that ends inside a UTF-8 character: the final text carries
+/// the bytes of its last tokens (as U+FFFD, like a whole decode), not less.
+#[test]
+fn a_generation_ending_inside_a_character_keeps_its_last_bytes() {
+    let d = model_dir(1);
+    let m = LoadedModel::load(d.path()).unwrap();
+    let tok = &m.tokenizer;
+    let ids = tok.encode("ok 🦀", false).unwrap();
+    // Cut after the first byte-token of the crab.
+    let crab_start = (1..ids.len())
+        .find(|&n| tok.decode(&ids[..n]).unwrap().ends_with('\u{FFFD}'))
+        .expect("a token boundary inside the crab");
+    let cut = &ids[..crab_start];
+    let mut det = Detokenizer::new(vec![]);
+    let mut out = String::new();
+    for &id in cut {
+        out.push_str(&det.push(tok, id).unwrap().text);
+    }
+    assert!(
+        !out.contains('\u{FFFD}'),
+        "released half a character early: {out:?}"
+    );
+    out.push_str(&det.flush(tok));
+    assert_eq!(out, tok.decode(cut).unwrap());
+    assert!(out.ends_with('\u{FFFD}'), "{out:?}");
 }
 
 #[test]
@@ -101,7 +128,7 @@ fn streamed_text_equals_the_whole_decode_over_a_long_generation() {
         assert!(!d.stopped);
         out.push_str(&d.text);
     }
-    out.push_str(&det.flush());
+    out.push_str(&det.flush(tok));
     assert_eq!(out, tok.decode(&ids).unwrap());
     assert_eq!(out, text);
 }

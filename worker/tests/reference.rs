@@ -52,11 +52,10 @@ fn argmax(v: &[f32]) -> u32 {
     best as u32
 }
 
-#[test]
-fn forward_matches_the_numpy_reference() {
-    let dir = tempfile::tempdir().unwrap();
-    bulkhead_worker::genmodel::generate(dir.path(), 11).unwrap();
-    let m = LoadedModel::load(dir.path()).unwrap();
+/// Compares our forward pass with the reference on the model in `dir`:
+/// the last position's logits and 8 greedy tokens.
+fn compare_with_reference(dir: &std::path::Path, label: &str) {
+    let m = LoadedModel::load(dir).unwrap();
     let ids = m
         .tokenizer
         .encode_prompt("Tenants share the fleet; their prompts never share a block.")
@@ -65,7 +64,7 @@ fn forward_matches_the_numpy_reference() {
 
     let mut child = Command::new(python())
         .arg(root().join("scripts/reference_llama.py"))
-        .arg(dir.path())
+        .arg(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -81,7 +80,7 @@ fn forward_matches_the_numpy_reference() {
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "reference failed: {}",
+        "{label}: reference failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let reference: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -97,12 +96,12 @@ fn forward_matches_the_numpy_reference() {
         .fold(0.0, f64::max);
     let spread = ref_logits.iter().cloned().fold(f64::MIN, f64::max)
         - ref_logits.iter().cloned().fold(f64::MAX, f64::min);
-    println!("max |logit difference| = {max_diff:e} (logit spread {spread:.3})");
+    println!("{label}: max |logit difference| = {max_diff:e} (logit spread {spread:.3})");
     assert!(
         spread > 1e-3,
-        "degenerate logits: the comparison would prove nothing"
+        "{label}: degenerate logits: the comparison would prove nothing"
     );
-    assert!(max_diff < 1e-4, "logits differ by {max_diff}");
+    assert!(max_diff < 1e-4, "{label}: logits differ by {max_diff}");
 
     let mut seq = ids.clone();
     let mut greedy = vec![];
@@ -113,6 +112,108 @@ fn forward_matches_the_numpy_reference() {
     }
     assert_eq!(
         greedy, ref_greedy,
-        "greedy decoding differs from the reference"
+        "{label}: greedy decoding differs from the reference"
     );
+}
+
+/// Rewrites fields of the model's config.json.
+fn patch_config(dir: &std::path::Path, patch: serde_json::Value) {
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for (k, v) in patch.as_object().unwrap() {
+        cfg[k] = v.clone();
+    }
+    std::fs::write(&path, cfg.to_string()).unwrap();
+}
+
+#[test]
+fn forward_matches_the_numpy_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    bulkhead_worker::genmodel::generate(dir.path(), 11).unwrap();
+    compare_with_reference(dir.path(), "plain");
+}
+
+/// Llama 3.1-style and linear `rope_scaling`: with the original context set
+/// so that the test model's frequencies fall in all three llama3 bands
+/// (kept, smoothed, divided), the engine matches the reference's
+/// transformers formula; a model served without the scaling would not.
+#[test]
+fn rope_scaling_matches_the_numpy_reference() {
+    for (label, scaling) in [
+        (
+            "llama3",
+            serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+        ),
+        (
+            "linear",
+            serde_json::json!({"type": "linear", "factor": 4.0}),
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        bulkhead_worker::genmodel::generate(dir.path(), 11).unwrap();
+        let plain = LoadedModel::load(dir.path()).unwrap();
+        patch_config(dir.path(), serde_json::json!({"rope_scaling": scaling}));
+        let scaled = LoadedModel::load(dir.path()).unwrap();
+        let ids = plain
+            .tokenizer
+            .encode_prompt("Positions far enough apart to tell.")
+            .unwrap();
+        let (a, b) = (last_logits(&plain, &ids), last_logits(&scaled, &ids));
+        let moved = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            moved > 1e-3,
+            "{label}: the scaling changed nothing ({moved})"
+        );
+        compare_with_reference(dir.path(), label);
+    }
+}
+
+/// Anything the engine does not compute is refused at load, by name.
+#[test]
+fn configs_the_engine_does_not_implement_are_refused_by_name() {
+    for (patch, names) in [
+        (
+            serde_json::json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}),
+            "yarn",
+        ),
+        (serde_json::json!({"hidden_act": "gelu"}), "hidden_act"),
+        (
+            serde_json::json!({"architectures": ["Qwen3ForCausalLM"]}),
+            "Qwen3ForCausalLM",
+        ),
+        (
+            serde_json::json!({"num_local_experts": 8}),
+            "num_local_experts",
+        ),
+        (serde_json::json!({"mlp_bias": true}), "mlp_bias"),
+        (
+            serde_json::json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}),
+            "low_freq_factor",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        bulkhead_worker::genmodel::generate(dir.path(), 11).unwrap();
+        patch_config(dir.path(), patch.clone());
+        let Err(e) = LoadedModel::load(dir.path()) else {
+            panic!("{patch}: loaded a config it cannot serve");
+        };
+        assert!(e.to_string().contains(names), "{patch}: {e}");
+    }
+    // What is served: silu, the listed architectures, a sliding window
+    // (served by bounding the context to it), dynamic scaling.
+    let dir = tempfile::tempdir().unwrap();
+    bulkhead_worker::genmodel::generate(dir.path(), 11).unwrap();
+    patch_config(
+        dir.path(),
+        serde_json::json!({"hidden_act": "silu", "architectures": ["MistralForCausalLM"],
+            "sliding_window": 32, "rope_scaling": {"type": "dynamic", "factor": 2.0}}),
+    );
+    let m = LoadedModel::load(dir.path()).unwrap();
+    assert_eq!(m.model.max_context(), 32);
 }

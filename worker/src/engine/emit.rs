@@ -14,7 +14,7 @@ impl Engine {
         let id = s.sampler.sample(logits);
         s.generated += 1;
         if !s.req.ignore_eos && tok.eos_ids().contains(&id) {
-            let rest = s.detok.flush();
+            let rest = s.detok.flush(tok);
             if !rest.is_empty() {
                 s.send(EngineEvent::Token {
                     id,
@@ -51,7 +51,7 @@ impl Engine {
         let mut text = delta.text;
         let last = s.generated >= s.req.max_tokens;
         if last {
-            text.push_str(&s.detok.flush());
+            text.push_str(&s.detok.flush(tok));
         }
         s.send(EngineEvent::Token { id, text, logprobs });
         if last {
