@@ -5,7 +5,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use bulkhead_identity::spiffe::{CertPaths, IdentityError, SpiffeAuthorizer};
+use bulkhead_identity::authz::SpiffeAuthorizer;
+use bulkhead_identity::spiffe::{CertPaths, IdentityError};
 use bulkhead_proto::audit::audit_admin_server::AuditAdminServer;
 use bulkhead_proto::audit::audit_query_server::AuditQueryServer;
 use tokio::net::TcpListener;

@@ -17,7 +17,7 @@ use tonic::Request;
 use tonic::metadata::MetadataValue;
 
 use crate::client::mtls_channel;
-use crate::commands::Remote;
+use crate::remote::Remote;
 
 /// The tenant-admin key that scopes every audit read.
 #[derive(Args, Debug, Clone)]

@@ -6,42 +6,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use bulkhead_identity::spiffe::DEFAULT_TRUST_DOMAIN;
 use bulkhead_proto::common::Isolation;
-use bulkhead_proto::control::{CreateTenantRequest, KeyScope, Tenant};
+use bulkhead_proto::control::{CreateTenantRequest, KeyScope};
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::client::ControlClient;
-
-/// Flags every remote command shares.
-#[derive(Args, Debug, Clone)]
-pub struct Remote {
-    /// Control-plane gRPC URL.
-    #[arg(
-        long,
-        global = true,
-        env = "BULKHEAD_CONTROL",
-        default_value = "https://127.0.0.1:50071"
-    )]
-    pub control: String,
-    /// Audit-service gRPC URL.
-    #[arg(
-        long,
-        global = true,
-        env = "BULKHEAD_AUDIT",
-        default_value = "https://127.0.0.1:50081"
-    )]
-    pub audit: String,
-    /// Folder with ca.pem, operator.pem and operator.key.
-    #[arg(
-        long,
-        global = true,
-        env = "BULKHEAD_CERTS_DIR",
-        default_value = ".bulkhead/dev/certs"
-    )]
-    pub certs_dir: PathBuf,
-    /// Print JSON instead of text.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
+pub use crate::remote::{IsolationArg, Remote, tenant_json};
 
 #[derive(Subcommand, Debug)]
 pub enum CertsCmd {
@@ -108,14 +77,6 @@ pub enum CertsCmd {
         #[arg(long)]
         serial: Option<String>,
     },
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum IsolationArg {
-    Shared,
-    Process,
-    Mig,
-    Dedicated,
 }
 
 /// A tenant's admission limits, enforced by every router (rates: 0 =
@@ -298,21 +259,6 @@ pub fn certs(cmd: CertsCmd, r: &Remote) -> Result<()> {
         }
     }
     Ok(())
-}
-
-pub fn tenant_json(t: &Tenant) -> serde_json::Value {
-    serde_json::json!({
-        "id": t.id, "uid": t.uid, "weight": t.weight, "allowed_models": t.allowed_models,
-        "max_tokens_per_request": t.max_tokens_per_request,
-        "isolation": Isolation::try_from(t.isolation).map(|i| i.as_str_name()).unwrap_or("?"),
-        "created_unix_ms": t.created_unix_ms,
-        "limits": {
-            "requests_per_second": t.requests_per_second, "burst": t.burst,
-            "tokens_per_minute": t.tokens_per_minute, "max_in_flight": t.max_in_flight,
-            "max_queued": t.max_queued,
-        },
-        "ttft_quantum_ms": t.ttft_quantum_ms,
-    })
 }
 
 pub async fn tenants(cmd: TenantsCmd, r: &Remote) -> Result<()> {

@@ -19,6 +19,7 @@ pub mod mig_cli;
 pub mod mig_discover;
 pub mod nats_conf;
 pub mod pki;
+pub mod remote;
 pub mod status;
 
 pub use client::{AuditClient, ClientError, ControlClient};

@@ -7,7 +7,7 @@ use bulkhead_proto::control::{KeyInfo, KeyScope, RotateKeyRequest, UpdateTenantR
 use clap::Args;
 
 use crate::client::ControlClient;
-use crate::commands::{IsolationArg, Remote};
+use crate::remote::{IsolationArg, Remote};
 
 #[derive(Args, Debug)]
 pub struct UpdateTenantArgs {
@@ -161,7 +161,7 @@ pub async fn update_tenant(a: UpdateTenantArgs, c: &mut ControlClient, r: &Remot
         })
         .await?;
     if r.json {
-        println!("{}", crate::commands::tenant_json(&t));
+        println!("{}", crate::remote::tenant_json(&t));
     } else {
         println!("tenant {} updated", t.id);
     }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
-use crate::commands::Remote;
 use crate::mig::{self, GpuModel, TenantsFile};
+use crate::remote::Remote;
 
 #[derive(Subcommand, Debug)]
 pub enum MigCmd {

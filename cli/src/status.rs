@@ -13,7 +13,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::client::ControlClient;
-use crate::commands::Remote;
+use crate::remote::Remote;
 
 #[derive(Args, Debug)]
 pub struct TopArgs {

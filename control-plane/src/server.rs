@@ -5,7 +5,8 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
-use bulkhead_identity::spiffe::{CertPaths, IdentityError, SpiffeAuthorizer};
+use bulkhead_identity::authz::SpiffeAuthorizer;
+use bulkhead_identity::spiffe::{CertPaths, IdentityError};
 use bulkhead_proto::control::control_server::ControlServer;
 use tokio::net::TcpListener;
 

@@ -6,5 +6,7 @@
 //! the contracts only.
 #![forbid(unsafe_code)]
 
+pub mod authz;
+pub mod error;
 pub mod spiffe;
 pub mod tls;

@@ -5,24 +5,13 @@
 //! [`CallerId`].
 use std::path::{Path, PathBuf};
 
+use tonic::Request;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
-use tonic::{Request, Status};
 
 /// Default SPIFFE trust domain of a Bulkhead cluster.
 pub const DEFAULT_TRUST_DOMAIN: &str = "bulkhead.local";
 
-#[derive(Debug, thiserror::Error)]
-pub enum IdentityError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("not a SPIFFE id: {0:?}")]
-    BadSpiffeId(String),
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
-}
+pub use crate::error::IdentityError;
 
 /// A parsed `spiffe://<trust-domain>/<path>` id.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -139,16 +128,6 @@ impl CertPaths {
         Ok(Certificate::from_pem(Self::read(&self.ca)?))
     }
 
-    /// Server side, following the files on disk: our certificate, the CA
-    /// and the CRL are reloaded when they change (see [`crate::tls`]). Call
-    /// inside a Tokio runtime.
-    pub fn reloading_server_tls(
-        &self,
-        hop: &'static str,
-    ) -> Result<crate::tls::ServerTls, IdentityError> {
-        Ok(crate::tls::ServerTls::load(self.clone(), hop)?)
-    }
-
     /// Server side: present our certificate, require a client certificate
     /// signed by the cluster CA (static: read once).
     pub fn server_tls(&self) -> Result<ServerTlsConfig, IdentityError> {
@@ -222,83 +201,6 @@ pub fn check_worker_identity(
         ));
     }
     Ok(())
-}
-
-/// A tonic interceptor that admits only callers whose certificate carries a
-/// SPIFFE id of our trust domain naming one of the allowed components.
-#[derive(Clone, Debug)]
-pub struct SpiffeAuthorizer {
-    trust_domain: String,
-    allowed: Vec<String>,
-    hop: &'static str,
-    revocation: Option<crate::tls::ServerTls>,
-}
-
-impl SpiffeAuthorizer {
-    /// `hop` names the server in log lines (e.g. "worker").
-    pub fn new(hop: &'static str, trust_domain: &str, allowed_components: &[&str]) -> Self {
-        Self {
-            trust_domain: trust_domain.to_string(),
-            allowed: allowed_components.iter().map(|s| s.to_string()).collect(),
-            hop,
-            revocation: None,
-        }
-    }
-
-    /// Also refuses requests whose client certificate the server's current
-    /// CRL revokes, or that has expired — on connections opened before too
-    /// (HTTP/2 connections between components live long).
-    pub fn with_revocation(mut self, tls: &crate::tls::ServerTls) -> Self {
-        self.revocation = Some(tls.clone());
-        self
-    }
-
-    /// Checks one request; returns the caller's id when allowed.
-    pub fn check<T>(&self, req: &Request<T>) -> Result<SpiffeId, Status> {
-        let Some(id) = peer_spiffe_id(req) else {
-            tracing::warn!(
-                hop = self.hop,
-                "refused a caller without a SPIFFE certificate"
-            );
-            return Err(Status::unauthenticated(
-                "a client certificate with a SPIFFE id is required",
-            ));
-        };
-        if id.trust_domain != self.trust_domain || !self.allowed.iter().any(|c| id.is_component(c))
-        {
-            tracing::warn!(hop = self.hop, caller = %id, "refused a caller whose SPIFFE id is not allowed on this hop");
-            return Err(Status::permission_denied(format!(
-                "SPIFFE id {id} may not call the {}",
-                self.hop
-            )));
-        }
-        if let Some(tls) = &self.revocation {
-            use crate::tls::Stale;
-            let leaf = req.peer_certs().and_then(|c| c.first().cloned());
-            match leaf.and_then(|l| tls.no_longer_valid(l.as_ref())) {
-                Some(Stale::Revoked) => {
-                    tracing::warn!(hop = self.hop, caller = %id,
-                        "refused a caller whose certificate has been revoked (connection opened before the revocation)");
-                    return Err(Status::unauthenticated("client certificate revoked"));
-                }
-                Some(Stale::Expired) => {
-                    tracing::warn!(hop = self.hop, caller = %id,
-                        "refused a caller whose certificate has expired (connection opened before it expired)");
-                    return Err(Status::unauthenticated("client certificate expired"));
-                }
-                None => {}
-            }
-        }
-        Ok(id)
-    }
-}
-
-impl tonic::service::Interceptor for SpiffeAuthorizer {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let id = self.check(&req)?;
-        req.extensions_mut().insert(CallerId(id));
-        Ok(req)
-    }
 }
 
 #[cfg(test)]

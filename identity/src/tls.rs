@@ -16,7 +16,7 @@
 //! and hand the streams to `serve_with_incoming*`; tonic's `Connected` impl
 //! for tokio-rustls streams keeps `Request::peer_certs` working.
 //!
-//! [`SpiffeAuthorizer::with_revocation`]: crate::spiffe::SpiffeAuthorizer::with_revocation
+//! [`SpiffeAuthorizer::with_revocation`]: crate::authz::SpiffeAuthorizer::with_revocation
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -34,6 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::error::IdentityError;
 use crate::spiffe::CertPaths;
 
 pub mod client;
@@ -46,19 +47,15 @@ pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {reason}")]
-    Pem { path: PathBuf, reason: String },
-    #[error("TLS set-up: {0}")]
-    Rustls(#[from] rustls::Error),
-    #[error("client verifier: {0}")]
-    Verifier(#[from] rustls::server::VerifierBuilderError),
+pub use crate::error::TlsError;
+
+impl CertPaths {
+    /// Server side, following the files on disk: our certificate, the CA
+    /// and the CRL are reloaded when they change (see [`crate::tls`]). Call
+    /// inside a Tokio runtime.
+    pub fn reloading_server_tls(&self, hop: &'static str) -> Result<ServerTls, IdentityError> {
+        Ok(ServerTls::load(self.clone(), hop)?)
+    }
 }
 
 /// The CRL next to the CA: `<certs>/crl.pem`.

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use bulkhead_identity::spiffe::{DEFAULT_TRUST_DOMAIN, SpiffeAuthorizer};
+use bulkhead_identity::authz::SpiffeAuthorizer;
+use bulkhead_identity::spiffe::DEFAULT_TRUST_DOMAIN;
 use bulkhead_proto::worker::worker_server::WorkerServer;
 use bulkhead_worker::LoadedModel;
 use bulkhead_worker::device::{Chosen, DeviceArg};
