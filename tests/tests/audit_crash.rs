@@ -70,6 +70,7 @@ async fn sigkill_during_flow_stores_every_event_exactly_once() -> Result<()> {
     let js = jetstream::new(async_nats::connect(&nats.url).await?);
     let publisher = tokio::spawn(async move {
         let mut expected: HashMap<&str, usize> = HashMap::new();
+        let mut ids: HashMap<&str, Vec<String>> = HashMap::new();
         for i in 0..EVENTS {
             let tenant = TENANTS[i % TENANTS.len()];
             let ev = AuditEvent {
@@ -90,11 +91,12 @@ async fn sigkill_during_flow_stores_every_event_exactly_once() -> Result<()> {
                     .await?;
             }
             *expected.entry(tenant).or_default() += 1;
+            ids.entry(tenant).or_default().push(ev.request_id.clone());
             if i % 50 == 0 {
                 tokio::time::sleep(Duration::from_millis(10)).await; // a few thousand/s
             }
         }
-        anyhow::Ok(expected)
+        anyhow::Ok((expected, ids))
     });
 
     // Kill -9 twice while events flow, restarting each time.
@@ -104,7 +106,7 @@ async fn sigkill_during_flow_stores_every_event_exactly_once() -> Result<()> {
         audit.child.wait()?;
         audit = start_audit(dir, &nats.url, n)?;
     }
-    let expected = publisher.await??;
+    let (expected, ids) = publisher.await??;
     let deadline = Instant::now() + Duration::from_secs(60);
     let counts = loop {
         let c = stored(dir)?;
@@ -122,8 +124,31 @@ async fn sigkill_during_flow_stores_every_event_exactly_once() -> Result<()> {
             expected.get(t)
         );
     }
+    // Not just as many: exactly the published request ids, each once.
+    let store = bulkhead_audit::store::AuditStore::open_readonly(
+        &dir.join("audit"),
+        std::sync::Arc::new(bulkhead_audit::keys::LocalMasterKey::from_file(
+            &dir.join("master.key"),
+            false,
+        )?),
+    );
+    for t in TENANTS {
+        let mut got: Vec<String> = store
+            .read(t)?
+            .frames
+            .into_iter()
+            .map(|f| f.event.request_id)
+            .collect();
+        got.sort();
+        let mut want = ids.get(t).cloned().unwrap_or_default();
+        want.sort();
+        ensure!(
+            got == want,
+            "{t}: the stored request ids differ from the published ones"
+        );
+    }
     println!(
-        "{EVENTS} events ({} with a duplicate publish), 2 SIGKILLs: stored exactly once: {counts:?}",
+        "{EVENTS} events ({} with a duplicate publish), 2 SIGKILLs: stored exactly once, the same ids: {counts:?}",
         EVENTS / 10
     );
     audit

@@ -328,9 +328,11 @@ async fn two_tenants_end_to_end() -> Result<()> {
     let st = st.context("bulkhead dev did not stop within 30 s")?;
     ensure!(st.success(), "bulkhead dev exited with {st}");
     let out = log_of(stack.dir.path(), "dev");
+    ensure!(out.lines().any(|l| l.trim() == "stopped"), "{out}");
     ensure!(
-        out.contains("router stopped") || out.contains("stopped"),
-        "{out}"
+        stack.log("router").contains("router stopped"),
+        "the router did not shut down gracefully: {}",
+        stack.log("router")
     );
     Ok(())
 }

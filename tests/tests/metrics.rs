@@ -90,6 +90,11 @@ async fn metrics_parse_and_move_with_traffic() -> Result<()> {
         let generated = format!("bulkhead_worker_generated_tokens_total{{tenant={a}}}");
         ensure!(get(&w1, &generated) - get(&w0, &generated) >= 2.0, "worker generated tokens did not move");
         ensure!(get(&w1, "bulkhead_worker_step_seconds_count{}") > get(&w0, "bulkhead_worker_step_seconds_count{}"));
+        // The metric must exist: a missing one would read as 0 and pass.
+        ensure!(
+            w1.contains_key("bulkhead_worker_guard_violations{}"),
+            "no guard-violation metric: {w1:?}"
+        );
         ensure!(get(&w1, "bulkhead_worker_guard_violations{}") == 0.0);
         for k in r1.keys().chain(w1.keys()) {
             ensure!(!k.contains("count me"), "content in a metric label: {k}");

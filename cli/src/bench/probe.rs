@@ -100,6 +100,9 @@ async fn ttft(
     Ok(took)
 }
 
+/// How far from 0.5 the cross-tenant AUC may be.
+pub const TARGET_DEVIATION: f64 = 0.05;
+
 /// AUC of "shorter TTFT means hit": P(miss > hit) + ½ P(tie).
 pub fn auc(hits: &[Duration], misses: &[Duration]) -> f64 {
     let mut wins = 0.0;
@@ -187,11 +190,15 @@ pub async fn run(a: ProbeArgs) -> Result<()> {
         auc(&within.hits, &within.misses),
         auc(&across.hits, &across.misses),
     );
+    // The target: across tenants the probe does no better than a coin, to
+    // within 0.05 either way (AUC 0.45..=0.55; an AUC near 0 leaks too).
+    let meets_target = (auc_across - 0.5).abs() <= TARGET_DEVIATION;
     let out = serde_json::json!({
         "trials": a.trials,
         "prompt_words": a.words,
         "within_tenant": {"auc": auc_within, "hit_median_ms": median_ms(&within.hits), "miss_median_ms": median_ms(&within.misses)},
-        "across_tenants": {"auc": auc_across, "hit_median_ms": median_ms(&across.hits), "miss_median_ms": median_ms(&across.misses)},
+        "across_tenants": {"auc": auc_across, "hit_median_ms": median_ms(&across.hits), "miss_median_ms": median_ms(&across.misses),
+            "target_max_deviation_from_0_5": TARGET_DEVIATION, "meets_target": meets_target},
     });
     if a.json {
         println!("{out}");
@@ -209,6 +216,12 @@ pub async fn run(a: ProbeArgs) -> Result<()> {
             "  across tenants (the attack):  AUC {auc_across:.3}  TTFT median hit {:.2} ms / miss {:.2} ms",
             median_ms(&across.hits),
             median_ms(&across.misses)
+        );
+        println!(
+            "  target |AUC - 0.5| <= {TARGET_DEVIATION} across tenants: {} (noise at {} trials: sd ~ {:.3})",
+            if meets_target { "met" } else { "NOT met" },
+            a.trials,
+            (1.0 / (6.0 * a.trials.max(1) as f64)).sqrt()
         );
     }
     Ok(())
