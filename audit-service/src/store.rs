@@ -273,16 +273,6 @@ impl AuditStore {
     }
 
     /// Reads and checks a tenant's whole log.
-    /// Reads a tenant's log as incarnation `uid` may see it: nothing when
-    /// the folder holds another incarnation's log (`None`: whatever is
-    /// current, for the operator).
-    pub fn read_as(&self, tenant: &str, uid: Option<&str>) -> Result<LogRead, StoreError> {
-        if !incarnation::visible_to(&self.tenant_dir(tenant), uid) {
-            return Ok(LogRead::default());
-        }
-        self.read(tenant)
-    }
-
     pub fn read(&self, tenant: &str) -> Result<LogRead, StoreError> {
         let keys = self.keys(tenant)?;
         let read = segment::read_all(&self.tenant_dir(tenant), tenant, Some(&keys))?;
@@ -385,53 +375,6 @@ impl AuditStore {
             }
         }
         self.tenants.insert(tenant.to_string(), tl);
-        Ok(())
-    }
-
-    /// Makes `<root>/tenants/<tenant>` the log of incarnation `uid`: an
-    /// older incarnation's folder is retired first (see `incarnation`).
-    fn ensure_incarnation(&mut self, tenant: &str, uid: &str) -> Result<(), StoreError> {
-        if uid.len() > 64 || !uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
-            return Err(StoreError::Invalid(format!("invalid tenant_uid {uid:?}")));
-        }
-        if self.incarnations.get(tenant).map(String::as_str) == Some(uid) {
-            return Ok(());
-        }
-        let dir = self.tenant_dir(tenant);
-        match incarnation::recorded(&dir) {
-            Some(have) if have == uid => {}
-            Some(have) => {
-                if incarnation::retired_dir(&self.root, tenant, uid).exists() {
-                    return Err(StoreError::Invalid(format!(
-                        "an event of tenant {tenant}'s retired incarnation {uid} arrived after a newer one began"
-                    )));
-                }
-                self.retire(tenant, &have)?;
-                incarnation::record(&dir, uid)?;
-            }
-            // A folder from before uids: adopted, unless it was shredded
-            // (then the new incarnation starts afresh).
-            None if self.is_shredded(tenant) => {
-                self.retire(tenant, "before-uids")?;
-                incarnation::record(&dir, uid)?;
-            }
-            None => incarnation::record(&dir, uid)?,
-        }
-        self.incarnations
-            .insert(tenant.to_string(), uid.to_string());
-        Ok(())
-    }
-
-    /// Syncs and forgets a tenant's open log, then moves its folder away.
-    fn retire(&mut self, tenant: &str, old_uid: &str) -> Result<(), StoreError> {
-        if let Some(mut log) = self.tenants.remove(tenant) {
-            let dir = self.tenant_dir(tenant);
-            if log.dirty {
-                flush(&dir, &mut log)?;
-            }
-        }
-        let to = incarnation::retire(&self.root, tenant, old_uid)?;
-        tracing::info!(tenant, retired = %to.display(), "a new incarnation of this tenant id begins; the old log is retired");
         Ok(())
     }
 

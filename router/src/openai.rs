@@ -109,12 +109,20 @@ pub struct CompletionBody {
 /// u64`) and refusals are logged, so such a string is left out (found by
 /// the `http_body` fuzz target).
 pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid(format!(
-            "the request body is not valid JSON for this endpoint: {}",
-            without_quoted_string(&e.to_string())
-        ))
-    })
+    serde_json::from_slice(body).map_err(|e| body_error(&e))
+}
+
+/// [`parse`] for a body already parsed as JSON (checked field by field
+/// first, so it is not parsed twice).
+pub fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
+    serde_json::from_value(v).map_err(|e| body_error(&e))
+}
+
+fn body_error(e: &serde_json::Error) -> ApiError {
+    ApiError::invalid(format!(
+        "the request body is not valid JSON for this endpoint: {}",
+        without_quoted_string(&e.to_string())
+    ))
 }
 
 /// serde's message less the string value it quotes from the body, if any.

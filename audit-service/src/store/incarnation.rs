@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use crate::StoreError;
 
+use super::{AuditStore, LogRead, flush};
+
 const FILE: &str = "incarnation";
 
 /// The uid whose log `tenant_dir` holds (None: a folder from before uids,
@@ -68,5 +70,65 @@ pub fn visible_to(tenant_dir: &Path, uid: Option<&str>) -> bool {
     match (uid.filter(|u| !u.is_empty()), recorded(tenant_dir)) {
         (Some(want), Some(have)) => want == have,
         _ => true,
+    }
+}
+
+/// The store's side: which incarnation a folder holds, retiring the old one.
+impl AuditStore {
+    /// Reads a tenant's log as incarnation `uid` may see it: nothing when
+    /// the folder holds another incarnation's log (`None`: whatever is
+    /// current, for the operator).
+    pub fn read_as(&self, tenant: &str, uid: Option<&str>) -> Result<LogRead, StoreError> {
+        if !visible_to(&self.tenant_dir(tenant), uid) {
+            return Ok(LogRead::default());
+        }
+        self.read(tenant)
+    }
+
+    /// Makes `<root>/tenants/<tenant>` the log of incarnation `uid`: an
+    /// older incarnation's folder is retired first (see `incarnation`).
+    pub(super) fn ensure_incarnation(&mut self, tenant: &str, uid: &str) -> Result<(), StoreError> {
+        if uid.len() > 64 || !uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            return Err(StoreError::Invalid(format!("invalid tenant_uid {uid:?}")));
+        }
+        if self.incarnations.get(tenant).map(String::as_str) == Some(uid) {
+            return Ok(());
+        }
+        let dir = self.tenant_dir(tenant);
+        match recorded(&dir) {
+            Some(have) if have == uid => {}
+            Some(have) => {
+                if retired_dir(&self.root, tenant, uid).exists() {
+                    return Err(StoreError::Invalid(format!(
+                        "an event of tenant {tenant}'s retired incarnation {uid} arrived after a newer one began"
+                    )));
+                }
+                self.retire(tenant, &have)?;
+                record(&dir, uid)?;
+            }
+            // A folder from before uids: adopted, unless it was shredded
+            // (then the new incarnation starts afresh).
+            None if self.is_shredded(tenant) => {
+                self.retire(tenant, "before-uids")?;
+                record(&dir, uid)?;
+            }
+            None => record(&dir, uid)?,
+        }
+        self.incarnations
+            .insert(tenant.to_string(), uid.to_string());
+        Ok(())
+    }
+
+    /// Syncs and forgets a tenant's open log, then moves its folder away.
+    fn retire(&mut self, tenant: &str, old_uid: &str) -> Result<(), StoreError> {
+        if let Some(mut log) = self.tenants.remove(tenant) {
+            let dir = self.tenant_dir(tenant);
+            if log.dirty {
+                flush(&dir, &mut log)?;
+            }
+        }
+        let to = retire(&self.root, tenant, old_uid)?;
+        tracing::info!(tenant, retired = %to.display(), "a new incarnation of this tenant id begins; the old log is retired");
+        Ok(())
     }
 }
