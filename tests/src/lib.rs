@@ -249,6 +249,30 @@ impl DevStack {
             .await
     }
 
+    /// Waits (up to 20 s) for the i-th demo tenant's audit record of
+    /// `request_id` and returns it.
+    pub async fn wait_audit_record(
+        &self,
+        i: usize,
+        request_id: &str,
+    ) -> Result<bulkhead_proto::audit::AuditEvent> {
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Some(r) = self
+                .audit_records(i)
+                .await?
+                .into_iter()
+                .find(|r| r.request_id == request_id)
+            {
+                return Ok(r);
+            }
+            if t0.elapsed() > Duration::from_secs(20) {
+                bail!("no audit record for {request_id} within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The audit records of `tenant`, read with its tenant-admin key.
     pub async fn audit_records_for(
         &self,

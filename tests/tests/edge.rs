@@ -339,23 +339,13 @@ async fn forwarded_check(edge: &Nginx, ca: &Path, stack: &DevStack) -> Result<()
         .unwrap_or_default()
         .trim_start_matches("chatcmpl-")
         .to_string();
-    let t0 = std::time::Instant::now();
-    loop {
-        let recs = stack.audit_records(0).await?;
-        if let Some(r) = recs.iter().find(|r| r.request_id == id) {
-            ensure!(
-                r.source_addr == "198.51.100.7",
-                "recorded source {:?}",
-                r.source_addr
-            );
-            return Ok(());
-        }
-        ensure!(
-            t0.elapsed() < Duration::from_secs(20),
-            "no audit record for {id}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let r = stack.wait_audit_record(0, &id).await?;
+    ensure!(
+        r.source_addr == "198.51.100.7",
+        "recorded source {:?}",
+        r.source_addr
+    );
+    Ok(())
 }
 
 async fn grpc_checks(edge: &Nginx, ca: &Path, stack: &DevStack) -> Result<()> {
