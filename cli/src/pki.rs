@@ -1,6 +1,10 @@
 //! The cluster PKI: a CA and one certificate per component, each with a
-//! SPIFFE URI SAN (`spiffe://<trust-domain>/bulkhead/<component>`) plus
-//! `localhost`/loopback names, usable as both TLS server and client.
+//! SPIFFE URI SAN (`spiffe://<trust-domain>/bulkhead/<component>`) and the
+//! component's name as a DNS SAN (plus any `--dns-name` given), usable as
+//! both TLS server and client. No certificate carries `localhost` or a
+//! loopback address: clients check a server by the component they expect
+//! (its DNS name and SPIFFE id), whatever address they dialled, so one
+//! component's certificate cannot pass for another's on a shared host.
 //!
 //! Files: `<dir>/ca.pem`, `<dir>/ca.key` (0600), `<dir>/<component>.pem`,
 //! `<dir>/<component>.key` (0600); a worker dedicated to one tenant gets
@@ -8,7 +12,6 @@
 //! `spiffe://<td>/bulkhead/worker/tenant/<tenant>` ([`issue_for_tenant`]);
 //! revoked serials are listed in `<dir>/crl.pem` ([`revoke`]). Files are
 //! replaced atomically, since servers reload them while running.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use bulkhead_identity::spiffe::SpiffeId;
@@ -198,10 +201,7 @@ fn issue_inner(
     params.distinguished_name = dn;
     params.subject_alt_names = vec![
         SanType::URI(spiffe.as_str().try_into()?),
-        SanType::DnsName("localhost".try_into()?),
         SanType::DnsName(component.try_into()?),
-        SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
     ];
     for name in dns_names {
         params
@@ -262,6 +262,27 @@ mod tests {
         let san = cert.subject_alternative_name().unwrap().unwrap();
         assert!(san.value.general_names.iter().any(|n| matches!(n,
             x509_parser::extensions::GeneralName::DNSName(d) if *d == "bulkhead-worker-a.ns.svc")));
+        // Only the component's own names: no localhost, no address, so no
+        // other component's certificate passes a client's name check.
+        use x509_parser::extensions::GeneralName;
+        let names: Vec<String> = san
+            .value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::DNSName(d) => format!("dns:{d}"),
+                GeneralName::URI(u) => format!("uri:{u}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "uri:spiffe://example.org/bulkhead/worker",
+                "dns:worker",
+                "dns:bulkhead-worker-a.ns.svc"
+            ]
+        );
         issue(dir.path(), "example.org", "extra-1", 30).unwrap();
         assert_eq!(
             bulkhead_identity::spiffe::spiffe_id_of_der(&der(&dir.path().join("extra-1.pem"))),

@@ -197,6 +197,7 @@ async fn only_operators_of_our_ca_are_admitted() {
     // An "operator" certificate from another CA fails the handshake.
     let t = CertPaths::new(&theirs, "operator");
     let tls = ClientTlsConfig::new()
+        .domain_name("control")
         .ca_certificate(Certificate::from_pem(pem(&ours.join("ca.pem"))))
         .identity(Identity::from_pem(pem(&t.cert), pem(&t.key)));
     let result = async {

@@ -1,7 +1,8 @@
 //! Connecting to NATS the same way in every service.
 //!
-//! A `tls://` URL means mutual TLS: the server must present a certificate
-//! issued by the cluster CA (`ca.pem` of the certificates folder) and this
+//! A `tls://` URL means mutual TLS: the server must present the `nats`
+//! certificate issued by the cluster CA (`ca.pem` of the certificates
+//! folder; checked against its CRL and SPIFFE id too) and this
 //! process presents its own component certificate (`<component>.pem` and
 //! `.key`), which a nats-server started with `--tlsverify` demands
 //! (`bulkhead dev` starts it that way). A `nats://` URL connects in plain
@@ -36,10 +37,14 @@ pub async fn connect_nats(
                 ));
             }
         }
-        opts = opts
-            .require_tls(true)
-            .add_root_certificates(paths.ca)
-            .add_client_certificate(paths.cert, paths.key);
+        // The server must be the cluster's NATS: its certificate chains to
+        // the CA, is not on the CRL and carries the `nats` component's DNS
+        // name and SPIFFE id (whatever address the URL names).
+        let expected = bulkhead_identity::tls::ExpectedServer::Component("nats".into());
+        let mut tls = bulkhead_identity::tls::client_config_expecting(&paths, Some(&expected))
+            .map_err(|e| format!("TLS for NATS at {url}: {e}"))?;
+        tls.alpn_protocols.clear();
+        opts = opts.require_tls(true).tls_client_config(tls);
     }
     opts.connect(url)
         .await

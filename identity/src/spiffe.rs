@@ -136,11 +136,16 @@ impl CertPaths {
             .client_ca_root(self.ca()?))
     }
 
-    /// Client side: trust only the cluster CA, present our certificate.
-    pub fn client_tls(&self) -> Result<ClientTlsConfig, IdentityError> {
+    /// Client side: trust only the cluster CA, present our certificate,
+    /// and require the server's certificate to carry the DNS name of
+    /// component `server` (certificates carry their component's name, not
+    /// `localhost` or an address). Checks no CRL and no SPIFFE id: for tests
+    /// and benches; services use [`crate::tls::ReloadingConnector`].
+    pub fn client_tls(&self, server: &str) -> Result<ClientTlsConfig, IdentityError> {
         Ok(ClientTlsConfig::new()
             .ca_certificate(self.ca()?)
-            .identity(self.identity()?))
+            .identity(self.identity()?)
+            .domain_name(server))
     }
 }
 

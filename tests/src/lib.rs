@@ -284,7 +284,8 @@ impl DevStack {
         let ch =
             tonic::transport::Endpoint::from_shared(format!("https://{}", self.s("audit_grpc")))?
                 .tls_config(
-                    bulkhead_identity::spiffe::CertPaths::new(&certs, "operator").client_tls()?,
+                    bulkhead_identity::spiffe::CertPaths::new(&certs, "operator")
+                        .client_tls("audit")?,
                 )?
                 .connect()
                 .await?;

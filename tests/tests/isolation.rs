@@ -58,7 +58,7 @@ async fn dedicated_pool_serves_only_its_tenant() -> Result<()> {
             "https://{}",
             w["grpc"].as_str().unwrap_or("")
         ))?
-        .tls_config(CertPaths::new(&certs, "router").client_tls()?)?
+        .tls_config(CertPaths::new(&certs, "router").client_tls("worker")?)?
         .connect()
         .await?;
         let err = WorkerClient::new(ch)

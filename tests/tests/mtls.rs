@@ -67,7 +67,9 @@ fn pem(path: &Path) -> Vec<u8> {
 }
 
 fn tls(ca: &Path, cert: Option<(&Path, &Path)>) -> ClientTlsConfig {
-    let t = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem(ca)));
+    let t = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(pem(ca)))
+        .domain_name("worker");
     match cert {
         Some((c, k)) => t.identity(Identity::from_pem(pem(c), pem(k))),
         None => t,
@@ -137,7 +139,7 @@ async fn worker_admits_only_routers_of_its_ca() -> Result<()> {
     let (mut worker, addr) = start_worker(tmp.path(), &ours, &[])?;
 
     let router = CertPaths::new(&ours, "router");
-    let ok = call(&addr, Some(router.client_tls()?)).await;
+    let ok = call(&addr, Some(router.client_tls("worker")?)).await;
     ensure!(ok.is_ok(), "the router was refused: {ok:?}");
 
     let ca = ours.join("ca.pem");
@@ -145,13 +147,13 @@ async fn worker_admits_only_routers_of_its_ca() -> Result<()> {
     let cases: Vec<(&str, Option<ClientTlsConfig>, Option<&str>, &str)> = vec![
         (
             "operator certificate (SPIFFE id not allowed on this hop)",
-            Some(CertPaths::new(&ours, "operator").client_tls()?),
+            Some(CertPaths::new(&ours, "operator").client_tls("worker")?),
             Some("PermissionDenied"),
             "not allowed on this hop hop=\"worker\" caller=spiffe://bulkhead.local/bulkhead/operator",
         ),
         (
             "audit certificate (SPIFFE id not allowed on this hop)",
-            Some(CertPaths::new(&ours, "audit").client_tls()?),
+            Some(CertPaths::new(&ours, "audit").client_tls("worker")?),
             Some("PermissionDenied"),
             "not allowed on this hop hop=\"worker\" caller=spiffe://bulkhead.local/bulkhead/audit",
         ),
@@ -217,14 +219,16 @@ async fn revocation_and_renewal_take_effect_without_restart() -> Result<()> {
     certs(&["issue", "--component", "router"], &spare)?;
     let (mut worker, addr) = start_worker(tmp.path(), &ours, &[])?;
     let router = CertPaths::new(&ours, "router");
-    let open = connect(&addr, Some(router.client_tls()?)).await.unwrap();
+    let open = connect(&addr, Some(router.client_tls("worker")?))
+        .await
+        .unwrap();
     model_info(open.clone()).await.unwrap();
 
     let out = certs(&["revoke", "--component", "router"], &ours)?;
     println!("{}", out.trim());
     let revoked_at = Instant::now();
     let latency = loop {
-        match call(&addr, Some(router.client_tls()?)).await {
+        match call(&addr, Some(router.client_tls("worker")?)).await {
             Err(_) => break revoked_at.elapsed(),
             Ok(()) if revoked_at.elapsed() > Duration::from_secs(15) => {
                 bail!("the revoked router certificate is still admitted")
@@ -236,7 +240,9 @@ async fn revocation_and_renewal_take_effect_without_restart() -> Result<()> {
     // that finished just before the worker reloaded its CRL); a connection
     // made now, after the reload, must be refused at the handshake itself.
     ensure!(
-        call(&addr, Some(router.client_tls()?)).await.is_err(),
+        call(&addr, Some(router.client_tls("worker")?))
+            .await
+            .is_err(),
         "a new connection with the revoked certificate was admitted"
     );
     let line = wait_log(
@@ -256,12 +262,12 @@ async fn revocation_and_renewal_take_effect_without_restart() -> Result<()> {
     )?;
     println!("open connection refused: {err}\n  worker log: {line}");
     let other = CertPaths::new(&spare, "router");
-    let ok = call(&addr, Some(other.client_tls()?)).await;
+    let ok = call(&addr, Some(other.client_tls("worker")?)).await;
     ensure!(ok.is_ok(), "an unrevoked router was refused: {ok:?}");
 
     // Renewal: a new worker certificate (2 days) replaces the old one on disk.
     let worker_paths = CertPaths::new(&ours, "worker");
-    let probe = || bulkhead_identity::tls::server_certificate(&addr, "localhost", &other);
+    let probe = || bulkhead_identity::tls::server_certificate(&addr, "worker", &other);
     let (old_serial, old_not_after) =
         bulkhead_identity::tls::serial_and_not_after(probe().await?.as_ref()).unwrap();
     certs(&["issue", "--component", "worker", "--days", "2"], &ours)?;
@@ -286,7 +292,7 @@ async fn revocation_and_renewal_take_effect_without_restart() -> Result<()> {
         "new connections get serial {new_serial} (not after {new_not_after}, was {old_serial}/{old_not_after}) {:?} after renewal\n  worker log: {line}",
         renewed_at.elapsed()
     );
-    let ok = call(&addr, Some(other.client_tls()?)).await;
+    let ok = call(&addr, Some(other.client_tls("worker")?)).await;
     ensure!(ok.is_ok(), "refused after renewal: {ok:?}");
     worker.ensure_running()?;
     Ok(())
@@ -314,13 +320,17 @@ async fn tenant_worker_identities() -> Result<()> {
     ];
     let (mut worker, addr) = start_worker(tmp.path(), &ours, &dedicated)?;
     let router = CertPaths::new(&ours, "router");
-    let served = bulkhead_identity::tls::server_certificate(&addr, "localhost", &router).await?;
+    let served = bulkhead_identity::tls::server_certificate(&addr, "worker", &router).await?;
     let id = bulkhead_identity::spiffe::spiffe_id_of_der(served.as_ref()).unwrap();
     ensure!(
         id.to_string() == "spiffe://bulkhead.local/bulkhead/worker/tenant/acme",
         "{id}"
     );
-    ensure!(call(&addr, Some(router.client_tls()?)).await.is_ok());
+    ensure!(
+        call(&addr, Some(router.client_tls("worker")?))
+            .await
+            .is_ok()
+    );
     worker.ensure_running()?;
     drop(worker);
 
@@ -368,14 +378,14 @@ async fn tenant_worker_identities() -> Result<()> {
 /// revoked is refused by the client.
 #[tokio::test]
 async fn client_connector_follows_renewal_and_revocation() -> Result<()> {
-    use bulkhead_identity::tls::{ReloadingConnector, plain_scheme};
+    use bulkhead_identity::tls::{ExpectedServer, ReloadingConnector, plain_scheme};
     bulkhead_identity::spiffe::install_crypto_provider();
     let tmp = tempfile::tempdir()?;
     let ours = tmp.path().join("certs");
     certs(&["init"], &ours)?;
     let (mut worker, addr) = start_worker(tmp.path(), &ours, &[])?;
     let router = CertPaths::new(&ours, "router");
-    let connector = ReloadingConnector::new(router.clone())?;
+    let connector = ReloadingConnector::expecting(router.clone(), ExpectedServer::AnyWorker)?;
     let channel = || {
         Endpoint::from_shared(plain_scheme(&format!("https://{addr}")))
             .unwrap()
@@ -437,12 +447,13 @@ async fn model_info_expecting(
     model_info(channel).await
 }
 
-/// Clients check the server's SPIFFE id in the handshake: a worker
-/// presenting the shared identity is refused where a tenant's dedicated
-/// worker is expected, a server with another component's certificate is
-/// refused where a worker is expected, and a worker where the CLI expects
-/// the control-plane — though every one of these certificates chains to the
-/// cluster CA and matches the host name.
+/// Clients check the server's identity in the handshake, not the address
+/// they dialled: a worker presenting the shared identity is refused where a
+/// tenant's dedicated worker is expected (same `worker` name, wrong SPIFFE
+/// id), a server with another component's certificate is refused where a
+/// worker is expected, and a worker where the CLI expects the control-plane
+/// (wrong name) — though every one of these certificates chains to the
+/// cluster CA and all listen on the same loopback address.
 #[tokio::test]
 async fn clients_refuse_the_wrong_server_identity_in_the_handshake() -> Result<()> {
     use bulkhead_identity::tls::ExpectedServer;
@@ -472,7 +483,8 @@ async fn clients_refuse_the_wrong_server_identity_in_the_handshake() -> Result<(
     )
     .await
     .expect_err("a worker passed for the control-plane");
-    ensure!(e.contains("expected the control"), "{e}");
+    // Refused by name: a worker's certificate carries `worker`, not `control`.
+    ensure!(e.contains(r#"expected: DnsName("control")"#), "{e}");
     println!("CLI to a worker posing as control: {e}");
 
     // A server with the audit-service's certificate where a worker is expected.
@@ -488,7 +500,7 @@ async fn clients_refuse_the_wrong_server_identity_in_the_handshake() -> Result<(
     let e = model_info_expecting(&impostor, router, ExpectedServer::AnyWorker)
         .await
         .expect_err("an audit-service certificate passed for a worker");
-    ensure!(e.contains("expected a worker"), "{e}");
+    ensure!(e.contains(r#"expected: DnsName("worker")"#), "{e}");
     println!("impostor with the audit certificate: {e}");
     worker.ensure_running()?;
     Ok(())

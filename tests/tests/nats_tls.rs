@@ -76,14 +76,32 @@ async fn plaintext_session(addr: &str) -> Result<String> {
     Ok(seen)
 }
 
+/// TLS to the stack's NATS (checked as the `nats` component, whatever
+/// address is dialled) with `cert` (a certificate and key) or none.
 fn tls_opts(ca: &Path, cert: Option<(PathBuf, PathBuf)>) -> async_nats::ConnectOptions {
-    let mut o = async_nats::ConnectOptions::new()
-        .require_tls(true)
-        .add_root_certificates(ca.to_path_buf());
-    if let Some((c, k)) = cert {
-        o = o.add_client_certificate(c, k);
+    use bulkhead_identity::tls::{
+        ExpectedServer, anonymous_client_config, client_config_expecting,
+    };
+    let nats = ExpectedServer::Component("nats".into());
+    let mut config = match cert {
+        Some((cert, key)) => {
+            let paths = bulkhead_identity::spiffe::CertPaths {
+                ca: ca.to_path_buf(),
+                cert,
+                key,
+            };
+            client_config_expecting(&paths, Some(&nats))
+        }
+        None => {
+            let paths = bulkhead_identity::spiffe::CertPaths::new(ca.parent().unwrap(), "none");
+            anonymous_client_config(&paths, "bulkhead.local", &nats)
+        }
     }
-    o
+    .expect("client TLS config");
+    config.alpn_protocols.clear();
+    async_nats::ConnectOptions::new()
+        .require_tls(true)
+        .tls_client_config(config)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

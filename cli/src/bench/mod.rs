@@ -136,7 +136,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         .context("the stack has no tenants")?
         .clone();
     let worker_ch = Endpoint::from_shared(format!("https://{}", info.worker_grpc))?
-        .tls_config(CertPaths::new(&info.certs_dir, "router").client_tls()?)?
+        .tls_config(CertPaths::new(&info.certs_dir, "router").client_tls("worker")?)?
         .connect()
         .await
         .context("connecting to the worker (as a router, over mTLS)")?;

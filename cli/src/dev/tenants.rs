@@ -26,7 +26,7 @@ pub async fn create_demo(
     max_tokens: u32,
 ) -> Result<Vec<TenantInfo>> {
     let channel = Endpoint::from_shared(control_url.to_string())?
-        .tls_config(CertPaths::new(certs, "operator").client_tls()?)?
+        .tls_config(CertPaths::new(certs, "operator").client_tls("control")?)?
         .connect()
         .await
         .context("connecting to the control-plane")?;

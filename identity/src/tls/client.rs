@@ -8,7 +8,9 @@
 //!
 //! tonic refuses `https://` URLs without its own TLS config, so endpoints
 //! using this connector are given `http://` URLs ([`plain_scheme`]); TLS is
-//! done here, with the URL's host as the server name.
+//! done here. The server is known by what it is, not where it is: its
+//! certificate must carry the expected component's DNS name and SPIFFE id
+//! ([`ExpectedServer`]), whatever host the URL names.
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -26,7 +28,7 @@ type Cached = Option<(Stamp, Arc<rustls::ClientConfig>)>;
 #[derive(Debug)]
 struct Inner {
     paths: CertPaths,
-    expected: Option<ExpectedServer>,
+    expected: ExpectedServer,
     config: Mutex<Cached>,
     peer: Mutex<Option<SpiffeId>>,
 }
@@ -47,19 +49,10 @@ pub fn plain_scheme(url: &str) -> String {
 }
 
 impl ReloadingConnector {
-    /// Reads the files once, so that a missing or bad file fails now. Any
-    /// server the CA vouches for is accepted; see [`Self::expecting`].
-    pub fn new(paths: CertPaths) -> Result<Self, TlsError> {
-        Self::with_expected(paths, None)
-    }
-
-    /// Like [`Self::new`], and the server's SPIFFE id must be `expected`
-    /// (checked in the handshake: a wrong one never gets a request).
+    /// Reads the files once, so that a missing or bad file fails now. The
+    /// server must be `expected` (checked in the handshake: a wrong one
+    /// never gets a request).
     pub fn expecting(paths: CertPaths, expected: ExpectedServer) -> Result<Self, TlsError> {
-        Self::with_expected(paths, Some(expected))
-    }
-
-    fn with_expected(paths: CertPaths, expected: Option<ExpectedServer>) -> Result<Self, TlsError> {
         let c = Self {
             inner: Arc::new(Inner {
                 paths,
@@ -91,7 +84,7 @@ impl ReloadingConnector {
         {
             return Ok(c.clone());
         }
-        match client_config_expecting(p, self.inner.expected.as_ref()) {
+        match client_config_expecting(p, Some(&self.inner.expected)) {
             Ok(c) => {
                 if cached.is_some() {
                     tracing::info!(cert = %p.cert.display(), "client TLS material changed on disk; new connections use it");

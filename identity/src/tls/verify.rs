@@ -1,9 +1,11 @@
-//! The client's check of the server's SPIFFE id, inside the TLS handshake:
-//! a server whose certificate chains to our CA, is not revoked and matches
-//! the host name is still refused unless its SPIFFE id is the one expected
-//! ([`ExpectedServer`]). Every certificate of the cluster chains to the same
-//! CA, so without this a router's or an audit-service's certificate could
-//! front a worker, and a shared worker's a tenant's dedicated pool.
+//! The client's check of the server's identity, inside the TLS handshake:
+//! a server whose certificate chains to our CA and is not revoked is still
+//! refused unless it carries the DNS name of the component expected
+//! ([`ExpectedServer::dns_name`], not the address dialled: certificates carry
+//! only their component's names, never `localhost` or an IP) and its SPIFFE
+//! id is the one expected. Every certificate of the cluster chains to the
+//! same CA, so without this a router's or an audit-service's certificate
+//! could front a worker, and a shared worker's a tenant's dedicated pool.
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
@@ -50,6 +52,16 @@ impl ExpectedServer {
         }
     }
 
+    /// The DNS name a server of this kind carries (its component's name,
+    /// see `bulkhead certs`): what the certificate's names are checked
+    /// against, whatever address the client dialled.
+    pub fn dns_name(&self) -> &str {
+        match self {
+            Self::AnyWorker | Self::TenantWorker(_) => "worker",
+            Self::Component(c) => c,
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             Self::AnyWorker => "a worker".into(),
@@ -63,7 +75,8 @@ impl ExpectedServer {
 #[error("SPIFFE id refused: {0}")]
 struct SpiffeMismatch(String);
 
-/// WebPKI verification (chain, CRL, host name), then the SPIFFE id.
+/// WebPKI verification (chain, CRL, the expected component's DNS name),
+/// then the SPIFFE id.
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
     inner: Arc<WebPkiServerVerifier>,
@@ -90,17 +103,18 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
+        _dialled: &ServerName<'_>,
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified = self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        )?;
+        // The name checked is the expected component's, not the address
+        // dialled (an IP, a Service name, a pod's): a cluster certificate is
+        // issued for a component, wherever it runs.
+        let name = ServerName::try_from(self.expected.dns_name().to_string())
+            .map_err(|e| rustls::Error::General(format!("expected server name: {e}")))?;
+        let verified =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)?;
         let id = spiffe_id_of_der(end_entity.as_ref());
         self.expected
             .check(&self.trust_domain, id.as_ref())

@@ -21,13 +21,14 @@ struct As {
 
 async fn connect(url: &str, certs: &Path, cert: &str, inbox: &str) -> Result<As, String> {
     let (tx, errors) = mpsc::unbounded_channel();
+    let paths = bulkhead_identity::spiffe::CertPaths::new(certs, cert);
+    let nats = bulkhead_identity::tls::ExpectedServer::Component("nats".into());
+    let mut tls = bulkhead_identity::tls::client_config_expecting(&paths, Some(&nats))
+        .map_err(|e| e.to_string())?;
+    tls.alpn_protocols.clear();
     let opts = async_nats::ConnectOptions::new()
         .require_tls(true)
-        .add_root_certificates(certs.join("ca.pem"))
-        .add_client_certificate(
-            certs.join(format!("{cert}.pem")),
-            certs.join(format!("{cert}.key")),
-        )
+        .tls_client_config(tls)
         .custom_inbox_prefix(format!("_INBOX_{inbox}"))
         .max_reconnects(Some(0))
         .event_callback(move |e| {
