@@ -497,6 +497,12 @@ impl<P: Pool> Actor<P> {
                 e.weight = *w;
             }
         }
+        let counters: HashMap<String, f64> = view
+            .tenants
+            .keys()
+            .filter_map(|t| Some((t.clone(), self.queue.counter(t)?)))
+            .collect();
+        view.counters = counters;
         view
     }
 
@@ -580,5 +586,7 @@ fn tenant_load<'a>(loads: &'a mut HashMap<String, TenantLoad>, t: &str) -> &'a m
     })
 }
 
+#[cfg(test)]
+mod sim_tests;
 #[cfg(test)]
 mod tests;

@@ -138,6 +138,17 @@ struct ServeArgs {
     /// capacity for scheduling experiments; answers are meaningless).
     #[arg(long, env = "BULKHEAD_WORKER_SYNTHETIC_US_PER_TOKEN")]
     synthetic_us_per_token: Option<u64>,
+    /// Benchmarks only, with --synthetic-us-per-token: the least a step
+    /// takes, however few tokens it carries (the time to read the weights
+    /// once: a GPU step is memory-bound until its tokens' arithmetic takes
+    /// longer). A step then sleeps max(this, tokens × us-per-token).
+    #[arg(
+        long,
+        env = "BULKHEAD_WORKER_SYNTHETIC_US_PER_STEP",
+        default_value_t = 0,
+        requires = "synthetic_us_per_token"
+    )]
+    synthetic_us_per_step: u64,
     /// Log format (filter from RUST_LOG, default info).
     #[arg(
         long,
@@ -294,11 +305,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .model
             .set_synthetic(Some(bulkhead_worker::model::Synthetic {
                 per_token: std::time::Duration::from_micros(us),
+                per_step: std::time::Duration::from_micros(args.synthetic_us_per_step),
                 token,
             }));
         tracing::warn!(
             us_per_token = us,
-            "SYNTHETIC MODE: the model's arithmetic is replaced by a calibrated cost per token; answers are meaningless (benchmarks only)"
+            us_per_step = args.synthetic_us_per_step,
+            "SYNTHETIC MODE: the model's arithmetic is replaced by a calibrated cost per step and token; answers are meaningless (benchmarks only)"
         );
     }
     if let Chosen::Cuda { ordinal, .. } = &device {

@@ -98,14 +98,28 @@ pub struct Model {
     cuda: Option<crate::cuda::engine::CudaModel>,
 }
 
-/// Benchmark mode (`--synthetic-us-per-token`): a forward step costs
-/// `per_token` × the tokens it processes (slept, not computed) and its
-/// logits always pick `token`. For scheduling experiments that need a
-/// worker of known, repeatable capacity; the output text is meaningless.
+/// Benchmark mode (`--synthetic-us-per-token`, `--synthetic-us-per-step`):
+/// a forward step is slept, not computed, for the roofline of a real step —
+/// `max(per_step, per_token × tokens)`: reading the weights once bounds a
+/// small batch (a GPU decode step of 1 or 30 sequences costs about the
+/// same), the tokens' arithmetic a large one (a long prefill chunk). Its
+/// logits always pick `token`. For scheduling experiments that need a worker
+/// of known, repeatable capacity; the output text is meaningless.
 #[derive(Debug, Clone, Copy)]
 pub struct Synthetic {
     pub per_token: std::time::Duration,
+    pub per_step: std::time::Duration,
     pub token: u32,
+}
+
+impl Synthetic {
+    /// How long a step over `tokens` tokens takes.
+    pub fn step_time(&self, tokens: usize) -> std::time::Duration {
+        self.per_step.max(
+            self.per_token
+                .saturating_mul(tokens.min(u32::MAX as usize) as u32),
+        )
+    }
 }
 
 /// One sequence's share of a forward step.
@@ -292,7 +306,7 @@ impl Model {
     ) -> Result<Vec<Option<Vec<f32>>>, ModelError> {
         if let Some(s) = self.synthetic {
             let tokens: usize = batch.iter().map(|b| b.tokens.len()).sum();
-            std::thread::sleep(s.per_token * tokens as u32);
+            std::thread::sleep(s.step_time(tokens));
             let vocab = self.config.vocab_size;
             return Ok(batch
                 .iter()
@@ -413,5 +427,30 @@ impl Model {
             out.push(Some(logits));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Synthetic;
+    use std::time::Duration;
+
+    #[test]
+    fn a_synthetic_step_follows_the_roofline() {
+        let s = Synthetic {
+            per_token: Duration::from_micros(50),
+            per_step: Duration::from_micros(5000),
+            token: 0,
+        };
+        // Memory-bound: one decode or a hundred tokens cost one weight read.
+        assert_eq!(s.step_time(1), Duration::from_micros(5000));
+        assert_eq!(s.step_time(100), Duration::from_micros(5000));
+        // Compute-bound past the crossover.
+        assert_eq!(s.step_time(256), Duration::from_micros(12_800));
+        let linear = Synthetic {
+            per_step: Duration::ZERO,
+            ..s
+        };
+        assert_eq!(linear.step_time(3), Duration::from_micros(150));
     }
 }

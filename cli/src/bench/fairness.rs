@@ -1,22 +1,29 @@
 //! `bulkhead bench fairness`: the noisy-neighbour experiment. For each
 //! scenario a fresh loopback stack is started (`bulkhead dev`) whose worker
-//! runs in synthetic mode (`--synthetic-us-per-token`: a calibrated cost per
-//! processed token instead of the model's arithmetic, so capacity is known
-//! and runs are short and repeatable), with two tenants:
+//! runs in synthetic mode (the roofline of a real step, slept: at least
+//! `--us-per-step` — reading the weights once — or `--us-per-token` × the
+//! step's tokens when that is longer; capacity is known and runs are short
+//! and repeatable), with two tenants:
 //!
 //! - `quiet` (B) sends at a quarter of the worker's capacity, `flood` (A)
 //!   at ten times B's rate (open loop) — scenarios `fifo` (arrival order),
 //!   `rate-limit` (FIFO, each tenant limited to half the capacity in
 //!   requests/s) and `fair` (weighted fair queuing, equal weights). B's TTFT
 //!   alone is measured first, on the same stack.
-//! - both tenants saturating (closed loop), weights A:B = 2:1 — `fair-2to1`,
-//!   and `fair-2to1-replicas`: two router replicas behind a skewed load
-//!   balancer (all of A on router 0, B split over both).
+//! - both tenants saturating (closed loop), weights A:B = 2:1 — `fair-2to1`;
+//!   `fair-2to1-replicas`: two router replicas behind a skewed load balancer
+//!   (all of A on router 0, B split over both); `fair-2to1-4replicas` and
+//!   `fair-1to1-4replicas`: four replicas, all of A on router 0 and B spread
+//!   over the other three (the adversarial ingress).
 //!
-//! Reported per scenario: P50/P99 TTFT per tenant, the weighted service each
-//! received in the measurement window (input tokens × 1 + output × 2), the
-//! delivered A:B ratio, and Jain's index of service relative to each
-//! tenant's weighted max-min entitlement (1 = each got exactly its share).
+//! Each stack's capacity is calibrated first (one tenant saturating the
+//! worker, weighted service per second). Reported per scenario: P50/P99
+//! TTFT per tenant, the weighted service each received in the measurement
+//! window (input tokens × 1 + output × 2), `delivered_ratio` (A:B),
+//! `utilisation` (service delivered / calibrated capacity), `jain` (Jain's
+//! index of service relative to each tenant's weighted max-min entitlement
+//! of the calibrated capacity; 1 = each got exactly its share) and
+//! `victim_p99_over_solo` (B's P99 TTFT under the flood over B's alone).
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +35,7 @@ use clap::Args;
 use serde_json::{Value, json};
 use tonic::transport::Endpoint;
 
-use super::fairstats::{jain_vs_entitlement, percentile_ms};
+use super::fairstats::{jain_vs_entitlement, percentile_ms, utilisation};
 use super::load::{self, Sample, Sender, Status};
 use crate::client::ControlClient;
 use crate::dev::StackInfo;
@@ -39,7 +46,14 @@ const SCENARIOS: &[&str] = &[
     "fair",
     "fair-2to1",
     "fair-2to1-replicas",
+    "fair-2to1-4replicas",
+    "fair-1to1-4replicas",
 ];
+
+/// Streams each tenant keeps open in the closed-loop scenarios, and the
+/// calibration's (enough to fill every sequence slot of the worker).
+const CLOSED_STREAMS: usize = 16;
+const CALIBRATION_STREAMS: usize = 32;
 
 #[derive(Args, Debug)]
 pub struct FairnessArgs {
@@ -50,9 +64,18 @@ pub struct FairnessArgs {
     /// given up (and counted unserved, with the wait as their TTFT).
     #[arg(long, default_value_t = 10)]
     pub drain_seconds: u64,
-    /// Synthetic worker cost per processed token, in microseconds.
-    #[arg(long, default_value_t = 500)]
+    /// Synthetic worker: the least a step takes, in microseconds (reading
+    /// the weights once; a Llama-3-8B in bf16 on an H100 takes about 5 ms).
+    #[arg(long, default_value_t = 5000)]
+    pub us_per_step: u64,
+    /// Synthetic worker: the arithmetic per token processed, in
+    /// microseconds (a step of more than us-per-step / us-per-token tokens
+    /// is compute-bound).
+    #[arg(long, default_value_t = 25)]
     pub us_per_token: u64,
+    /// Seconds of saturating load that calibrate each stack's capacity.
+    #[arg(long, default_value_t = 4)]
+    pub calibrate_seconds: u64,
     /// Words per prompt.
     #[arg(long, default_value_t = 8)]
     pub prompt_words: usize,
@@ -63,7 +86,7 @@ pub struct FairnessArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "fifo,rate-limit,fair,fair-2to1,fair-2to1-replicas"
+        default_value = "fifo,rate-limit,fair,fair-2to1,fair-2to1-replicas,fair-2to1-4replicas,fair-1to1-4replicas"
     )]
     pub scenarios: Vec<String>,
     /// The nats-server binary for the stacks.
@@ -96,6 +119,10 @@ impl Stack {
             .env(
                 "BULKHEAD_WORKER_SYNTHETIC_US_PER_TOKEN",
                 a.us_per_token.to_string(),
+            )
+            .env(
+                "BULKHEAD_WORKER_SYNTHETIC_US_PER_STEP",
+                a.us_per_step.to_string(),
             )
             .env(
                 "BULKHEAD_ROUTER_SCHEDULER",
@@ -209,29 +236,67 @@ fn tenant_json(samples: &[Sample], window: (Instant, Instant), skipped: u64) -> 
     )
 }
 
-async fn scenario(a: &FairnessArgs, name: &str) -> Result<Value> {
-    let (fifo, limit, weights, closed, routers) = match name {
-        "fifo" => (true, false, (1, 1), false, 1),
-        "rate-limit" => (true, true, (1, 1), false, 1),
-        "fair" => (false, false, (1, 1), false, 1),
-        "fair-2to1" => (false, false, (2, 1), true, 1),
-        "fair-2to1-replicas" => (false, false, (2, 1), true, 2),
+/// What a scenario runs.
+struct Spec {
+    fifo: bool,
+    limit: bool,
+    weights: (u32, u32),
+    closed: bool,
+    routers: usize,
+}
+
+fn spec(name: &str) -> Result<Spec> {
+    let s = |fifo, limit, weights, closed, routers| Spec {
+        fifo,
+        limit,
+        weights,
+        closed,
+        routers,
+    };
+    Ok(match name {
+        "fifo" => s(true, false, (1, 1), false, 1),
+        "rate-limit" => s(true, true, (1, 1), false, 1),
+        "fair" => s(false, false, (1, 1), false, 1),
+        "fair-2to1" => s(false, false, (2, 1), true, 1),
+        "fair-2to1-replicas" => s(false, false, (2, 1), true, 2),
+        "fair-2to1-4replicas" => s(false, false, (2, 1), true, 4),
+        "fair-1to1-4replicas" => s(false, false, (1, 1), true, 4),
         other => anyhow::bail!(
             "unknown scenario {other:?} (known: {})",
             SCENARIOS.join(", ")
         ),
-    };
-    let stack = Stack::start(a, fifo, routers).await?;
+    })
+}
+
+/// The stack's capacity: weighted service per second with one tenant
+/// saturating the worker (the first second is warm-up), and the service of
+/// one request.
+async fn calibrate(stack: &Stack, a: &FairnessArgs) -> Result<(f64, f64)> {
+    let s = stack.sender(0, 1, a).await?;
+    let start = Instant::now();
+    let until = start + Duration::from_secs(a.calibrate_seconds.max(2));
+    let from = start + Duration::from_secs(1);
+    let samples = load::closed_loop(&s, CALIBRATION_STREAMS, until, Duration::from_secs(5)).await;
+    let served: Vec<&Sample> = samples.iter().filter(|s| s.status == Status::Ok).collect();
+    anyhow::ensure!(!served.is_empty(), "no calibration request was served");
+    let per_request = served
+        .iter()
+        .map(|s| s.charges.iter().map(|(_, c)| c).sum::<f64>())
+        .sum::<f64>()
+        / served.len() as f64;
+    let service: f64 = samples.iter().map(|s| s.service_between(from, until)).sum();
+    Ok((service / (until - from).as_secs_f64(), per_request))
+}
+
+async fn scenario(a: &FairnessArgs, name: &str) -> Result<Value> {
+    let sp = spec(name)?;
+    let stack = Stack::start(a, sp.fifo, sp.routers).await?;
     let result = async {
-        let quiet = stack.sender(0, 1, a).await?;
-        // Calibrate: tokens per request, hence the worker's capacity.
-        let probe = load::one(quiet.clone()).await;
-        anyhow::ensure!(probe.status == Status::Ok, "calibration request failed");
-        let tokens_per_req: f64 =
-            probe.charges.iter().map(|(_, c)| c).sum::<f64>() - f64::from(a.max_tokens); // charges count output twice
-        let capacity_rps = 1e6 / a.us_per_token as f64 / tokens_per_req.max(1.0);
-        for (id, w) in [("flood", weights.0), ("quiet", weights.1)] {
-            let rps = if limit {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (capacity, per_request) = calibrate(&stack, a).await?;
+        let capacity_rps = capacity / per_request.max(1.0);
+        for (id, w) in [("flood", sp.weights.0), ("quiet", sp.weights.1)] {
+            let rps = if sp.limit {
                 (capacity_rps / 2.0).ceil() as u32
             } else {
                 0
@@ -251,12 +316,14 @@ async fn scenario(a: &FairnessArgs, name: &str) -> Result<Value> {
         let warm = run / 4;
         let drain = Duration::from_secs(a.drain_seconds);
         let mut out = json!({
-            "scenario": name, "scheduler": if fifo { "fifo" } else { "fair" },
-            "routers": routers, "weights": {"flood": weights.0, "quiet": weights.1},
-            "capacity_requests_per_s": capacity_rps, "tokens_per_request": tokens_per_req,
+            "scenario": name, "scheduler": if sp.fifo { "fifo" } else { "fair" },
+            "routers": sp.routers, "weights": {"flood": sp.weights.0, "quiet": sp.weights.1},
+            "capacity_service_per_s": capacity, "service_per_request": per_request,
+            "capacity_requests_per_s": capacity_rps,
         });
+        let quiet = stack.sender(0, 1, a).await?;
         let flood = stack.sender(0, 0, a).await?;
-        let (fs, qs, window, skipped, demands) = if !closed {
+        let (fs, qs, window, skipped, demands) = if !sp.closed {
             let rate_b = capacity_rps / 4.0;
             // B alone first, on the same stack.
             let until = Instant::now() + run / 2;
@@ -271,7 +338,7 @@ async fn scenario(a: &FairnessArgs, name: &str) -> Result<Value> {
                 load::open_loop(&flood, rate_b * 10.0, until, 512, drain),
                 load::open_loop(&quiet, rate_b, until, 256, drain)
             );
-            let demand = |r: f64| r * (tokens_per_req + f64::from(a.max_tokens));
+            let demand = |r: f64| r * per_request;
             (
                 f.0,
                 q.0,
@@ -282,24 +349,29 @@ async fn scenario(a: &FairnessArgs, name: &str) -> Result<Value> {
         } else {
             let start = Instant::now();
             let until = start + run;
-            let (f, q) = if routers == 1 {
-                tokio::join!(
-                    load::closed_loop(&flood, 16, until, drain),
-                    load::closed_loop(&quiet, 16, until, drain)
-                )
-            } else {
-                // Skewed: all of A on router 0; B split over both routers.
-                let quiet2 = stack.sender(1, 1, a).await?;
-                let (f, q1, q2) = tokio::join!(
-                    load::closed_loop(&flood, 16, until, drain),
-                    load::closed_loop(&quiet, 8, until, drain),
-                    load::closed_loop(&quiet2, 8, until, drain)
-                );
-                (f, q1.into_iter().chain(q2).collect())
+            // All of A on router 0; B spread over the others (over both
+            // when there are two: a load balancer that skews, not one that
+            // partitions).
+            let b_routers: Vec<usize> = match sp.routers {
+                1 => vec![0],
+                2 => vec![0, 1],
+                n => (1..n).collect(),
             };
+            let mut b_senders = vec![];
+            for &r in &b_routers {
+                b_senders.push(stack.sender(r, 1, a).await?);
+            }
+            let per = CLOSED_STREAMS.div_ceil(b_senders.len());
+            let b = futures::future::join_all(
+                b_senders
+                    .iter()
+                    .map(|s| load::closed_loop(s, per, until, drain)),
+            );
+            let (f, q) = tokio::join!(load::closed_loop(&flood, CLOSED_STREAMS, until, drain), b);
+            out["quiet_routers"] = json!(b_routers);
             (
                 f,
-                q,
+                q.into_iter().flatten().collect(),
                 (start + warm, until),
                 (0, 0),
                 [f64::INFINITY, f64::INFINITY],
@@ -307,14 +379,23 @@ async fn scenario(a: &FairnessArgs, name: &str) -> Result<Value> {
         };
         let (fj, f_service) = tenant_json(&fs, window, skipped.0);
         let (qj, q_service) = tenant_json(&qs, window, skipped.1);
+        let delivered = [f_service, q_service];
+        let weights = [f64::from(sp.weights.0), f64::from(sp.weights.1)];
+        let entitled = super::fairstats::entitlements(capacity, &demands, &weights);
         out["flood"] = fj;
         out["quiet"] = qj;
-        out["service_ratio_flood_to_quiet"] = json!(f_service / q_service.max(1e-9));
+        out["flood"]["delivered_over_entitled"] = json!(f_service / entitled[0].max(1e-9));
+        out["quiet"]["delivered_over_entitled"] = json!(q_service / entitled[1].max(1e-9));
+        out["delivered_ratio"] = json!(f_service / q_service.max(1e-9));
+        out["entitled_ratio"] = json!(entitled[0] / entitled[1].max(1e-9));
+        out["utilisation"] = json!(utilisation(&delivered, capacity));
         out["jain"] = json!(jain_vs_entitlement(
-            &[f_service, q_service],
-            &demands,
-            &[f64::from(weights.0), f64::from(weights.1)],
+            &delivered, &demands, &weights, capacity
         ));
+        out["victim_p99_over_solo"] = match out["quiet_alone_ttft_p99_ms"].as_f64() {
+            Some(alone) => json!(out["quiet"]["ttft_p99_ms"].as_f64().unwrap_or(f64::NAN) / alone),
+            None => Value::Null,
+        };
         Ok::<Value, anyhow::Error>(out)
     }
     .await;
@@ -337,35 +418,33 @@ pub async fn run(a: FairnessArgs) -> Result<()> {
     if a.json {
         println!(
             "{}",
-            json!({"us_per_token": a.us_per_token, "seconds": a.seconds, "scenarios": results})
+            json!({"us_per_step": a.us_per_step, "us_per_token": a.us_per_token, "seconds": a.seconds, "scenarios": results})
         );
         return Ok(());
     }
     println!(
-        "{:<20} {:>16} {:>16} {:>13} {:>6} {:>9}",
-        "scenario", "A p50/p99 ms", "B p50/p99 ms", "B alone p99", "Jain", "A:B"
+        "{:<20} {:>14} {:>14} {:>9} {:>7} {:>6} {:>6} {:>6}",
+        "scenario", "A p50/p99 ms", "B p50/p99 ms", "B alone", "B/solo", "Jain", "A:B", "util"
     );
+    let num = |v: &Value, d: usize| v.as_f64().map_or("-".to_string(), |x| format!("{x:.d$}"));
     for r in &results {
         let pair = |t: &str| {
             format!(
-                "{:.0}/{:.0}",
-                r[t]["ttft_p50_ms"].as_f64().unwrap_or(f64::NAN),
-                r[t]["ttft_p99_ms"].as_f64().unwrap_or(f64::NAN)
+                "{}/{}",
+                num(&r[t]["ttft_p50_ms"], 0),
+                num(&r[t]["ttft_p99_ms"], 0)
             )
         };
-        let alone = r["quiet_alone_ttft_p99_ms"]
-            .as_f64()
-            .map_or("-".to_string(), |v| format!("{v:.0}"));
         println!(
-            "{:<20} {:>16} {:>16} {:>13} {:>6.3} {:>9.2}",
+            "{:<20} {:>14} {:>14} {:>9} {:>7} {:>6} {:>6} {:>6}",
             r["scenario"].as_str().unwrap_or("?"),
             pair("flood"),
             pair("quiet"),
-            alone,
-            r["jain"].as_f64().unwrap_or(f64::NAN),
-            r["service_ratio_flood_to_quiet"]
-                .as_f64()
-                .unwrap_or(f64::NAN),
+            num(&r["quiet_alone_ttft_p99_ms"], 0),
+            num(&r["victim_p99_over_solo"], 2),
+            num(&r["jain"], 3),
+            num(&r["delivered_ratio"], 2),
+            num(&r["utilisation"], 2),
         );
     }
     Ok(())

@@ -42,9 +42,15 @@ pub fn jain(x: &[f64]) -> f64 {
 }
 
 /// Jain's index of each tenant's delivered service relative to its
-/// weighted max-min entitlement (tenants with no entitlement left out).
-pub fn jain_vs_entitlement(delivered: &[f64], demands: &[f64], weights: &[f64]) -> f64 {
-    let capacity: f64 = delivered.iter().sum();
+/// weighted max-min entitlement of `capacity` (the worker's calibrated
+/// capacity, not what was delivered: see [`utilisation`] for how much of it
+/// was used; tenants with no entitlement left out).
+pub fn jain_vs_entitlement(
+    delivered: &[f64],
+    demands: &[f64],
+    weights: &[f64],
+    capacity: f64,
+) -> f64 {
     let e = entitlements(capacity, demands, weights);
     let x: Vec<f64> = delivered
         .iter()
@@ -53,6 +59,12 @@ pub fn jain_vs_entitlement(delivered: &[f64], demands: &[f64], weights: &[f64]) 
         .map(|(d, e)| d / e)
         .collect();
     jain(&x)
+}
+
+/// The share of `capacity` delivered to all tenants together (a scheduler
+/// that idles the worker scores low here, whatever its Jain index).
+pub fn utilisation(delivered: &[f64], capacity: f64) -> f64 {
+    delivered.iter().sum::<f64>() / capacity.max(1e-9)
 }
 
 /// The `p`-th percentile (0-100, nearest rank) of `v` in milliseconds.
@@ -95,10 +107,16 @@ mod tests {
             &[100.0 * 10.0 / 11.0, 100.0 / 11.0],
             &[1e9, 20.0],
             &[1.0, 1.0],
+            100.0,
         );
         assert!(j < 0.9, "{j}");
-        let fair = jain_vs_entitlement(&[80.0, 20.0], &[1e9, 20.0], &[1.0, 1.0]);
+        let fair = jain_vs_entitlement(&[80.0, 20.0], &[1e9, 20.0], &[1.0, 1.0], 100.0);
         assert!((fair - 1.0).abs() < 1e-9, "{fair}");
+        // Against capacity: a scheduler that idles half the worker keeps a
+        // fair split (Jain 1) but shows in the utilisation.
+        let idle = [40.0, 10.0];
+        assert!((jain_vs_entitlement(&idle, &[1e9, 1e9], &[4.0, 1.0], 100.0) - 1.0).abs() < 1e-9);
+        assert!((utilisation(&idle, 100.0) - 0.5).abs() < 1e-12);
     }
 
     #[test]

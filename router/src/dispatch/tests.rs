@@ -7,13 +7,13 @@ use super::*;
 
 /// Free slots per model; a lease gives its slot back when dropped.
 #[derive(Default)]
-struct FakePool {
-    free: Mutex<HashMap<String, u32>>,
+pub(super) struct FakePool {
+    pub(super) free: Mutex<HashMap<String, u32>>,
     /// Slots in all (0 = as many as `free` started with: never in reserve).
-    total: AtomicU64,
+    pub(super) total: AtomicU64,
 }
 
-struct FakeLease(Arc<FakePool>, String);
+pub(super) struct FakeLease(Arc<FakePool>, String);
 
 impl Drop for FakeLease {
     fn drop(&mut self) {
@@ -28,7 +28,7 @@ impl Drop for FakeLease {
 }
 
 /// `Pool` is implemented on a wrapper so the lease can hold an `Arc`.
-struct Shared(Arc<FakePool>);
+pub(super) struct Shared(pub(super) Arc<FakePool>);
 
 impl Pool for Shared {
     type Lease = FakeLease;
@@ -76,7 +76,7 @@ fn setup(slots: u32) -> (Arc<Dispatcher<FakeLease>>, Arc<AtomicU64>) {
     (Arc::new(d), now_ms)
 }
 
-fn tenant(id: &str, f: impl FnOnce(&mut Tenant)) -> Arc<Tenant> {
+pub(super) fn tenant(id: &str, f: impl FnOnce(&mut Tenant)) -> Arc<Tenant> {
     let mut t = Tenant {
         id: id.into(),
         weight: 1,
@@ -97,9 +97,9 @@ async fn until_queued(d: &Dispatcher<FakeLease>, queued: usize) {
     panic!("never reached {queued} queued: {:?}", d.stats().await);
 }
 
-type Waiting = tokio::task::JoinHandle<Result<Grant<FakeLease>, ApiError>>;
+pub(super) type Waiting = tokio::task::JoinHandle<Result<Grant<FakeLease>, ApiError>>;
 
-fn spawn_acquire(d: &Arc<Dispatcher<FakeLease>>, t: &Arc<Tenant>) -> Waiting {
+pub(super) fn spawn_acquire(d: &Arc<Dispatcher<FakeLease>>, t: &Arc<Tenant>) -> Waiting {
     let (d, t) = (d.clone(), t.clone());
     tokio::spawn(async move { d.acquire(t, "m".into(), 10).await })
 }
