@@ -9,8 +9,9 @@ pub const API_KEYS_BUCKET: &str = "bulkhead_api_keys";
 pub const ROUTERS_BUCKET: &str = "bulkhead_routers";
 /// A router whose heartbeat is older than this is no longer counted live.
 pub const ROUTER_STALE_AFTER_MS: i64 = 5_000;
-/// How often routers write their heartbeat.
-pub const ROUTER_HEARTBEAT_MS: u64 = 1_000;
+/// How often routers write their heartbeat (the freshness of the slot
+/// shares across replicas, see the router's `cluster.rs`).
+pub const ROUTER_HEARTBEAT_MS: u64 = 250;
 /// JetStream stream that holds audit events.
 pub const AUDIT_STREAM: &str = "BULKHEAD_AUDIT";
 /// Subject prefix of audit events; the full subject is `bulkhead.audit.<tenant>`.

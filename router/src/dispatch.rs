@@ -65,9 +65,15 @@ pub trait Pool: Send + Sync + 'static {
 pub type Clock = Arc<dyn Fn() -> Duration + Send + Sync>;
 
 /// A request allowed to run: the worker slot and the usage meter.
+///
+/// Field order is drop order: the meter's `Finish` reaches the dispatcher's
+/// inbox before the lease frees the slot, so the dispatcher never sees a
+/// free slot while still counting the request that held it as running (a
+/// tenant would look at its share with a request already done, and the
+/// slot go to another tenant).
 pub struct Grant<L> {
-    pub lease: L,
     pub meter: Meter,
+    pub lease: L,
 }
 
 struct Pending<L> {
@@ -319,6 +325,17 @@ impl<P: Pool> Actor<P> {
                     true
                 }
             };
+            // Take in everything already waiting first (above all the
+            // `Finish` of every request a worker step ended together), so
+            // the dispatch sees one consistent state.
+            let mut may_go = may_go;
+            while let Ok(m) = rx.try_recv() {
+                may_go |= self.handle(m);
+            }
+            while let Ok(e) = enq.try_recv() {
+                self.enqueue(e);
+                may_go = true;
+            }
             if may_go {
                 self.dispatch();
             }
@@ -497,12 +514,6 @@ impl<P: Pool> Actor<P> {
                 e.weight = *w;
             }
         }
-        let counters: HashMap<String, f64> = view
-            .tenants
-            .keys()
-            .filter_map(|t| Some((t.clone(), self.queue.counter(t)?)))
-            .collect();
-        view.counters = counters;
         view
     }
 

@@ -242,6 +242,7 @@ impl Pipeline {
             request_id: req.request_id.clone(),
             tenant_id: req.tenant.id.clone(),
             tenant_uid: req.tenant.uid.clone(),
+            tenant_weight: req.tenant.weight,
             model: req.model.clone(),
             prompt,
             messages,

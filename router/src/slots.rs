@@ -6,19 +6,12 @@
 //!   state and the peers' heartbeats) has a share of the pool's sequence
 //!   slots in proportion to its weight;
 //! - a tenant at or above its share may not take a slot while another
-//!   tenant waits for this model below its share and no further ahead in
-//!   weighted service (so a replica that only sees one tenant does not hand
-//!   that tenant every slot it frees — the failure of per-router fair
-//!   queuing behind a skewed load balancer). Shares are fractions of slots
-//!   (2:1 over 16 is 10.67:5.33) and a finished request holds its count
-//!   until its stream closes, so the slot the shares leave in contention
-//!   goes to whoever the fair queue's counters say is behind: that keeps
-//!   delivered service at the weights, not at the rounding of slots;
+//!   tenant waits for this model below its share (so a replica that only
+//!   sees one tenant does not hand that tenant every slot it frees — the
+//!   failure of per-router fair queuing behind a skewed load balancer);
 //! - the last [`slot_reserve`] free slots go only to tenants below their
-//!   share while another active tenant is owed slots (below its share and
-//!   not ahead in weighted service), so a flood cannot hold every slot
-//!   while others are idle-but-active (a newcomer's request then starts at
-//!   once).
+//!   share, so a flood cannot hold every slot while others are idle-but-
+//!   active (a newcomer's request then starts at once).
 //!
 //! With one active tenant every rule lets it use every slot
 //! (work-conserving). Peers' figures are up to a heartbeat old, and a
@@ -46,10 +39,6 @@ pub struct TenantSlots {
 #[derive(Clone, Debug, Default)]
 pub struct SlotView {
     pub tenants: HashMap<String, TenantSlots>,
-    /// The fair queue's weighted-service counters as this replica knows
-    /// them (its own charges and its peers'); a tenant without one counts
-    /// as behind everyone.
-    pub counters: HashMap<String, f64>,
 }
 
 impl SlotView {
@@ -75,24 +64,14 @@ impl SlotView {
             return false;
         }
         let below = |t: &str| self.running(t) < self.share(t, total);
-        let not_ahead = |u: &str| match (self.counters.get(u), self.counters.get(tenant)) {
-            (Some(cu), Some(ct)) => cu <= ct,
-            _ => true,
-        };
-        let owed = |u: &str| u != tenant && below(u) && not_ahead(u);
         let contender = self
             .tenants
             .iter()
-            .any(|(u, s)| owed(u) && s.queued_models.contains(model));
+            .any(|(u, s)| u != tenant && s.queued_models.contains(model) && below(u));
         if contender && !below(tenant) {
             return false;
         }
-        // The reserve is kept for active tenants owed slots.
-        let owed_active = self
-            .tenants
-            .iter()
-            .any(|(u, s)| owed(u) && (s.running > 0 || s.queued > 0));
-        free > slot_reserve(total) || below(tenant) || !owed_active
+        free > slot_reserve(total) || below(tenant)
     }
 }
 
@@ -112,7 +91,6 @@ mod tests {
     fn view(ts: &[(&str, TenantSlots)]) -> SlotView {
         SlotView {
             tenants: ts.iter().map(|(n, s)| (n.to_string(), s.clone())).collect(),
-            counters: HashMap::new(),
         }
     }
 
@@ -145,20 +123,5 @@ mod tests {
         // ... unless a waits for another model only.
         let v = view(&[("a", t(2, 8, &["other"])), ("b", t(1, 6, &["m"]))]);
         assert!(v.may_take("b", "m", 5, 15));
-    }
-
-    #[test]
-    fn the_contested_slot_goes_to_whoever_is_behind() {
-        // 2:1 over 16: shares 10.67 and 5.33. a holds 11 (over its share),
-        // b 5 (under) and waits: b is a contender only while it is not
-        // ahead of a in weighted service.
-        let mut v = view(&[("a", t(2, 11, &["m"])), ("b", t(1, 5, &["m"]))]);
-        v.counters = [("a".to_string(), 100.0), ("b".to_string(), 90.0)].into();
-        assert!(!v.may_take("a", "m", 1, 16), "b is behind: the slot is b's");
-        v.counters.insert("b".into(), 120.0);
-        assert!(v.may_take("a", "m", 1, 16), "a is behind: the slot is a's");
-        // Unknown counters: the share rule alone (b holds the slot back).
-        v.counters.clear();
-        assert!(!v.may_take("a", "m", 1, 16));
     }
 }

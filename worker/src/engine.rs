@@ -17,6 +17,7 @@ use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::Detokenizer;
 
 mod emit;
+mod fair;
 mod handle;
 mod sched;
 use sched::Pending;
@@ -97,6 +98,9 @@ pub struct GenerateRequest {
     pub logprobs: Option<u32>,
     /// Generate past end-of-sequence tokens (benchmarks: a fixed length).
     pub ignore_eos: bool,
+    /// The tenant's fair-share weight as its router sent it (0 is read as
+    /// 1): requests waiting here are admitted in weighted-fair order.
+    pub weight: u32,
     pub events: mpsc::Sender<EngineEvent>,
 }
 
@@ -193,6 +197,7 @@ struct Engine {
     running: Vec<Sequence>,
     admissions: u64,
     preemptions: u64,
+    fair: fair::FairAdmission,
     timing: StepTiming,
     shared: Arc<Mutex<Shared>>,
     observer: Option<StepObserver>,
@@ -225,6 +230,7 @@ impl Engine {
         tracing::debug!("engine started");
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
+                self.fair.forget_all();
                 // Idle: block until a command arrives.
                 match self.rx.recv() {
                     Ok(c) => {
@@ -311,6 +317,10 @@ impl Engine {
                         )),
                     );
                 } else {
+                    let active: Vec<&TenantId> = (self.running.iter().map(|s| &s.req.tenant))
+                        .chain(self.waiting.iter().map(|p| &p.req().tenant))
+                        .collect();
+                    self.fair.arrive(&r.tenant, &active);
                     self.waiting.push_back(Pending::New(r));
                 }
             }
@@ -425,6 +435,14 @@ impl Engine {
             true
         });
         self.timing.guard += guard.elapsed();
+        // Weighted service, for the admission order: each token processed,
+        // and one more for each token this step generates.
+        for &(i, n) in &plan {
+            let s = &self.running[i];
+            let sampled = usize::from(s.computed + n == s.tokens.len());
+            self.fair
+                .charge(&s.req.tenant, s.req.weight, (n + sampled) as f64);
+        }
         if let Some(obs) = &self.observer {
             let tables = plan
                 .iter()

@@ -303,6 +303,7 @@ impl Worker for WorkerService {
                 max_tokens: req.max_tokens,
                 logprobs: req.logprobs.then_some(req.top_logprobs),
                 ignore_eos: false,
+                weight: req.tenant_weight,
                 events: tx,
             })
             .map_err(|e| Status::unavailable(e.to_string()))?;

@@ -24,11 +24,14 @@ mod fairness;
 mod fairstats;
 mod load;
 mod probe;
+mod relay;
 mod soak;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
-    /// Router overhead: direct-to-worker vs through-the-router, interleaved.
+    /// Router overhead: direct to the worker, through a bare relay (the
+    /// floor) and through the router, interleaved; then each path alone
+    /// for requests/s.
     Overhead(OverheadArgs),
     /// Prefix-cache timing side channel: can one tenant tell from its own
     /// TTFT whether another tenant sent a prompt? (AUC across tenants, and
@@ -144,38 +147,46 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         .connect()
         .await
         .context("connecting to the router")?;
-    let per_task = a.requests.div_ceil(a.concurrency.max(1));
+    // The floor: a bare relay on the same hops (see `relay.rs`).
+    let relay = relay::start(
+        &format!("https://{}", info.worker_grpc),
+        &info.certs_dir,
+        &tenant.id,
+    )
+    .await?;
+    let relay_ch = Endpoint::from_shared(format!("http://{}", relay.addr))?
+        .connect()
+        .await
+        .context("connecting to the bench relay")?;
+    let paths = Paths {
+        worker: WorkerClient::new(worker_ch),
+        router: InferenceClient::new(router_ch),
+        relay: InferenceClient::new(relay_ch),
+        tenant: tenant.id.clone(),
+        key: tenant.api_key.clone(),
+        model: info.model.clone(),
+        max_tokens: a.max_tokens,
+    };
     // CPU time of the processes on the routed path only (the direct path
     // never touches them): the router, and NATS + audit-service for the
     // audit event each routed request publishes.
     let router_pid = info.routers.first().map_or(0, |r| r.pid);
     let cpu_pids = [router_pid, info.nats_pid, info.audit_pid];
     let cpu_before = cpu_pids.map(cpu_seconds);
-    let direct_t = Arc::new(Mutex::new(Vec::new()));
-    let routed_t = Arc::new(Mutex::new(Vec::new()));
-    let mut router_busy = Duration::ZERO;
+    // Latency: the three paths interleaved on every stream, the order
+    // rotating so none always goes first.
+    let per_task = a.requests.div_ceil(a.concurrency.max(1));
+    let times = Arc::new(Mutex::new([vec![], vec![], vec![]]));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..a.concurrency.max(1) {
-        let (mut w, mut r) = (
-            WorkerClient::new(worker_ch.clone()),
-            InferenceClient::new(router_ch.clone()),
-        );
-        let (dt, rt) = (direct_t.clone(), routed_t.clone());
-        let (tenant, model, mt) = (tenant.clone(), info.model.clone(), a.max_tokens);
+        let (p, times) = (paths.clone(), times.clone());
         tasks.push(tokio::spawn(async move {
             for i in 0..per_task {
-                // Alternate the order so neither path always goes first.
-                if i % 2 == 0 {
-                    let d = direct(&mut w, &tenant.id, &model, mt).await?;
-                    let r_ = routed(&mut r, &tenant.api_key, &model, mt).await?;
-                    dt.lock().await.push(d);
-                    rt.lock().await.push(r_);
-                } else {
-                    let r_ = routed(&mut r, &tenant.api_key, &model, mt).await?;
-                    let d = direct(&mut w, &tenant.id, &model, mt).await?;
-                    dt.lock().await.push(d);
-                    rt.lock().await.push(r_);
+                for k in 0..3 {
+                    let which = (i + k) % 3;
+                    let t = p.call(which).await?;
+                    times.lock().await[which].push(t);
                 }
             }
             anyhow::Ok(())
@@ -186,69 +197,161 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
     }
     let wall = started.elapsed();
     let cpu_after = cpu_pids.map(cpu_seconds);
-    let cpu_per_req_us = |i: usize, n: usize| match (cpu_before[i], cpu_after[i]) {
+    let [mut d, mut r, mut x] = times.lock().await.clone();
+    d.sort();
+    r.sort();
+    x.sort();
+    let n = r.len();
+    let cpu_per_req_us = |i: usize| match (cpu_before[i], cpu_after[i]) {
         (Some(b), Some(a)) if n > 0 => Some((a - b) * 1e6 / n as f64),
         _ => None,
     };
-    let mut d = direct_t.lock().await.clone();
-    let mut r = routed_t.lock().await.clone();
-    d.sort();
-    r.sort();
-    router_busy += r.iter().sum::<Duration>();
-    let n = r.len();
+    // Throughput: each path alone at the same concurrency.
+    let mut rps = [0.0; 3];
+    for (which, slot) in rps.iter_mut().enumerate() {
+        *slot = paths.throughput(which, a.requests, a.concurrency).await?;
+    }
+    let added = |v: &[Duration], q: f64| pct(v, q) - pct(&d, q);
     let out = serde_json::json!({
         "requests_per_path": n,
         "concurrency": a.concurrency,
         "max_tokens": a.max_tokens,
         "direct_ms": {"p50": pct(&d, 0.5), "p99": pct(&d, 0.99)},
         "router_ms": {"p50": pct(&r, 0.5), "p99": pct(&r, 0.99)},
-        "added_ms": {"p50": pct(&r, 0.5) - pct(&d, 0.5), "p99": pct(&r, 0.99) - pct(&d, 0.99)},
+        "relay_ms": {"p50": pct(&x, 0.5), "p99": pct(&x, 0.99)},
+        "added_ms": {"p50": added(&r, 0.5), "p99": added(&r, 0.99)},
+        "relay_added_ms": {"p50": added(&x, 0.5), "p99": added(&x, 0.99)},
+        "router_added_over_relay_added": {
+            "p50": added(&r, 0.5) / added(&x, 0.5).max(1e-6),
+            "p99": added(&r, 0.99) / added(&x, 0.99).max(1e-6),
+        },
+        "requests_per_s": {"direct": rps[0], "router": rps[1], "relay": rps[2]},
+        "router_rps_over_relay_rps": rps[1] / rps[2].max(1e-9),
         "ratio_p50": pct(&r, 0.5) / pct(&d, 0.5).max(1e-9),
-        "router_requests_per_s": n as f64 / wall.as_secs_f64(),
-        "mean_router_ms": router_busy.as_secs_f64() * 1e3 / n.max(1) as f64,
+        "interleaved_requests_per_s": 3.0 * n as f64 / wall.as_secs_f64(),
         // CPU per routed request, and the rate one core would sustain at
         // that cost (a projection from the measured CPU time, not a run).
-        "router_cpu_us_per_request": cpu_per_req_us(0, n),
-        "router_requests_per_core_s": cpu_per_req_us(0, n).map(|us| 1e6 / us.max(1e-9)),
-        "nats_cpu_us_per_request": cpu_per_req_us(1, n),
-        "audit_cpu_us_per_request": cpu_per_req_us(2, n),
+        "router_cpu_us_per_request": cpu_per_req_us(0),
+        "router_requests_per_core_s": cpu_per_req_us(0).map(|us| 1e6 / us.max(1e-9)),
+        "nats_cpu_us_per_request": cpu_per_req_us(1),
+        "audit_cpu_us_per_request": cpu_per_req_us(2),
     });
     if a.json {
         println!("{out}");
     } else {
-        println!(
-            "router overhead ({n} streamed requests per path, concurrency {}, {} token(s) each)",
-            a.concurrency, a.max_tokens
-        );
-        println!(
-            "  direct to worker  p50 {:>8.3} ms   p99 {:>8.3} ms",
-            pct(&d, 0.5),
-            pct(&d, 0.99)
-        );
-        println!(
-            "  through router    p50 {:>8.3} ms   p99 {:>8.3} ms",
-            pct(&r, 0.5),
-            pct(&r, 0.99)
-        );
-        println!(
-            "  added             p50 {:>8.3} ms   p99 {:>8.3} ms",
-            out["added_ms"]["p50"].as_f64().unwrap_or(0.0),
-            out["added_ms"]["p99"].as_f64().unwrap_or(0.0)
-        );
-        println!(
-            "  router requests/s {:>8.0} (both paths share the machine; the rate counts routed requests only)",
-            out["router_requests_per_s"].as_f64().unwrap_or(0.0)
-        );
-        let f = |k: &str| out[k].as_f64().map_or("n/a".into(), |v| format!("{v:.0}"));
-        println!(
-            "  CPU per routed request: router {} µs (≈ {} requests/s per core), nats {} µs, audit {} µs",
-            f("router_cpu_us_per_request"),
-            f("router_requests_per_core_s"),
-            f("nats_cpu_us_per_request"),
-            f("audit_cpu_us_per_request"),
-        );
+        print_overhead(&out);
     }
     Ok(())
+}
+
+fn print_overhead(out: &serde_json::Value) {
+    let f =
+        |v: &serde_json::Value, d: usize| v.as_f64().map_or("n/a".into(), |x| format!("{x:.d$}"));
+    println!(
+        "router overhead ({} streamed requests per path, concurrency {}, {} token(s) each)",
+        out["requests_per_path"], out["concurrency"], out["max_tokens"]
+    );
+    for (name, k) in [
+        ("direct to worker", "direct_ms"),
+        ("through a bare relay", "relay_ms"),
+        ("through the router", "router_ms"),
+    ] {
+        println!(
+            "  {name:<22} p50 {:>8} ms   p99 {:>8} ms",
+            f(&out[k]["p50"], 3),
+            f(&out[k]["p99"], 3)
+        );
+    }
+    println!(
+        "  added: router p50 {} / p99 {} ms; relay p50 {} / p99 {} ms; router/relay {}x / {}x (targets 1.3x / 2x)",
+        f(&out["added_ms"]["p50"], 3),
+        f(&out["added_ms"]["p99"], 3),
+        f(&out["relay_added_ms"]["p50"], 3),
+        f(&out["relay_added_ms"]["p99"], 3),
+        f(&out["router_added_over_relay_added"]["p50"], 2),
+        f(&out["router_added_over_relay_added"]["p99"], 2),
+    );
+    println!(
+        "  requests/s alone: direct {}, relay {}, router {} (router/relay {}, target 0.8)",
+        f(&out["requests_per_s"]["direct"], 0),
+        f(&out["requests_per_s"]["relay"], 0),
+        f(&out["requests_per_s"]["router"], 0),
+        f(&out["router_rps_over_relay_rps"], 2),
+    );
+    println!(
+        "  CPU per routed request: router {} µs (≈ {} requests/s per core), nats {} µs, audit {} µs",
+        f(&out["router_cpu_us_per_request"], 0),
+        f(&out["router_requests_per_core_s"], 0),
+        f(&out["nats_cpu_us_per_request"], 0),
+        f(&out["audit_cpu_us_per_request"], 0),
+    );
+}
+
+/// The three paths of `bench overhead`: 0 direct, 1 router, 2 relay.
+#[derive(Clone)]
+struct Paths {
+    worker: WorkerClient<Channel>,
+    router: InferenceClient<Channel>,
+    relay: InferenceClient<Channel>,
+    tenant: String,
+    key: String,
+    model: String,
+    max_tokens: u32,
+}
+
+impl Paths {
+    async fn call(&self, which: usize) -> Result<Duration> {
+        match which {
+            0 => {
+                direct(
+                    &mut self.worker.clone(),
+                    &self.tenant,
+                    &self.model,
+                    self.max_tokens,
+                )
+                .await
+            }
+            1 => {
+                routed(
+                    &mut self.router.clone(),
+                    &self.key,
+                    &self.model,
+                    self.max_tokens,
+                )
+                .await
+            }
+            _ => {
+                routed(
+                    &mut self.relay.clone(),
+                    &self.key,
+                    &self.model,
+                    self.max_tokens,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Requests per second of path `which` alone: `requests` requests over
+    /// `concurrency` streams.
+    async fn throughput(&self, which: usize, requests: usize, concurrency: usize) -> Result<f64> {
+        let per = requests.div_ceil(concurrency.max(1));
+        let t0 = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency.max(1) {
+            let p = self.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..per {
+                    p.call(which).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        Ok((per * concurrency.max(1)) as f64 / t0.elapsed().as_secs_f64())
+    }
 }
 
 /// User + system CPU seconds a process has used (Linux `/proc`; the kernel

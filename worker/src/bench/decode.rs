@@ -163,6 +163,7 @@ impl Bench {
                     max_tokens: self.cfg.gen_tokens,
                     logprobs: None,
                     ignore_eos: true,
+                    weight: 1,
                     events: tx,
                 }
             })

@@ -26,6 +26,7 @@ impl EngineHandle {
             running: Vec::new(),
             admissions: 0,
             preemptions: 0,
+            fair: Default::default(),
             timing: StepTiming::default(),
             shared: shared.clone(),
             observer,

@@ -57,14 +57,21 @@ impl Pending {
 
 impl Engine {
     /// Admits waiting requests while sequence slots, quotas and blocks allow
-    /// (a request that does not fit now is skipped, not failed).
+    /// (a request that does not fit now is skipped, not failed), in
+    /// weighted-fair order across tenants (see `fair.rs`).
     pub(super) fn admit(&mut self) {
         // Clients that went away while waiting (they hold no blocks).
         self.waiting.retain(|p| !p.req().events.is_closed());
-        let mut i = 0;
-        while i < self.waiting.len() && self.running.len() < self.cfg.max_seqs {
-            if !self.try_admit(i) {
-                i += 1;
+        let mut tried = vec![false; self.waiting.len()];
+        while self.running.len() < self.cfg.max_seqs {
+            let tenants: Vec<&TenantId> = self.waiting.iter().map(|p| &p.req().tenant).collect();
+            let Some(i) = self.fair.next(&tenants, &tried) else {
+                break;
+            };
+            if self.try_admit(i) {
+                tried.remove(i);
+            } else {
+                tried[i] = true;
             }
         }
     }
