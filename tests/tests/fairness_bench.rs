@@ -61,12 +61,10 @@ fn fair_queuing_protects_the_quiet_tenant_better_than_fifo() -> Result<()> {
         p99(fair),
         p99(fifo)
     );
-    ensure!(
-        jain(fair) > jain(fifo) && jain(fair) > 0.9,
-        "Jain: fair {} vs FIFO {}",
-        jain(fair),
-        jain(fifo)
-    );
+    // Jain's index alone cannot tell FIFO from fair queuing here (FIFO
+    // serves the quiet tenant's few requests, only late): the TTFT above is
+    // the comparison; fair queuing must still deliver the entitlements.
+    ensure!(jain(fair) > 0.95, "Jain under fair queuing: {}", jain(fair));
     ensure!(
         fair["quiet"]["errors"] == 0 && fair["flood"]["errors"] == 0,
         "{fair}"
