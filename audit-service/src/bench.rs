@@ -10,6 +10,10 @@
 //! and every tenant's log is checked: each event stored exactly once, chain
 //! intact.
 //!
+//! Before it, in the same run, the floor (`bench/floor.rs`): the same
+//! publishers and pipelined fetching into a bare consumer that decodes and
+//! encrypts nothing and fsyncs once per group before acking.
+//!
 //! The bench reads with its own durable consumer over its own tenants
 //! (`bench-<run>-<k>`), so it never takes events from an audit-service on
 //! the same server — but an audit-service consuming there would store the
@@ -30,6 +34,7 @@ use crate::consumer::{self, ConsumerSpec, RunOptions};
 use crate::keys::LocalMasterKey;
 use crate::store::{AuditStore, StoreOptions};
 
+mod floor;
 pub mod nats;
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +106,14 @@ pub struct BenchReport {
     pub mean_batch: f64,
     /// Every event stored exactly once and every chain intact afterwards.
     pub verified: bool,
+    /// The floor, measured first in the same run: the same publishing and
+    /// pipelined fetching into a consumer that decodes and encrypts
+    /// nothing, appends raw bytes and fsyncs once per group before acking.
+    pub floor_events_per_second: f64,
+    pub floor_latency_ms_p50: f64,
+    pub floor_latency_ms_p99: f64,
+    /// events_per_second / floor_events_per_second.
+    pub events_per_second_over_floor: f64,
 }
 
 impl BenchReport {
@@ -110,7 +123,8 @@ impl BenchReport {
             "audit bench: {} events from {} tenants via {} ({})\n\
              end to end (publish -> fsynced + acked): {:.0} events/s over {:.2} s\n\
              publish -> durable latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n\
-             {} fsync groups, {:.0} events each on average; stored exactly once, chains intact: {}",
+             {} fsync groups, {:.0} events each on average; stored exactly once, chains intact: {}\n\
+             floor (bare consumer: no decode, no encryption, fsync per group, then ack): {:.0} events/s, p50 {:.1} ms, p99 {:.1} ms; the pipeline runs at {:.2} of it",
             self.events,
             self.tenants,
             self.nats,
@@ -126,6 +140,10 @@ impl BenchReport {
             self.durable_batches,
             self.mean_batch,
             if self.verified { "yes" } else { "NO" },
+            self.floor_events_per_second,
+            self.floor_latency_ms_p50,
+            self.floor_latency_ms_p99,
+            self.events_per_second_over_floor,
         )
     }
 }
@@ -254,16 +272,28 @@ pub async fn run(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
     let js = jetstream::context::ContextBuilder::new()
         .max_ack_inflight(n * in_flight + 16)
         .build(client);
-    let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    let tenants: Vec<String> = (0..n).map(|k| format!("bench-{run_id}-{k}")).collect();
-    let spec = ConsumerSpec {
-        durable: format!("bulkhead-audit-bench-{run_id}"),
-        subjects: tenants.iter().map(|t| names::audit_subject(t)).collect(),
+    let dir = tempfile::tempdir().map_err(|e| BenchError::Io(e.to_string()))?;
+    // The floor first (tenants and a consumer of its own), on the same
+    // server and disk, then the real pipeline.
+    let floor = {
+        let (tenants, spec) = bench_tenants(n);
+        consumer::ensure_named_consumer(&js, &spec).await?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (dur_tx, dur_rx) = tokio::sync::mpsc::unbounded_channel();
+        let file = dir.path().join("floor.bin");
+        let mut task = tokio::spawn(floor::run(js.clone(), spec.clone(), file, stop_rx, dur_tx));
+        let m = drive(&js, &tenants, cfg, dur_rx, &mut task).await?;
+        let _ = stop_tx.send(true);
+        let _ = task.await;
+        if let Ok(stream) = js.get_stream(names::AUDIT_STREAM).await {
+            let _ = stream.delete_consumer(&spec.durable).await;
+        }
+        m
     };
+    let (tenants, spec) = bench_tenants(n);
     consumer::ensure_named_consumer(&js, &spec).await?;
 
-    let dir = tempfile::tempdir().map_err(|e| BenchError::Io(e.to_string()))?;
-    let root = dir.path().to_path_buf();
+    let root = dir.path().join("store");
     let store_opts = cfg.store;
     let store = tokio::task::spawn_blocking(move || {
         let master = Arc::new(LocalMasterKey::from_bytes(&rand::random()));
@@ -273,7 +303,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
     .map_err(|e| BenchError::Task(e.to_string()))??;
     let store = Arc::new(Mutex::new(store));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (dur_tx, mut dur_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (dur_tx, dur_rx) = tokio::sync::mpsc::unbounded_channel();
     let opts = RunOptions {
         metrics: None,
         on_durable: Some(dur_tx),
@@ -282,6 +312,93 @@ pub async fn run(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
     let mut consumer_task =
         tokio::spawn(consumer::run_with(js.clone(), store.clone(), stop_rx, opts));
 
+    let m = drive(&js, &tenants, cfg, dur_rx, &mut consumer_task).await?;
+    let _ = stop_tx.send(true);
+    if !consumer_task.is_finished() {
+        consumer_task
+            .await
+            .map_err(|e| BenchError::Task(e.to_string()))??;
+    }
+    let Measured {
+        seconds,
+        latencies,
+        batches,
+    } = m;
+    let verified = tokio::task::spawn_blocking({
+        let store = store.clone();
+        let tenants = tenants.clone();
+        move || -> Result<bool, crate::StoreError> {
+            let mut s = store.lock().unwrap_or_else(|e| e.into_inner());
+            s.close()?;
+            let mut ok = true;
+            for (k, t) in tenants.iter().enumerate() {
+                let want = (k..events).step_by(n).count() as u64;
+                let read = s.read(t)?;
+                ok &= read.first_bad.is_none() && read.count == want;
+            }
+            Ok(ok)
+        }
+    })
+    .await
+    .map_err(|e| BenchError::Task(e.to_string()))??;
+    if let Ok(stream) = js.get_stream(names::AUDIT_STREAM).await {
+        let _ = stream.delete_consumer(&spec.durable).await;
+    }
+    Ok(BenchReport {
+        events,
+        tenants: n,
+        max_pending: cfg.max_pending,
+        nats: if local.is_some() {
+            format!("a local nats-server ({url})")
+        } else {
+            url
+        },
+        seconds,
+        events_per_second: events as f64 / seconds,
+        latency_ms_p50: percentile_ms(&latencies, 50.0),
+        latency_ms_p99: percentile_ms(&latencies, 99.0),
+        latency_ms_max: percentile_ms(&latencies, 100.0),
+        durable_batches: batches,
+        mean_batch: events as f64 / batches.max(1) as f64,
+        verified,
+        floor_events_per_second: events as f64 / floor.seconds,
+        floor_latency_ms_p50: percentile_ms(&floor.latencies, 50.0),
+        floor_latency_ms_p99: percentile_ms(&floor.latencies, 99.0),
+        events_per_second_over_floor: floor.seconds / seconds,
+    })
+}
+
+/// Tenants of their own for one arm, and a consumer of their subjects.
+fn bench_tenants(n: usize) -> (Vec<String>, ConsumerSpec) {
+    let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let tenants: Vec<String> = (0..n).map(|k| format!("bench-{run_id}-{k}")).collect();
+    let spec = ConsumerSpec {
+        durable: format!("bulkhead-audit-bench-{run_id}"),
+        subjects: tenants.iter().map(|t| names::audit_subject(t)).collect(),
+    };
+    (tenants, spec)
+}
+
+/// What one arm measured.
+struct Measured {
+    seconds: f64,
+    /// Publish -> durable, nanoseconds, sorted.
+    latencies: Vec<u64>,
+    /// Durable groups.
+    batches: u64,
+}
+
+/// Publishes `cfg.events` events over `tenants` while a consumer (the real
+/// pipeline or the floor) makes them durable and reports their ids on
+/// `dur_rx`; returns when every event is durable.
+async fn drive(
+    js: &jetstream::Context,
+    tenants: &[String],
+    cfg: &BenchConfig,
+    mut dur_rx: tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
+    consumer_task: &mut tokio::task::JoinHandle<Result<(), consumer::ConsumerError>>,
+) -> Result<Measured, BenchError> {
+    let (events, n, in_flight) = (cfg.events.max(1), tenants.len(), cfg.in_flight.max(1));
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..events).map(|_| AtomicU64::new(0)).collect());
     let window =
         (cfg.max_pending > 0).then(|| Arc::new(tokio::sync::Semaphore::new(cfg.max_pending)));
@@ -318,7 +435,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
                     latencies.len(), cfg.timeout
                 ))),
             },
-            r = &mut consumer_task => {
+            r = &mut *consumer_task => {
                 r.map_err(|e| BenchError::Task(e.to_string()))??;
                 break;
             }
@@ -346,55 +463,16 @@ pub async fn run(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
     for p in publishers {
         failed += p.await.map_err(|e| BenchError::Task(e.to_string()))?;
     }
-    let _ = stop_tx.send(true);
-    if !consumer_task.is_finished() {
-        consumer_task
-            .await
-            .map_err(|e| BenchError::Task(e.to_string()))??;
-    }
     if failed > 0 || latencies.len() < events {
         return Err(BenchError::Incomplete(format!(
             "{} of {events} events became durable; {failed} publishes failed",
             latencies.len()
         )));
     }
-    let verified = tokio::task::spawn_blocking({
-        let store = store.clone();
-        let tenants = tenants.clone();
-        move || -> Result<bool, crate::StoreError> {
-            let mut s = store.lock().unwrap_or_else(|e| e.into_inner());
-            s.close()?;
-            let mut ok = true;
-            for (k, t) in tenants.iter().enumerate() {
-                let want = (k..events).step_by(n).count() as u64;
-                let read = s.read(t)?;
-                ok &= read.first_bad.is_none() && read.count == want;
-            }
-            Ok(ok)
-        }
-    })
-    .await
-    .map_err(|e| BenchError::Task(e.to_string()))??;
-    if let Ok(stream) = js.get_stream(names::AUDIT_STREAM).await {
-        let _ = stream.delete_consumer(&spec.durable).await;
-    }
     latencies.sort_unstable();
-    Ok(BenchReport {
-        events,
-        tenants: n,
-        max_pending: cfg.max_pending,
-        nats: if local.is_some() {
-            format!("a local nats-server ({url})")
-        } else {
-            url
-        },
+    Ok(Measured {
         seconds,
-        events_per_second: events as f64 / seconds,
-        latency_ms_p50: percentile_ms(&latencies, 50.0),
-        latency_ms_p99: percentile_ms(&latencies, 99.0),
-        latency_ms_max: percentile_ms(&latencies, 100.0),
-        durable_batches: batches,
-        mean_batch: events as f64 / batches.max(1) as f64,
-        verified,
+        latencies,
+        batches,
     })
 }

@@ -166,11 +166,11 @@ pub async fn run_with(
 }
 
 /// Batches queued between fetching and storing.
-const QUEUE: usize = 16;
+pub(crate) const QUEUE: usize = 16;
 /// Most messages stored under one fsync.
 pub const MAX_GROUP: usize = 8_192;
 
-async fn fetch_loop(
+pub(crate) async fn fetch_loop(
     consumer: jetstream::consumer::Consumer<pull::Config>,
     tx: tokio::sync::mpsc::Sender<Vec<jetstream::Message>>,
     mut stop: tokio::sync::watch::Receiver<bool>,

@@ -63,7 +63,14 @@ fn bench_binary_prints_json_and_starts_its_own_nats() {
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["events"], 1000);
     assert_eq!(v["verified"], true);
-    for k in ["events_per_second", "latency_ms_p50", "latency_ms_p99"] {
+    for k in [
+        "events_per_second",
+        "latency_ms_p50",
+        "latency_ms_p99",
+        "floor_events_per_second",
+        "floor_latency_ms_p99",
+        "events_per_second_over_floor",
+    ] {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
     }
 
