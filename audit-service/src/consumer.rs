@@ -145,14 +145,7 @@ pub async fn run_with(
     let fetcher = tokio::spawn(fetch_loop(consumer, tx, stop));
     // Stores until the fetcher stops (at `stop`) and the queue is drained.
     let result = async {
-        while let Some(first) = rx.recv().await {
-            let mut msgs = first;
-            while msgs.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(more) => msgs.extend(more),
-                    Err(_) => break,
-                }
-            }
+        while let Some(msgs) = next_group(&mut rx).await {
             store_and_ack(&store, msgs, &opts).await?;
         }
         Ok(())
@@ -163,6 +156,22 @@ pub async fn run_with(
     let _ = fetcher.await;
     tracing::info!("audit consumer stopped");
     result
+}
+
+/// The next group to make durable together: the next fetched batch and
+/// every batch already queued behind it, up to [`MAX_GROUP`] messages.
+/// None once the fetcher has stopped and the queue is empty.
+pub(crate) async fn next_group(
+    rx: &mut tokio::sync::mpsc::Receiver<Vec<jetstream::Message>>,
+) -> Option<Vec<jetstream::Message>> {
+    let mut msgs = rx.recv().await?;
+    while msgs.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(more) => msgs.extend(more),
+            Err(_) => break,
+        }
+    }
+    Some(msgs)
 }
 
 /// Batches queued between fetching and storing.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use async_nats::jetstream;
 
-use crate::consumer::{self, ConsumerError, ConsumerSpec, MAX_GROUP, QUEUE};
+use crate::consumer::{self, ConsumerError, ConsumerSpec, QUEUE};
 
 /// Consumes `spec` until `stop`, telling `on_durable` each group's message
 /// ids (the `Nats-Msg-Id` the publisher set) once fsynced and acked.
@@ -30,14 +30,7 @@ pub(crate) async fn run(
         .map_err(|e| ConsumerError::Task(format!("{}: {e}", file.display())))?;
     let mut out = Some(out);
     let result = async {
-        while let Some(first) = rx.recv().await {
-            let mut msgs = first;
-            while msgs.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(more) => msgs.extend(more),
-                    Err(_) => break,
-                }
-            }
+        while let Some(msgs) = consumer::next_group(&mut rx).await {
             let bytes: Vec<_> = msgs.iter().map(|m| m.payload.clone()).collect();
             let mut f = out.take().expect("the file is put back after each group");
             f = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
