@@ -28,6 +28,7 @@ use crate::limits::{Admission, Limiter, Limits};
 use crate::slots::SlotView;
 
 mod meter;
+mod view;
 pub use meter::Meter;
 
 /// How often queued requests are retried when nothing else happens (worker
@@ -426,28 +427,7 @@ impl<P: Pool> Actor<P> {
             }
             Msg::Loads(reply) => {
                 self.apply_charges();
-                let mut loads: HashMap<String, TenantLoad> = HashMap::new();
-                for (t, (service, requests)) in &self.served {
-                    let l = tenant_load(&mut loads, t);
-                    l.service = *service;
-                    l.requests = *requests;
-                }
-                for (t, n) in &self.running {
-                    tenant_load(&mut loads, t).running = *n;
-                }
-                for (t, _, model) in self.queued.values() {
-                    let l = tenant_load(&mut loads, t);
-                    l.queued += 1;
-                    if !l.queued_models.contains(model) {
-                        l.queued_models.push(model.clone());
-                    }
-                }
-                for (t, w) in &self.weights {
-                    if let Some(l) = loads.get_mut(t) {
-                        l.weight = *w;
-                    }
-                }
-                let _ = reply.send(loads.into_values().collect());
+                let _ = reply.send(self.loads());
             }
             Msg::SetFifo(fifo) => self.queue.set_fifo(fifo),
             Msg::SetAdmission(a) => self.admission = a,
@@ -490,31 +470,6 @@ impl<P: Pool> Actor<P> {
             self.queue.forget_idle(|t| running.contains_key(t));
             self.weights.retain(|t, _| running.contains_key(t));
         }
-    }
-
-    /// Every tenant's slots: the peers' (from their heartbeats) plus this
-    /// replica's running and queued requests.
-    fn slot_view(&self) -> SlotView {
-        let mut view = self.cluster.remote_slots();
-        for (t, n) in &self.running {
-            view.tenants.entry(t.clone()).or_default().running += n;
-        }
-        for (t, _, model) in self.queued.values() {
-            if !view.tenants.contains_key(t) {
-                view.tenants.insert(t.clone(), Default::default());
-            }
-            let e = view.tenants.get_mut(t).expect("inserted above");
-            e.queued += 1;
-            if !e.queued_models.contains(model) {
-                e.queued_models.insert(model.clone());
-            }
-        }
-        for (t, w) in &self.weights {
-            if let Some(e) = view.tenants.get_mut(t) {
-                e.weight = *w;
-            }
-        }
-        view
     }
 
     /// Applies the token charges the meters left in the ledger.
@@ -588,13 +543,6 @@ impl<P: Pool> Actor<P> {
             let _ = p.reply.send(Ok(Grant { lease, meter }));
         }
     }
-}
-
-fn tenant_load<'a>(loads: &'a mut HashMap<String, TenantLoad>, t: &str) -> &'a mut TenantLoad {
-    loads.entry(t.to_string()).or_insert_with(|| TenantLoad {
-        tenant_id: t.to_string(),
-        ..Default::default()
-    })
 }
 
 #[cfg(test)]
