@@ -57,8 +57,13 @@ pub enum CertsCmd {
         days: i64,
         /// With --component worker: a worker dedicated to this tenant
         /// (worker.<tenant>.pem, SPIFFE id .../bulkhead/worker/tenant/<tenant>).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "replica")]
         tenant: Option<String>,
+        /// With --component router: one router replica (router.<replica>.pem,
+        /// SPIFFE id .../bulkhead/router/replica/<replica>; NATS lets it
+        /// write only its own heartbeat). Start it with --router-id <replica>.
+        #[arg(long)]
+        replica: Option<String>,
     },
     /// Revoke a certificate: add its serial to <dir>/crl.pem (signed by the
     /// CA). Running servers pick the CRL up within seconds, no restart.
@@ -71,8 +76,11 @@ pub enum CertsCmd {
         #[arg(long)]
         component: Option<String>,
         /// With --component worker: the worker dedicated to this tenant.
-        #[arg(long, requires = "component")]
+        #[arg(long, requires = "component", conflicts_with = "replica")]
         tenant: Option<String>,
+        /// With --component router: that router replica's certificate.
+        #[arg(long, requires = "component")]
+        replica: Option<String>,
         /// Revoke by serial number (hex, as `certs revoke` prints it).
         #[arg(long)]
         serial: Option<String>,
@@ -169,6 +177,24 @@ pub enum KeysCmd {
 
 pub use crate::audit_cli::AuditCmd;
 
+/// The qualifier of a certificate's file name: a dedicated worker's tenant
+/// or a router replica's id, each only with its component.
+fn qualifier<'a>(
+    component: &str,
+    tenant: Option<&'a str>,
+    replica: Option<&'a str>,
+) -> Result<Option<&'a str>> {
+    anyhow::ensure!(
+        tenant.is_none() || component == "worker",
+        "--tenant is only for --component worker"
+    );
+    anyhow::ensure!(
+        replica.is_none() || component == "router",
+        "--replica is only for --component router"
+    );
+    Ok(tenant.or(replica))
+}
+
 pub fn certs(cmd: CertsCmd, r: &Remote) -> Result<()> {
     match cmd {
         CertsCmd::Init {
@@ -200,20 +226,21 @@ pub fn certs(cmd: CertsCmd, r: &Remote) -> Result<()> {
             trust_domain,
             days,
             tenant,
+            replica,
         } => {
-            match &tenant {
-                Some(t) => {
-                    anyhow::ensure!(
-                        component == "worker",
-                        "--tenant is only for --component worker"
-                    );
+            let qualifier = qualifier(&component, tenant.as_deref(), replica.as_deref())?;
+            match (&tenant, &replica) {
+                (Some(t), _) => {
                     crate::pki::issue_for_tenant(&dir, &trust_domain, t, days, &dns_names)?
                 }
-                None => {
+                (None, Some(r)) => {
+                    crate::pki::issue_for_replica(&dir, &trust_domain, r, days, &dns_names)?
+                }
+                (None, None) => {
                     crate::pki::issue_with_names(&dir, &trust_domain, &component, days, &dns_names)?
                 }
             }
-            let component = crate::pki::cert_name(&component, tenant.as_deref());
+            let component = crate::pki::cert_name(&component, qualifier);
             if r.json {
                 println!(
                     "{}",
@@ -227,12 +254,14 @@ pub fn certs(cmd: CertsCmd, r: &Remote) -> Result<()> {
             dir,
             component,
             tenant,
+            replica,
             serial,
         } => {
             let serial = match (serial, component) {
                 (Some(s), _) => s,
                 (None, Some(c)) => {
-                    let name = crate::pki::cert_name(&c, tenant.as_deref());
+                    let q = qualifier(&c, tenant.as_deref(), replica.as_deref())?;
+                    let name = crate::pki::cert_name(&c, q);
                     crate::pki::serial_of(&dir.join(format!("{name}.pem")))?
                 }
                 (None, None) => anyhow::bail!("pass --component or --serial"),

@@ -9,15 +9,20 @@
 //! | user | may |
 //! |---|---|
 //! | `control` | create the KV buckets, the audit stream and the audit-service's consumer; read and write the tenants and API-key buckets; read router heartbeats |
-//! | `router` | read the tenants and API-key buckets; write and read heartbeats; publish `bulkhead.audit.*`; look the audit stream up |
 //! | `audit` | read the tenants and API-key buckets; fetch from and ack on its own durable consumer of the audit stream |
+//! | `router.<R>`, one per router replica | read the tenants and API-key buckets; read heartbeats and write only its own (key `<R>`); publish `bulkhead.audit.*`; look the audit stream up |
 //!
-//! Every other certificate of the cluster (a worker's, the operator's) maps
-//! to no user and is refused, and so is a certificate whose key is not
-//! pinned: the `pinned_certs` list holds the public keys of the current,
-//! unrevoked component certificates, so `bulkhead certs revoke` followed by
-//! a reload (SIGHUP) shuts a revoked certificate out of NATS too. Replies
-//! reach each user on an inbox prefix of its own (`_INBOX_<component>.`;
+//! Each router replica has an identity of its own
+//! (`.../bulkhead/router/replica/<R>`, `bulkhead certs issue --component
+//! router --replica <R>`), so one router cannot write another's heartbeat
+//! (claim its service, or fake replicas that divide every limit). The shared
+//! router id (`.../bulkhead/router`), a worker's and the operator's
+//! certificates map to no user and are refused, and so is a certificate
+//! whose key is not pinned: the `pinned_certs` list holds the public keys of
+//! the current, unrevoked certificates of the users, so `bulkhead certs
+//! revoke` followed by a reload (SIGHUP) shuts a revoked certificate out of
+//! NATS too. Replies reach each user on an inbox prefix of its own
+//! (`_INBOX_<certificate name>.`: `_INBOX_control.`, `_INBOX_router.<R>.`;
 //! `bulkhead_directory::connect_nats` sets it), so no user can subscribe to
 //! another's replies, and nobody may subscribe to the audit subjects.
 //!
@@ -28,8 +33,8 @@ use std::path::{Path, PathBuf};
 
 use bulkhead_proto::names;
 
-/// The components that talk to NATS, each as its own user.
-pub const NATS_USERS: &[&str] = &["control", "router", "audit"];
+/// The components that talk to NATS (routers as one user per replica).
+pub const NATS_COMPONENTS: &[&str] = &["control", "router", "audit"];
 
 /// The audit-service's durable consumer (as `bulkhead_directory` names it).
 const AUDIT_CONSUMER: &str = "bulkhead-audit";
@@ -38,6 +43,9 @@ const AUDIT_CONSUMER: &str = "bulkhead-audit";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NatsUser {
     pub component: &'static str,
+    /// The stem of its certificate's file name: the component, or
+    /// `router.<R>` for router replica `R` (see `crate::pki::cert_name`).
+    pub cert_name: String,
     pub spiffe_id: String,
     pub publish: Vec<String>,
     pub subscribe: Vec<String>,
@@ -79,18 +87,15 @@ fn audit_lookup() -> Vec<String> {
     ]
 }
 
-/// The users and their permissions for trust domain `td`.
-pub fn users(td: &str) -> Vec<NatsUser> {
+/// The users and their permissions for trust domain `td`, with one router
+/// user per replica id in `routers`.
+pub fn users(td: &str, routers: &[String]) -> Vec<NatsUser> {
     let id = |c: &str| format!("spiffe://{td}/bulkhead/{c}");
     let inbox = |c: &str| vec![format!("_INBOX_{c}.>")];
-    let (tenants, keys, routers) = (
-        names::TENANTS_BUCKET,
-        names::API_KEYS_BUCKET,
-        names::ROUTERS_BUCKET,
-    );
+    let (tenants, keys) = (names::TENANTS_BUCKET, names::API_KEYS_BUCKET);
     let s = names::AUDIT_STREAM;
     let mut control = vec!["$JS.API.INFO".to_string()];
-    for b in [tenants, keys, routers] {
+    for b in [tenants, keys, names::ROUTERS_BUCKET] {
         control.extend(kv_create(b));
         control.extend(kv_read(b));
     }
@@ -104,14 +109,6 @@ pub fn users(td: &str) -> Vec<NatsUser> {
         format!("$JS.API.CONSUMER.DURABLE.CREATE.{s}.{AUDIT_CONSUMER}"),
     ]);
 
-    let mut router = vec!["$JS.API.INFO".to_string()];
-    for b in [tenants, keys, routers] {
-        router.extend(kv_read(b));
-    }
-    router.extend(kv_write(routers));
-    router.extend(audit_lookup());
-    router.push(format!("{}.*", names::AUDIT_SUBJECT_PREFIX));
-
     let mut audit = vec!["$JS.API.INFO".to_string()];
     for b in [tenants, keys] {
         audit.extend(kv_read(b));
@@ -122,26 +119,49 @@ pub fn users(td: &str) -> Vec<NatsUser> {
         format!("$JS.ACK.{s}.{AUDIT_CONSUMER}.>"),
     ]);
 
-    vec![
+    let mut users = vec![
         NatsUser {
             component: "control",
+            cert_name: "control".into(),
             spiffe_id: id("control"),
             publish: control,
             subscribe: inbox("control"),
         },
         NatsUser {
-            component: "router",
-            spiffe_id: id("router"),
-            publish: router,
-            subscribe: inbox("router"),
-        },
-        NatsUser {
             component: "audit",
+            cert_name: "audit".into(),
             spiffe_id: id("audit"),
             publish: audit,
             subscribe: inbox("audit"),
         },
-    ]
+    ];
+    users.extend(routers.iter().map(|r| router_user(td, r)));
+    users
+}
+
+/// Router replica `r`: reads tenants, keys and heartbeats, writes only its
+/// own heartbeat key, publishes audit events.
+fn router_user(td: &str, r: &str) -> NatsUser {
+    let (tenants, keys, routers) = (
+        names::TENANTS_BUCKET,
+        names::API_KEYS_BUCKET,
+        names::ROUTERS_BUCKET,
+    );
+    let mut publish = vec!["$JS.API.INFO".to_string()];
+    for b in [tenants, keys, routers] {
+        publish.extend(kv_read(b));
+    }
+    publish.push(format!("$KV.{routers}.{r}"));
+    publish.extend(audit_lookup());
+    publish.push(format!("{}.*", names::AUDIT_SUBJECT_PREFIX));
+    let cert_name = format!("router.{r}");
+    NatsUser {
+        component: "router",
+        spiffe_id: format!("spiffe://{td}/bulkhead/router/replica/{r}"),
+        publish,
+        subscribe: vec![format!("_INBOX_{cert_name}.>")],
+        cert_name,
+    }
 }
 
 /// Where the server's own files are.
@@ -161,6 +181,8 @@ pub struct NatsConfig {
     pub store_dir: Option<PathBuf>,
     pub tls: ServerFiles,
     pub trust_domain: String,
+    /// The router replicas' ids (one NATS user each).
+    pub routers: Vec<String>,
     /// Hex SHA-256 of the public keys admitted (`None`: any key the CA
     /// signed; a deployment whose certificates rotate often, see
     /// `deploy/README.md`).
@@ -176,25 +198,48 @@ fn list(items: &[String]) -> String {
     format!("[{}]", q.join(", "))
 }
 
-/// The authorization block alone (the Helm chart's `nats-auth.conf`).
-pub fn render_authorization(trust_domain: &str) -> String {
-    let mut out = String::from(
-        "# Generated by Bulkhead (cli/src/nats_conf.rs): each component's\n\
-         # certificate maps by its SPIFFE id to a user with only its subjects.\n\
-         authorization {\n  users = [\n",
-    );
-    for u in users(trust_domain) {
-        let _ = writeln!(
-            out,
-            "    {{\n      # {}\n      user: {}\n      permissions: {{\n        publish: {{ allow: {} }}\n        subscribe: {{ allow: {} }}\n      }}\n    }}",
-            u.component,
-            quote(&u.spiffe_id),
-            list(&u.publish),
-            list(&u.subscribe),
-        );
+const AUTH_HEAD: &str = "# Generated by Bulkhead (cli/src/nats_conf.rs): each component's\n\
+     # certificate maps by its SPIFFE id to a user with only its subjects\n\
+     # (each router replica its own).\n\
+     authorization {\n  users = [\n";
+const AUTH_TAIL: &str = "  ]\n}\n";
+
+fn user_block(u: &NatsUser) -> String {
+    format!(
+        "    {{\n      # {}\n      user: {}\n      permissions: {{\n        publish: {{ allow: {} }}\n        subscribe: {{ allow: {} }}\n      }}\n    }}\n",
+        u.cert_name,
+        quote(&u.spiffe_id),
+        list(&u.publish),
+        list(&u.subscribe),
+    )
+}
+
+/// The authorization block alone (the rendered `bulkhead-nats-auth`
+/// ConfigMap), with a user for each router replica in `routers`.
+pub fn render_authorization(trust_domain: &str, routers: &[String]) -> String {
+    let mut out = String::from(AUTH_HEAD);
+    for u in users(trust_domain, routers) {
+        out.push_str(&user_block(&u));
     }
-    out.push_str("  ]\n}\n");
+    out.push_str(AUTH_TAIL);
     out
+}
+
+/// The Helm chart's copies (`files/<name>`): the authorization with
+/// `@TRUST_DOMAIN@` for the trust domain and `@ROUTER_USERS@` where the
+/// router users go, and one router user with `@ROUTER_ID@` for its replica
+/// id, which the chart repeats per replica. Filled in, they give exactly
+/// [`render_authorization`] (a test checks).
+pub fn helm_files() -> [(&'static str, String); 2] {
+    const TD: &str = "@TRUST_DOMAIN@";
+    let mut auth = String::from(AUTH_HEAD);
+    for u in users(TD, &[]) {
+        auth.push_str(&user_block(&u));
+    }
+    auth.push_str("@ROUTER_USERS@");
+    auth.push_str(AUTH_TAIL);
+    let router = user_block(&router_user(TD, "@ROUTER_ID@"));
+    [("nats-auth.conf", auth), ("nats-router-user.conf", router)]
 }
 
 /// A whole nats-server configuration file.
@@ -216,22 +261,30 @@ pub fn render(c: &NatsConfig) -> String {
         let _ = writeln!(out, "  pinned_certs: {}", list(pins));
     }
     let _ = writeln!(out, "}}");
-    out.push_str(&render_authorization(&c.trust_domain));
+    out.push_str(&render_authorization(&c.trust_domain, &c.routers));
     out
 }
 
-/// The pins of the NATS users' certificates in `certs_dir` that the CRL
-/// there does not revoke: hex SHA-256 of each certificate's
-/// SubjectPublicKeyInfo (what nats-server's `pinned_certs` compares).
-pub fn pinned_from_certs(certs_dir: &Path) -> Result<Vec<String>, String> {
+/// The certificate files of the NATS users (router replicas `routers`).
+pub fn user_cert_files(certs_dir: &Path, routers: &[String]) -> Vec<PathBuf> {
+    users("-", routers)
+        .iter()
+        .map(|u| certs_dir.join(format!("{}.pem", u.cert_name)))
+        .collect()
+}
+
+/// The pins of the NATS users' certificates in `certs_dir` (router
+/// replicas `routers`) that the CRL there does not revoke: hex SHA-256 of
+/// each certificate's SubjectPublicKeyInfo (what nats-server's
+/// `pinned_certs` compares).
+pub fn pinned_from_certs(certs_dir: &Path, routers: &[String]) -> Result<Vec<String>, String> {
     use sha2::{Digest, Sha256};
     use x509_parser::prelude::*;
     let crl = bulkhead_identity::tls::crl_path_in(certs_dir);
     let crls = bulkhead_identity::tls::read_crls(&crl).map_err(|e| e.to_string())?;
     let revoked = bulkhead_identity::tls::revoked_serials(&crls);
     let mut pins = vec![];
-    for c in NATS_USERS {
-        let path = certs_dir.join(format!("{c}.pem"));
+    for path in user_cert_files(certs_dir, routers) {
         let certs = bulkhead_identity::tls::read_certs(&path).map_err(|e| e.to_string())?;
         let Some(der) = certs.first() else {
             return Err(format!("{} holds no certificate", path.display()));
@@ -250,33 +303,60 @@ pub fn pinned_from_certs(certs_dir: &Path) -> Result<Vec<String>, String> {
 mod tests {
     use super::*;
 
-    fn user<'a>(us: &'a [NatsUser], c: &str) -> &'a NatsUser {
-        us.iter().find(|u| u.component == c).unwrap()
+    fn two() -> Vec<String> {
+        vec!["r-0".into(), "r-1".into()]
+    }
+
+    fn user<'a>(us: &'a [NatsUser], name: &str) -> &'a NatsUser {
+        us.iter().find(|u| u.cert_name == name).unwrap()
     }
 
     #[test]
     fn only_the_control_plane_writes_tenants_and_keys() {
-        let us = users("bulkhead.local");
+        let us = users("bulkhead.local", &two());
         for u in &us {
             let writes = u.publish.iter().any(|s| {
                 s.starts_with("$KV.bulkhead_tenants") || s.starts_with("$KV.bulkhead_api_keys")
             });
-            assert_eq!(writes, u.component == "control", "{}", u.component);
+            assert_eq!(writes, u.component == "control", "{}", u.cert_name);
+        }
+    }
+
+    #[test]
+    fn each_router_writes_only_its_own_heartbeat() {
+        let us = users("bulkhead.local", &two());
+        for u in &us {
+            let beats: Vec<&String> = u
+                .publish
+                .iter()
+                .filter(|s| s.starts_with("$KV.bulkhead_routers"))
+                .collect();
+            match u.cert_name.strip_prefix("router.") {
+                Some(r) => assert_eq!(beats, [&format!("$KV.bulkhead_routers.{r}")]),
+                None => assert!(beats.is_empty(), "{}", u.cert_name),
+            }
+            // No wildcard anywhere in a router's writes but the audit
+            // subjects' tenant token.
+            if u.component == "router" {
+                for p in &u.publish {
+                    assert!(!p.starts_with("$KV.") || !p.contains(['*', '>']), "{p}");
+                }
+            }
         }
     }
 
     #[test]
     fn only_the_audit_service_consumes_and_nobody_subscribes_to_audit_events() {
-        let us = users("bulkhead.local");
+        let us = users("bulkhead.local", &two());
         for u in &us {
             let consumes = u.publish.iter().any(|s| {
                 s.contains("MSG.NEXT.BULKHEAD_AUDIT") || s.starts_with("$JS.ACK.BULKHEAD_AUDIT")
             });
-            assert_eq!(consumes, u.component == "audit", "{}", u.component);
-            assert_eq!(u.subscribe, vec![format!("_INBOX_{}.>", u.component)]);
+            assert_eq!(consumes, u.component == "audit", "{}", u.cert_name);
+            assert_eq!(u.subscribe, vec![format!("_INBOX_{}.>", u.cert_name)]);
         }
         assert!(
-            user(&us, "router")
+            user(&us, "router.r-1")
                 .publish
                 .contains(&"bulkhead.audit.*".to_string())
         );
@@ -290,18 +370,35 @@ mod tests {
 
     #[test]
     fn users_are_spiffe_ids_of_the_trust_domain_and_workers_have_none() {
-        let us = users("example.org");
+        let us = users("example.org", &two());
         let ids: Vec<_> = us.iter().map(|u| u.spiffe_id.as_str()).collect();
         assert_eq!(
             ids,
             [
                 "spiffe://example.org/bulkhead/control",
-                "spiffe://example.org/bulkhead/router",
-                "spiffe://example.org/bulkhead/audit"
+                "spiffe://example.org/bulkhead/audit",
+                "spiffe://example.org/bulkhead/router/replica/r-0",
+                "spiffe://example.org/bulkhead/router/replica/r-1",
             ]
         );
-        let text = render_authorization("example.org");
+        let text = render_authorization("example.org", &two());
         assert!(!text.contains("worker") && !text.contains("operator"));
+        // The shared router id is no user: it could speak for any replica.
+        assert!(!text.contains("\"spiffe://example.org/bulkhead/router\""));
+    }
+
+    #[test]
+    fn the_helm_files_filled_in_are_the_rendered_authorization() {
+        let [(_, auth), (_, router)] = helm_files();
+        let routers = two();
+        let users: String = routers
+            .iter()
+            .map(|r| router.replace("@ROUTER_ID@", r))
+            .collect();
+        let filled = auth
+            .replace("@ROUTER_USERS@", &users)
+            .replace("@TRUST_DOMAIN@", "example.org");
+        assert_eq!(filled, render_authorization("example.org", &routers));
     }
 
     #[test]
@@ -315,6 +412,7 @@ mod tests {
                 ca: "/c/ca.pem".into(),
             },
             trust_domain: "bulkhead.local".into(),
+            routers: two(),
             pinned: Some(vec!["ab".repeat(32)]),
         };
         let t = render(&c);
@@ -324,10 +422,27 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("user: \"spiffe://bulkhead.local/bulkhead/router\""),
+            t.contains("user: \"spiffe://bulkhead.local/bulkhead/router/replica/r-1\""),
             "{t}"
         );
         let unpinned = render(&NatsConfig { pinned: None, ..c });
         assert!(!unpinned.contains("pinned_certs"));
+    }
+
+    #[test]
+    fn pins_cover_each_replica_and_skip_the_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        crate::pki::init(d, "bulkhead.local", &["control", "audit"], 30, false).unwrap();
+        for r in two() {
+            crate::pki::issue_for_replica(d, "bulkhead.local", &r, 30, &[]).unwrap();
+        }
+        assert_eq!(pinned_from_certs(d, &two()).unwrap().len(), 4);
+        let serial = crate::pki::serial_of(&d.join("router.r-1.pem")).unwrap();
+        crate::pki::revoke(d, &serial).unwrap();
+        assert_eq!(pinned_from_certs(d, &two()).unwrap().len(), 3);
+        // A replica without a certificate is a clear error.
+        let e = pinned_from_certs(d, &["r-9".into()]).unwrap_err();
+        assert!(e.contains("router.r-9.pem"), "{e}");
     }
 }

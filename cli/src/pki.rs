@@ -10,6 +10,9 @@
 //! `<dir>/<component>.key` (0600); a worker dedicated to one tenant gets
 //! `<dir>/worker.<tenant>.pem/.key` with the SPIFFE id
 //! `spiffe://<td>/bulkhead/worker/tenant/<tenant>` ([`issue_for_tenant`]);
+//! a router replica gets `<dir>/router.<replica>.pem/.key` with the SPIFFE
+//! id `spiffe://<td>/bulkhead/router/replica/<replica>`
+//! ([`issue_for_replica`]: NATS lets it write only its own heartbeat);
 //! revoked serials are listed in `<dir>/crl.pem` ([`revoke`]). Files are
 //! replaced atomically, since servers reload them while running.
 use std::path::Path;
@@ -45,6 +48,8 @@ pub enum PkiError {
     BadName(String),
     #[error("invalid tenant id {0:?}")]
     BadTenant(String),
+    #[error("invalid replica id {0:?}: 1-63 of [a-z0-9-], starting with a letter or digit")]
+    BadReplica(String),
     #[error("not a certificate serial number (hex, at most 20 bytes): {0:?}")]
     BadSerial(String),
     #[error("{path}: {reason}")]
@@ -52,9 +57,10 @@ pub enum PkiError {
 }
 
 /// The file stem of a component's certificate: `<component>`, or
-/// `worker.<tenant>` for a worker dedicated to one tenant.
-pub fn cert_name(component: &str, tenant: Option<&str>) -> String {
-    match tenant {
+/// `worker.<tenant>` for a worker dedicated to one tenant, or
+/// `router.<replica>` for one router replica.
+pub fn cert_name(component: &str, qualifier: Option<&str>) -> String {
+    match qualifier {
         Some(t) => format!("{component}.{t}"),
         None => component.to_string(),
     }
@@ -148,7 +154,8 @@ pub fn issue_with_names(
     days: i64,
     dns_names: &[String],
 ) -> Result<(), PkiError> {
-    issue_inner(dir, trust_domain, component, None, days, dns_names)
+    let id = SpiffeId::component(trust_domain, component);
+    issue_inner(dir, component, None, &id, days, dns_names)
 }
 
 /// Issues a worker certificate for a pool dedicated to `tenant`:
@@ -165,14 +172,35 @@ pub fn issue_for_tenant(
     if !bulkhead_proto::names::valid_tenant_id(tenant) {
         return Err(PkiError::BadTenant(tenant.to_string()));
     }
-    issue_inner(dir, trust_domain, "worker", Some(tenant), days, dns_names)
+    let id = SpiffeId::tenant_worker(trust_domain, tenant);
+    issue_inner(dir, "worker", Some(tenant), &id, days, dns_names)
 }
 
-fn issue_inner(
+/// Issues the certificate of one router replica:
+/// `<dir>/router.<replica>.pem/.key`, SPIFFE id
+/// `spiffe://<td>/bulkhead/router/replica/<replica>`. Every hop that admits
+/// routers admits it; NATS maps it to a user of its own that may write only
+/// the heartbeat key `<replica>`, so one router cannot speak for another.
+pub fn issue_for_replica(
     dir: &Path,
     trust_domain: &str,
+    replica: &str,
+    days: i64,
+    dns_names: &[String],
+) -> Result<(), PkiError> {
+    if !bulkhead_proto::names::valid_replica_id(replica) {
+        return Err(PkiError::BadReplica(replica.to_string()));
+    }
+    let id = SpiffeId::replica(trust_domain, "router", replica);
+    issue_inner(dir, "router", Some(replica), &id, days, dns_names)
+}
+
+/// Writes `<dir>/<cert_name(component, qualifier)>.pem/.key` for `id`.
+fn issue_inner(
+    dir: &Path,
     component: &str,
-    tenant: Option<&str>,
+    qualifier: Option<&str>,
+    id: &SpiffeId,
     days: i64,
     dns_names: &[String],
 ) -> Result<(), PkiError> {
@@ -190,11 +218,7 @@ fn issue_inner(
     let ca_pem = std::fs::read_to_string(&ca_pem_path).map_err(io(&ca_pem_path))?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
 
-    let spiffe = match tenant {
-        Some(t) => SpiffeId::tenant_worker(trust_domain, t),
-        None => SpiffeId::component(trust_domain, component),
-    }
-    .to_string();
+    let spiffe = id.to_string();
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, format!("bulkhead-{component}"));
@@ -216,7 +240,7 @@ fn issue_inner(
     validity(&mut params, days);
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
-    let name = cert_name(component, tenant);
+    let name = cert_name(component, qualifier);
     write(&dir.join(format!("{name}.key")), &key.serialize_pem(), true)?;
     write(&dir.join(format!("{name}.pem")), &cert.pem(), false)?;
     Ok(())
@@ -313,6 +337,21 @@ mod tests {
         assert_eq!(id, SpiffeId::tenant_worker("example.org", "acme"));
         assert_eq!(id.worker_tenant(), Some("acme"));
         assert!(issue_for_tenant(dir.path(), "example.org", "Bad/Tenant", 30, &[]).is_err());
+        issue_for_replica(dir.path(), "example.org", "router-1", 30, &[]).unwrap();
+        let id = bulkhead_identity::spiffe::spiffe_id_of_der(&der(&dir
+            .path()
+            .join("router.router-1.pem")))
+        .unwrap();
+        assert_eq!(id, SpiffeId::replica("example.org", "router", "router-1"));
+        for bad in ["", "Router", "r/1", "r.1", "../r"] {
+            assert!(
+                matches!(
+                    issue_for_replica(dir.path(), "example.org", bad, 30, &[]),
+                    Err(PkiError::BadReplica(_))
+                ),
+                "{bad:?}"
+            );
+        }
 
         let crl_path = dir.path().join("crl.pem");
         assert!(!crl_path.exists());

@@ -73,7 +73,8 @@ fn example_renders_every_expected_object() {
     let (out, o) = render_example_via_cli();
     for (k, n) in [
         ("Namespace", "bulkhead"),
-        ("Deployment", "bulkhead-router"),
+        ("Deployment", "bulkhead-router-0"),
+        ("Deployment", "bulkhead-router-1"),
         ("Service", "bulkhead-router"),
         ("StatefulSet", "bulkhead-audit"),
         ("Service", "bulkhead-audit"),
@@ -105,14 +106,25 @@ fn example_renders_every_expected_object() {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert_eq!(ports, ["http", "grpc"]);
-    let tpl = &get(&o, "Deployment", "bulkhead-router")["spec"]["template"];
+    // One Deployment of one pod per router replica, each with its own
+    // certificate Secret and id, never two pods of one replica at once.
+    let d = get(&o, "Deployment", "bulkhead-router-1");
+    assert_eq!(d["spec"]["replicas"], 1);
+    assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], 0);
+    assert_eq!(
+        d["spec"]["selector"]["matchLabels"]["bulkhead.io/router-replica"],
+        "router-1"
+    );
+    assert!(!o.contains_key(&("Deployment".to_string(), "bulkhead-router-2".to_string())));
+    let tpl = &d["spec"]["template"];
     assert_eq!(
         tpl["metadata"]["annotations"]["bulkhead.io/metrics-port"],
         "9090"
     );
     let vols = tpl["spec"]["volumes"].to_string();
-    assert!(vols.contains("bulkhead-router-tls") && vols.contains("bulkhead-router-hash-secret"));
+    assert!(vols.contains("bulkhead-router-1-tls") && vols.contains("bulkhead-router-hash-secret"));
     let args = tpl["spec"]["containers"][0]["args"].to_string();
+    assert!(args.contains("--router-id=router-1"), "{args}");
     assert!(args.contains("--nats-url=tls://nats.nats.svc.cluster.local:4222"));
     assert!(args.contains("--metrics-listen=0.0.0.0:9090"), "{args}");
     assert!(args.contains("https://bulkhead-worker-acme.bulkhead.svc:50061"));
@@ -250,6 +262,21 @@ fn err(text: &str) -> ConfigError {
 
 #[test]
 fn bad_configs_give_the_documented_errors() {
+    let ex = example();
+    let at = ex.find("[router]").unwrap();
+    let no_routers = format!(
+        "{}{}",
+        &ex[..at],
+        ex[at..].replacen("replicas = 2", "replicas = 0", 1)
+    );
+    assert_ne!(no_routers, example());
+    let e = err(&no_routers);
+    assert_eq!(e, ConfigError::RouterReplicas(0));
+    assert!(
+        e.to_string().contains("[router] replicas must be 1 to 64"),
+        "{e}"
+    );
+
     let e = err(&with_pools(
         "[[pool]]\nname = \"a\"\nisolation = \"exclusive\"\ntenants = [\"x\"]\nmodel = \"m\"\n",
     ));
@@ -372,9 +399,13 @@ fn nats_gets_its_users_and_an_ingress_policy() {
     let auth = get(&o, "ConfigMap", "bulkhead-nats-auth");
     assert_eq!(auth["metadata"]["namespace"], "nats");
     let conf = auth["data"]["bulkhead-auth.conf"].as_str().unwrap();
+    // One NATS user per router replica (the example has two).
     assert_eq!(
         conf,
-        bulkhead_cli::nats_conf::render_authorization("bulkhead.local")
+        bulkhead_cli::nats_conf::render_authorization(
+            "bulkhead.local",
+            &["router-0".into(), "router-1".into()]
+        )
     );
     let np = get(&o, "NetworkPolicy", "bulkhead-nats");
     assert_eq!(np["metadata"]["namespace"], "nats");
@@ -390,12 +421,15 @@ fn nats_gets_its_users_and_an_ingress_policy() {
     assert_eq!(components, ["control", "router", "audit"]);
     assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], 4222);
 
-    let chart_copy =
-        bulkhead_e2e::workspace_root().join("deploy/helm/bulkhead/files/nats-auth.conf");
-    assert_eq!(
-        std::fs::read_to_string(&chart_copy).unwrap(),
-        bulkhead_cli::nats_conf::render_authorization("@TRUST_DOMAIN@"),
-        "{} is stale: run `bulkhead deploy nats-auth --trust-domain @TRUST_DOMAIN@ > {0}`",
-        chart_copy.display()
-    );
+    let files = bulkhead_e2e::workspace_root().join("deploy/helm/bulkhead/files");
+    for (name, text) in bulkhead_cli::nats_conf::helm_files() {
+        let copy = files.join(name);
+        assert_eq!(
+            std::fs::read_to_string(&copy).ok().as_deref(),
+            Some(text.as_str()),
+            "{} is stale: run `bulkhead deploy nats-auth --helm-files {}`",
+            copy.display(),
+            files.display()
+        );
+    }
 }

@@ -23,7 +23,7 @@ pub use audit_stream::{
     AUDIT_CONSUMER, AUDIT_DUPLICATE_WINDOW, AUDIT_STREAM_MAX_MESSAGES, audit_consumer_config,
     audit_stream_config, ensure_audit_stream,
 };
-pub use nats::connect_nats;
+pub use nats::{connect_nats, connect_nats_as};
 pub use watch::{DEFAULT_MAX_STALENESS_MS, sync};
 
 /// A key that resolved: its tenant (the current record) and its prefix.

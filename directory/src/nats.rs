@@ -25,15 +25,25 @@ pub async fn connect_nats(
     certs_dir: &Path,
     component: &str,
 ) -> Result<async_nats::Client, String> {
-    let mut opts = async_nats::ConnectOptions::new().custom_inbox_prefix(inbox_prefix(component));
+    let paths = bulkhead_identity::spiffe::CertPaths::new(certs_dir, component);
+    connect_nats_as(url, &paths, component).await
+}
+
+/// Connects to `url`; with `tls://`, presenting the certificate in `paths`,
+/// with replies on `inbox_prefix(user)` (a router replica `R`'s user is
+/// `router.R`: see `bulkhead_cli::nats_conf`).
+pub async fn connect_nats_as(
+    url: &str,
+    paths: &bulkhead_identity::spiffe::CertPaths,
+    user: &str,
+) -> Result<async_nats::Client, String> {
+    let mut opts = async_nats::ConnectOptions::new().custom_inbox_prefix(inbox_prefix(user));
     if url.starts_with("tls://") {
-        let paths = bulkhead_identity::spiffe::CertPaths::new(certs_dir, component);
         for p in [&paths.ca, &paths.cert, &paths.key] {
             if !p.exists() {
                 return Err(format!(
-                    "NATS at {url} needs TLS, but {} is missing (the certificates folder is {})",
+                    "NATS at {url} needs TLS, but {} is missing",
                     p.display(),
-                    certs_dir.display()
                 ));
             }
         }
@@ -41,7 +51,7 @@ pub async fn connect_nats(
         // the CA, is not on the CRL and carries the `nats` component's DNS
         // name and SPIFFE id (whatever address the URL names).
         let expected = bulkhead_identity::tls::ExpectedServer::Component("nats".into());
-        let mut tls = bulkhead_identity::tls::client_config_expecting(&paths, Some(&expected))
+        let mut tls = bulkhead_identity::tls::client_config_expecting(paths, Some(&expected))
             .map_err(|e| format!("TLS for NATS at {url}: {e}"))?;
         tls.alpn_protocols.clear();
         opts = opts.require_tls(true).tls_client_config(tls);

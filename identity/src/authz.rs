@@ -7,7 +7,8 @@ use tonic::{Request, Status};
 use crate::spiffe::{CallerId, SpiffeId, peer_spiffe_id};
 
 /// A tonic interceptor that admits only callers whose certificate carries a
-/// SPIFFE id of our trust domain naming one of the allowed components.
+/// SPIFFE id of our trust domain naming one of the allowed components (its
+/// shared id, or one of its replicas': `.../bulkhead/router/replica/<id>`).
 #[derive(Clone, Debug)]
 pub struct SpiffeAuthorizer {
     trust_domain: String,
@@ -46,7 +47,8 @@ impl SpiffeAuthorizer {
                 "a client certificate with a SPIFFE id is required",
             ));
         };
-        if id.trust_domain != self.trust_domain || !self.allowed.iter().any(|c| id.is_component(c))
+        if id.trust_domain != self.trust_domain
+            || !self.allowed.iter().any(|c| id.is_component_or_replica(c))
         {
             tracing::warn!(hop = self.hop, caller = %id, "refused a caller whose SPIFFE id is not allowed on this hop");
             return Err(Status::permission_denied(format!(

@@ -49,6 +49,29 @@ impl SpiffeId {
         self.path.strip_prefix("/bulkhead/") == Some(component)
     }
 
+    /// The id of one replica of `component` with an identity of its own
+    /// (router replicas: each may write only its own heartbeat in NATS):
+    /// `spiffe://<td>/bulkhead/<component>/replica/<replica>`.
+    pub fn replica(trust_domain: &str, component: &str, replica: &str) -> Self {
+        Self {
+            trust_domain: trust_domain.to_string(),
+            path: format!("/bulkhead/{component}/replica/{replica}"),
+        }
+    }
+
+    /// The replica of `component` this id names, if it is one.
+    pub fn replica_of(&self, component: &str) -> Option<&str> {
+        let rest = self.path.strip_prefix("/bulkhead/")?;
+        let r = rest.strip_prefix(component)?.strip_prefix("/replica/")?;
+        (!r.contains('/')).then_some(r)
+    }
+
+    /// Whether this is `component`'s shared id or one of its replicas'
+    /// (what a hop that admits the component checks).
+    pub fn is_component_or_replica(&self, component: &str) -> bool {
+        self.is_component(component) || self.replica_of(component).is_some()
+    }
+
     pub fn parse(s: &str) -> Result<Self, IdentityError> {
         let bad = || IdentityError::BadSpiffeId(s.to_string());
         let rest = s.strip_prefix("spiffe://").ok_or_else(bad)?;
@@ -226,6 +249,33 @@ mod tests {
         assert_eq!(SpiffeId::parse(&t.to_string()).unwrap(), t);
         assert_eq!(t.worker_tenant(), Some("router"));
         assert!(!t.is_component("router") && !t.is_component("worker"));
+    }
+
+    #[test]
+    fn replica_ids() {
+        let td = "bulkhead.local";
+        let r = SpiffeId::replica(td, "router", "router-0");
+        assert_eq!(
+            r.to_string(),
+            "spiffe://bulkhead.local/bulkhead/router/replica/router-0"
+        );
+        assert_eq!(SpiffeId::parse(&r.to_string()).unwrap(), r);
+        assert_eq!(r.replica_of("router"), Some("router-0"));
+        assert_eq!(r.replica_of("worker"), None);
+        assert!(!r.is_component("router"));
+        assert!(r.is_component_or_replica("router") && !r.is_component_or_replica("worker"));
+        assert!(SpiffeId::component(td, "router").is_component_or_replica("router"));
+        // Neither a deeper path nor a component merely starting with the
+        // name is a replica.
+        for other in [
+            "spiffe://td/bulkhead/router/replica/a/b",
+            "spiffe://td/bulkhead/routerx/replica/a",
+            "spiffe://td/bulkhead/router/replicas/a",
+            "spiffe://td/bulkhead/worker/tenant/router",
+        ] {
+            let id = SpiffeId::parse(other).unwrap();
+            assert!(!id.is_component_or_replica("router"), "{other}");
+        }
     }
 
     #[test]

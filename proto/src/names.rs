@@ -51,9 +51,40 @@ pub fn valid_tenant_id(id: &str) -> bool {
         && id.as_bytes()[0].is_ascii_alphanumeric()
 }
 
+/// A router replica's id: its key in the heartbeat bucket, the last segment
+/// of its SPIFFE id (`.../bulkhead/router/replica/<id>`), its NATS user and
+/// its certificate's file name (`router.<id>.pem`), so 1-63 of `[a-z0-9-]`,
+/// starting with a letter or digit (a Kubernetes pod name qualifies).
+pub fn valid_replica_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 63
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replica_ids() {
+        assert!(valid_replica_id("router-0"));
+        assert!(valid_replica_id("dev-router-12"));
+        for bad in [
+            "",
+            "-r",
+            "Router",
+            "r_0",
+            "r.0",
+            "r*",
+            "r>",
+            &"r".repeat(64),
+        ] {
+            assert!(!valid_replica_id(bad), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn tenant_ids() {

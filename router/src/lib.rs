@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod openai;
 pub mod peers;
 pub mod pipeline;
+pub mod replica;
 pub mod serve;
 pub mod slots;
 pub mod spool;

@@ -180,8 +180,11 @@ struct Args {
     /// Once serving, write the bound addresses here as JSON.
     #[arg(long)]
     ready_file: Option<PathBuf>,
-    /// This replica's id in the `bulkhead_routers` heartbeats (default: a
-    /// random `router-<hex>`; in Kubernetes, the pod name).
+    /// This replica's id in the `bulkhead_routers` heartbeats: its
+    /// certificate is `<certs-dir>/router.<id>.pem` (SPIFFE id
+    /// .../bulkhead/router/replica/<id>; NATS lets it write only this
+    /// heartbeat). Without it, the id in `router.pem`'s replica identity
+    /// (with a NATS without TLS and the shared identity: a random one).
     #[arg(long, env = "BULKHEAD_ROUTER_ID")]
     router_id: Option<String>,
     /// Log format.
@@ -215,7 +218,23 @@ async fn main() -> anyhow::Result<()> {
     install_crypto_provider();
     let secret = read_secret(&args.hash_secret_file)?;
 
-    let nats = bulkhead_directory::connect_nats(&args.nats_url, &args.certs_dir, "router")
+    // This replica's certificate and id (its heartbeat key): the id is the
+    // certificate's, so NATS lets it write only its own heartbeat.
+    let me = bulkhead_router::replica::resolve(
+        &args.certs_dir,
+        args.router_id.as_deref(),
+        args.nats_url.starts_with("tls://"),
+        || {
+            format!(
+                "router-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            )
+        },
+    )?;
+    if !me.own_identity {
+        tracing::warn!(cert = %me.paths.cert.display(), "serving with the shared router identity: fine with a NATS without TLS (tests), refused by a TLS NATS; issue each replica its own (bulkhead certs issue --component router --replica <id>)");
+    }
+    let nats = bulkhead_directory::connect_nats_as(&args.nats_url, &me.paths, &me.nats_user())
         .await
         .map_err(anyhow::Error::msg)?;
     let js = async_nats::jetstream::new(nats.clone());
@@ -245,7 +264,7 @@ async fn main() -> anyhow::Result<()> {
 
     let workers = Arc::new(WorkerPool::with_identity_rule(
         &args.workers,
-        &args.certs_dir,
+        &me.paths,
         !args.allow_shared_worker_identity_on_dedicated_pools,
     )?);
     workers.poll_all().await;
@@ -331,20 +350,7 @@ async fn main() -> anyhow::Result<()> {
             bulkhead_telemetry::incoming_nodelay(grpc_l),
             shutdown_signal(stop_rx),
         );
-    let router_id = args.router_id.clone().unwrap_or_else(|| {
-        format!(
-            "router-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        )
-    });
-    anyhow::ensure!(
-        !router_id.is_empty()
-            && router_id.len() <= 128
-            && router_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
-        "--router-id must be 1-128 of [A-Za-z0-9-_]"
-    );
+    let router_id = me.id.clone();
     let membership = Membership::join(
         &js,
         Identity {

@@ -22,6 +22,21 @@ pub struct Identity {
     pub started_unix_ms: i64,
 }
 
+/// The heartbeat stored under `key`, if it decodes and names that key as
+/// its sender. NATS lets each replica write only its own key (its
+/// certificate's id), so a heartbeat counts only under the key it names:
+/// no replica speaks for another.
+pub fn heartbeat_under(key: &str, value: &[u8]) -> Result<RouterHeartbeat, String> {
+    let hb = RouterHeartbeat::decode(value).map_err(|e| format!("undecodable: {e}"))?;
+    if hb.router_id != key {
+        return Err(format!(
+            "it claims to be from {:?}, under another replica's key",
+            hb.router_id
+        ));
+    }
+    Ok(hb)
+}
+
 /// A running membership: beats until [`Membership::leave`].
 pub struct Membership {
     store: kv::Store,
@@ -59,12 +74,17 @@ impl Membership {
                     let mut p = peers.lock().unwrap_or_else(|e| e.into_inner());
                     if !matches!(e.operation, kv::Operation::Put) {
                         p.remove(&e.key);
-                    } else if let Ok(hb) = RouterHeartbeat::decode(&e.value[..]) {
-                        for (tenant, cost) in p.apply(&hb, now) {
-                            pipeline.dispatcher().charge_remote(tenant, cost);
-                        }
                     } else {
-                        tracing::warn!(key = %e.key, "undecodable router heartbeat ignored");
+                        match heartbeat_under(&e.key, &e.value) {
+                            Ok(hb) => {
+                                for (tenant, cost) in p.apply(&hb, now) {
+                                    pipeline.dispatcher().charge_remote(tenant, cost);
+                                }
+                            }
+                            Err(why) => {
+                                tracing::warn!(key = %e.key, "router heartbeat ignored: {why}")
+                            }
+                        }
                     }
                     view.set_replicas(p.live(now));
                     view.set_remote_slots(p.remote_slots(now));
@@ -124,5 +144,23 @@ impl Membership {
         if let Err(err) = self.store.delete(&self.id).await {
             tracing::warn!(%err, "could not remove this router's heartbeat");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_counts_only_under_its_own_key() {
+        let hb = RouterHeartbeat {
+            router_id: "r-1".into(),
+            ..Default::default()
+        };
+        let bytes = hb.encode_to_vec();
+        assert_eq!(heartbeat_under("r-1", &bytes).unwrap().router_id, "r-1");
+        let e = heartbeat_under("r-2", &bytes).unwrap_err();
+        assert!(e.contains("another replica's key"), "{e}");
+        assert!(heartbeat_under("r-1", b"\xff\xff\xff").is_err());
     }
 }

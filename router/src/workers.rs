@@ -190,20 +190,20 @@ impl WorkerPool {
     /// Prepares mTLS channels (connected lazily) to every worker URL, using
     /// the router's certificate from `certs_dir`.
     pub fn new(urls: &[String], certs_dir: &Path) -> anyhow::Result<Self> {
-        Self::with_identity_rule(urls, certs_dir, false)
+        Self::with_identity_rule(urls, &CertPaths::new(certs_dir, "router"), false)
     }
 
-    /// [`Self::new`]; with `require_tenant_id`, a worker reporting a
+    /// [`Self::new`], presenting the certificate in `paths` (this
+    /// replica's, see `crate::replica`); with `require_tenant_id`, a worker reporting a
     /// dedicated pool must present that tenant's worker identity. Each new
     /// connection reads the router certificate, CA and CRL from disk (a
     /// renewed certificate is used from the next reconnection on; a revoked
     /// worker certificate is refused).
     pub fn with_identity_rule(
         urls: &[String],
-        certs_dir: &Path,
+        paths: &CertPaths,
         require_tenant_id: bool,
     ) -> anyhow::Result<Self> {
-        let paths = CertPaths::new(certs_dir, "router");
         let mut workers = Vec::new();
         for entry in urls {
             let (url, expected) = parse_worker(entry)?;

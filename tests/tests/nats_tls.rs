@@ -107,7 +107,8 @@ fn tls_opts(ca: &Path, cert: Option<(PathBuf, PathBuf)>) -> async_nats::ConnectO
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_requires_a_certificate_of_this_cluster() -> Result<()> {
     bulkhead_identity::spiffe::install_crypto_provider();
-    let stack = DevStack::start(&[])?;
+    // Two router replicas: each has its own NATS user.
+    let stack = DevStack::start(&["--routers", "2"])?;
     let url = stack.s("nats_url");
     ensure!(
         url.starts_with("tls://"),
@@ -145,8 +146,12 @@ async fn nats_requires_a_certificate_of_this_cluster() -> Result<()> {
     let r = try_connect(&url, tls_opts(&ca, Some(foreign))).await;
     ensure!(r.is_err(), "a client with another CA's certificate got in");
     eprintln!("another CA: {}", r.err().unwrap_or_default());
-    // 4. this cluster's certificate
-    let ours = (certs.join("router.pem"), certs.join("router.key"));
+    // 4. this cluster's certificate (a NATS user's: the first router
+    //    replica's own)
+    let ours = (
+        certs.join("router.dev-router-0.pem"),
+        certs.join("router.dev-router-0.key"),
+    );
     let c = try_connect(&url, tls_opts(&ca, Some(ours)))
         .await
         .map_err(anyhow::Error::msg)

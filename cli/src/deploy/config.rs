@@ -78,6 +78,10 @@ pub enum ConfigError {
     ZeroGpus(String),
     #[error("pool {0:?}: replicas must be at least 1")]
     ZeroReplicas(String),
+    #[error(
+        "[router] replicas must be 1 to 64 (each replica is a Deployment with its own certificate), got {0}"
+    )]
+    RouterReplicas(u32),
 }
 
 /// Isolation tier of a worker pool.
@@ -398,6 +402,9 @@ impl Cluster {
         };
         if raw.pools.is_empty() {
             return Err(ConfigError::NoPools);
+        }
+        if !(1..=64).contains(&raw.router.replicas) {
+            return Err(ConfigError::RouterReplicas(raw.router.replicas));
         }
         let mut names = BTreeSet::new();
         let mut pools = Vec::new();

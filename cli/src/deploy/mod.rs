@@ -4,8 +4,9 @@
 //!
 //! Rendering is pure ([`render`]); only [`write`] touches the disk.
 //!
-//! What is rendered: the Namespace; router Deployment + Service (HTTP and
-//! gRPC); one worker Deployment + Service per `[[pool]]`; the audit-service
+//! What is rendered: the Namespace; one Deployment per router replica
+//! (`bulkhead-router-<i>`, one pod each, its own certificate and NATS user)
+//! and a Service over them all (HTTP and gRPC); one worker Deployment + Service per `[[pool]]`; the audit-service
 //! StatefulSet (PersistentVolumeClaim template `data`) + Service; the
 //! control-plane Deployment + Service; NetworkPolicies (default-deny, router,
 //! audit, control, one per pool). NATS is deployed by its own chart; into
@@ -15,10 +16,15 @@
 //! A `nats://` URL is refused.
 //!
 //! Secrets the manifests mount and the operator creates (names fixed):
-//! - `bulkhead-router-tls`, `bulkhead-audit-tls`, `bulkhead-control-tls`,
+//! - `bulkhead-audit-tls`, `bulkhead-control-tls`,
 //!   `bulkhead-worker-<pool>-tls`: keys `ca.pem`, `<component>.pem`,
-//!   `<component>.key` (component `router`, `audit`, `control`, `worker`), as
+//!   `<component>.key` (component `audit`, `control`, `worker`), as
 //!   `bulkhead certs init` writes them; mounted at `/etc/bulkhead/certs`.
+//! - `bulkhead-router-<i>-tls`, one per router replica `router-<i>`: keys
+//!   `ca.pem`, `router.router-<i>.pem`, `router.router-<i>.key`, as `bulkhead
+//!   certs issue --component router --replica router-<i>` writes them (no
+//!   replica holds another's key: NATS lets each write only its own
+//!   heartbeat).
 //! - `bulkhead-router-hash-secret`: key `hash-secret` (64 hex characters).
 //! - `bulkhead-audit-master-key`: key `master-key` (64 hex characters).
 //!
@@ -46,6 +52,18 @@ pub enum DeployCmd {
         /// SPIFFE trust domain of the cluster.
         #[arg(long, env = "BULKHEAD_TRUST_DOMAIN", default_value = bulkhead_identity::spiffe::DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
+        /// The router replicas' ids, each a NATS user of its own (repeat,
+        /// or comma-separated; `bulkhead deploy render` uses router-0 ..).
+        #[arg(
+            long = "router-id",
+            value_delimiter = ',',
+            required_unless_present = "helm_files"
+        )]
+        router_ids: Vec<String>,
+        /// Instead, write the Helm chart's templates of the same
+        /// (`nats-auth.conf`, `nats-router-user.conf`) into this folder.
+        #[arg(long, conflicts_with_all = ["router_ids", "trust_domain"])]
+        helm_files: Option<PathBuf>,
     },
 }
 
@@ -148,8 +166,30 @@ pub fn run(cmd: DeployCmd) -> Result<()> {
             );
             Ok(())
         }
-        DeployCmd::NatsAuth { trust_domain } => {
-            print!("{}", crate::nats_conf::render_authorization(&trust_domain));
+        DeployCmd::NatsAuth {
+            trust_domain,
+            router_ids,
+            helm_files,
+        } => {
+            if let Some(dir) = helm_files {
+                for (name, text) in crate::nats_conf::helm_files() {
+                    let path = dir.join(name);
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    println!("{}", path.display());
+                }
+                return Ok(());
+            }
+            for r in &router_ids {
+                anyhow::ensure!(
+                    bulkhead_proto::names::valid_replica_id(r),
+                    "--router-id {r:?}: 1-63 of [a-z0-9-], starting with a letter or digit"
+                );
+            }
+            print!(
+                "{}",
+                crate::nats_conf::render_authorization(&trust_domain, &router_ids)
+            );
             Ok(())
         }
     }

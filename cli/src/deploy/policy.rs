@@ -157,7 +157,7 @@ pub fn control(c: &Cluster) -> Value {
 /// that are NATS users (router, audit-service, control-plane), and the
 /// NATS pods among themselves (cluster routes); nothing else may connect.
 pub fn nats_ingress(c: &Cluster) -> Value {
-    let users: Vec<Value> = crate::nats_conf::NATS_USERS
+    let users: Vec<Value> = crate::nats_conf::NATS_COMPONENTS
         .iter()
         .map(|component| {
             json!({

@@ -160,7 +160,8 @@ pub fn nats_auth(c: &Cluster) -> Value {
             "labels": { PART_OF: "bulkhead" },
         },
         "data": {
-            "bulkhead-auth.conf": crate::nats_conf::render_authorization(&c.trust_domain),
+            "bulkhead-auth.conf":
+                crate::nats_conf::render_authorization(&c.trust_domain, &router_replica_ids(c)),
         },
     })
 }
@@ -199,67 +200,92 @@ fn router_worker_entry(c: &Cluster, pool: &Pool) -> String {
     }
 }
 
+/// The router replicas' ids: `router-0` .. `router-<replicas - 1>`. Each is
+/// a Deployment of one pod with a certificate of its own
+/// (`.../bulkhead/router/replica/<id>`) and a NATS user that may write only
+/// its own heartbeat, so the replica count is chosen when rendering.
+pub fn router_replica_ids(c: &Cluster) -> Vec<String> {
+    (0..c.router.replicas)
+        .map(|i| format!("router-{i}"))
+        .collect()
+}
+
+/// The label that tells router replicas' pods apart (each replica's
+/// Deployment selects its own; the Service selects them all).
+pub const ROUTER_REPLICA: &str = "bulkhead.io/router-replica";
+
 pub fn router(c: &Cluster) -> Vec<(String, Value)> {
     let name = "bulkhead-router";
     let r = &c.router;
     let workers: Vec<String> = c.pools.iter().map(|p| router_worker_entry(c, p)).collect();
-    let args = vec![
-        format!("--http-listen=0.0.0.0:{}", r.http_port),
-        format!("--grpc-listen=0.0.0.0:{}", r.grpc_port),
-        format!("--metrics-listen=0.0.0.0:{}", r.metrics_port),
-        format!("--nats-url={}", c.nats.url),
-        format!("--certs-dir={CERTS_DIR}"),
-        format!("--worker={}", workers.join(",")),
-        format!("--hash-secret-file={SECRETS_DIR}/hash-secret"),
-    ];
-    let mut ctr = container(
-        c,
-        "router",
-        args,
-        vec![
-            port("http", r.http_port),
-            port("grpc", r.grpc_port),
-            port("metrics", r.metrics_port),
-        ],
-        vec![
-            mount("certs", CERTS_DIR, true),
-            mount("secrets", SECRETS_DIR, true),
-        ],
-        json!({ "requests": { "cpu": "500m", "memory": "256Mi" }, "limits": { "memory": "1Gi" } }),
-        "http",
-    );
-    if let Some(env) = ctr.get_mut("env").and_then(Value::as_array_mut) {
-        // Each replica's id in the `bulkhead_routers` heartbeats: its pod name.
-        env.push(pod_name_env("BULKHEAD_ROUTER_ID"));
-    }
-    let pod = pod_template(
-        selector("router", name),
-        // /metrics on an internal port, never the public HTTP one.
-        Some(json!({ METRICS_PORT: r.metrics_port.to_string() })),
-        pod_spec(
-            vec![ctr],
+    let mut out = vec![];
+    for id in router_replica_ids(c) {
+        let args = vec![
+            format!("--http-listen=0.0.0.0:{}", r.http_port),
+            format!("--grpc-listen=0.0.0.0:{}", r.grpc_port),
+            format!("--metrics-listen=0.0.0.0:{}", r.metrics_port),
+            format!("--nats-url={}", c.nats.url),
+            format!("--certs-dir={CERTS_DIR}"),
+            // Its heartbeat key, and its certificate: router.<id>.pem.
+            format!("--router-id={id}"),
+            format!("--worker={}", workers.join(",")),
+            format!("--hash-secret-file={SECRETS_DIR}/hash-secret"),
+        ];
+        let ctr = container(
+            c,
+            "router",
+            args,
             vec![
-                secret_volume("certs", &tls_secret("router")),
-                secret_volume("secrets", ROUTER_HASH_SECRET),
+                port("http", r.http_port),
+                port("grpc", r.grpc_port),
+                port("metrics", r.metrics_port),
             ],
-        ),
-    );
-    vec![
-        (
-            "router-deployment".into(),
-            deployment(c, name, "router", r.replicas, pod),
-        ),
-        (
-            "router-service".into(),
-            service(
-                c,
-                name,
-                "router",
-                json!([svc_port("http", r.http_port), svc_port("grpc", r.grpc_port)]),
-                json!({ "type": r.service_type }),
+            vec![
+                mount("certs", CERTS_DIR, true),
+                mount("secrets", SECRETS_DIR, true),
+            ],
+            json!({ "requests": { "cpu": "500m", "memory": "256Mi" }, "limits": { "memory": "1Gi" } }),
+            "http",
+        );
+        let mut labels = selector("router", name);
+        if let Some(o) = labels.as_object_mut() {
+            o.insert(ROUTER_REPLICA.into(), json!(id));
+        }
+        let deployment_name = format!("bulkhead-{id}");
+        let pod = pod_template(
+            labels.clone(),
+            // /metrics on an internal port, never the public HTTP one.
+            Some(json!({ METRICS_PORT: r.metrics_port.to_string() })),
+            pod_spec(
+                vec![ctr],
+                vec![
+                    secret_volume("certs", &tls_secret(&id)),
+                    secret_volume("secrets", ROUTER_HASH_SECRET),
+                ],
             ),
+        );
+        let mut d = deployment(c, &deployment_name, "router", 1, pod);
+        d["metadata"]["labels"] = labels.clone();
+        d["spec"]["selector"] = json!({ "matchLabels": labels });
+        // Two pods of one replica identity never run at once: the old one
+        // goes before the new one starts (the other replicas serve).
+        d["spec"]["strategy"] = json!({
+            "type": "RollingUpdate",
+            "rollingUpdate": { "maxSurge": 0, "maxUnavailable": 1 },
+        });
+        out.push((format!("{id}-deployment"), d));
+    }
+    out.push((
+        "router-service".into(),
+        service(
+            c,
+            name,
+            "router",
+            json!([svc_port("http", r.http_port), svc_port("grpc", r.grpc_port)]),
+            json!({ "type": r.service_type }),
         ),
-    ]
+    ));
+    out
 }
 
 /// Labels of a pool's pods: the workload selector plus the pool and, for a

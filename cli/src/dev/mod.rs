@@ -203,13 +203,29 @@ async fn start(
     // NATS, mutual TLS: every client presents a certificate of this CA,
     // which maps to a user of its own with only the subjects its job needs
     // (`crate::nats_conf`); the configuration follows revocations.
-    let nats_dir = dir.join("nats");
-    let nats_conf = run_dir.join("nats.conf");
+    // Each router replica has an identity of its own, so NATS lets it write
+    // only its own heartbeat.
     let td = nats::trust_domain(&certs)?;
-    nats::write_config(&nats_conf, &certs, &nats_dir, &td)?;
+    let router_ids: Vec<String> = (0..args.routers.max(1))
+        .map(|i| format!("dev-router-{i}"))
+        .collect();
+    for id in &router_ids {
+        if !certs.join(format!("router.{id}.pem")).exists() {
+            crate::pki::issue_for_replica(&certs, &td, id, 365, &[])
+                .with_context(|| format!("issuing router replica {id}'s certificate"))?;
+        }
+    }
+    let nats_files = nats::DevNats {
+        conf: run_dir.join("nats.conf"),
+        certs: certs.clone(),
+        store_dir: dir.join("nats"),
+        trust_domain: td,
+        routers: router_ids.clone(),
+    };
+    nats_files.write_config()?;
     let mut cmd = tokio::process::Command::new(&args.nats_server);
     cmd.arg("-c")
-        .arg(&nats_conf)
+        .arg(&nats_files.conf)
         .args(["-a", "127.0.0.1", "-p", "-1", "-js"])
         .arg("--ports_file_dir")
         .arg(run_dir);
@@ -229,7 +245,7 @@ async fn start(
         .context("nats-server wrote no client URL")?
         .to_string();
     println!("nats-server      {nats_url}");
-    nats::spawn_reloader(nats_conf, certs.clone(), nats_dir, td, nats_pid);
+    nats_files.spawn_reloader(nats_pid);
 
     // Control-plane
     let ready = run_dir.join("control.json");
@@ -403,8 +419,7 @@ async fn start(
         .collect::<Vec<_>>()
         .join(",");
     let mut routers = vec![];
-    for i in 0..args.routers.max(1) {
-        let id = format!("dev-router-{i}");
+    for (i, id) in router_ids.into_iter().enumerate() {
         let ready = run_dir.join(format!("{id}.json"));
         let mut cmd = tokio::process::Command::new(bin("bulkhead-router"));
         cmd.args([

@@ -13,22 +13,89 @@ use crate::nats_conf::{self, NatsConfig, ServerFiles};
 /// How often the certificates folder is looked at.
 const POLL: Duration = Duration::from_secs(1);
 
-fn config(certs: &Path, store_dir: &Path, trust_domain: &str) -> Result<NatsConfig> {
-    let pinned = nats_conf::pinned_from_certs(certs)
-        .map_err(anyhow::Error::msg)
-        .context("pinning the component certificates for NATS")?;
-    Ok(NatsConfig {
-        // The command line picks the port (-p -1: any free one).
-        listen: None,
-        store_dir: Some(store_dir.to_path_buf()),
-        tls: ServerFiles {
-            cert: certs.join("nats.pem"),
-            key: certs.join("nats.key"),
-            ca: certs.join("ca.pem"),
-        },
-        trust_domain: trust_domain.to_string(),
-        pinned: Some(pinned),
-    })
+/// The dev stack's nats-server files and who its users are.
+#[derive(Clone, Debug)]
+pub struct DevNats {
+    /// The configuration file written and reloaded.
+    pub conf: PathBuf,
+    pub certs: PathBuf,
+    pub store_dir: PathBuf,
+    pub trust_domain: String,
+    /// The router replicas' ids (one NATS user each).
+    pub routers: Vec<String>,
+}
+
+impl DevNats {
+    fn config(&self) -> Result<NatsConfig> {
+        let pinned = nats_conf::pinned_from_certs(&self.certs, &self.routers)
+            .map_err(anyhow::Error::msg)
+            .context("pinning the component certificates for NATS")?;
+        Ok(NatsConfig {
+            // The command line picks the port (-p -1: any free one).
+            listen: None,
+            store_dir: Some(self.store_dir.clone()),
+            tls: ServerFiles {
+                cert: self.certs.join("nats.pem"),
+                key: self.certs.join("nats.key"),
+                ca: self.certs.join("ca.pem"),
+            },
+            trust_domain: self.trust_domain.clone(),
+            routers: self.routers.clone(),
+            pinned: Some(pinned),
+        })
+    }
+
+    /// Writes the server's configuration; returns how many certificates it
+    /// pins.
+    pub fn write_config(&self) -> Result<usize> {
+        let c = self.config()?;
+        let n = c.pinned.as_ref().map_or(0, Vec::len);
+        write_atomic(&self.conf, &nats_conf::render(&c))?;
+        Ok(n)
+    }
+
+    /// What, when it changes, changes the pins.
+    fn stamp(&self) -> Vec<Option<SystemTime>> {
+        let mut files = nats_conf::user_cert_files(&self.certs, &self.routers);
+        files.push(bulkhead_identity::tls::crl_path_in(&self.certs));
+        files
+            .iter()
+            .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+
+    /// Keeps the configuration current and makes nats-server (`pid`)
+    /// reload it on change.
+    pub fn spawn_reloader(self, pid: u32) {
+        tokio::spawn(async move {
+            let mut last = self.stamp();
+            loop {
+                tokio::time::sleep(POLL).await;
+                let now = self.stamp();
+                if now == last {
+                    continue;
+                }
+                last = now;
+                match self.write_config() {
+                    Ok(n) => {
+                        let st = tokio::process::Command::new("kill")
+                            .args(["-HUP", &pid.to_string()])
+                            .status()
+                            .await;
+                        match st {
+                            Ok(s) if s.success() => println!(
+                                "nats-server      certificates changed: reloaded with {n} pinned"
+                            ),
+                            other => eprintln!(
+                                "nats-server      could not signal a reload (pid {pid}): {other:?}"
+                            ),
+                        }
+                    }
+                    Err(e) => eprintln!("nats-server      configuration not rewritten: {e:#}"),
+                }
+            }
+        });
+    }
 }
 
 /// The trust domain of the cluster the certificates in `certs` belong to
@@ -47,58 +114,4 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
     Ok(())
-}
-
-/// Writes the server's configuration to `path`; returns how many
-/// certificates it pins.
-pub fn write_config(path: &Path, certs: &Path, store_dir: &Path, td: &str) -> Result<usize> {
-    let c = config(certs, store_dir, td)?;
-    let n = c.pinned.as_ref().map_or(0, Vec::len);
-    write_atomic(path, &nats_conf::render(&c))?;
-    Ok(n)
-}
-
-/// What, when it changes, changes the pins.
-fn stamp(certs: &Path) -> Vec<Option<SystemTime>> {
-    let mut files: Vec<PathBuf> = nats_conf::NATS_USERS
-        .iter()
-        .map(|c| certs.join(format!("{c}.pem")))
-        .collect();
-    files.push(bulkhead_identity::tls::crl_path_in(certs));
-    files
-        .iter()
-        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
-        .collect()
-}
-
-/// Keeps `conf` current and makes nats-server (`pid`) reload it on change.
-pub fn spawn_reloader(conf: PathBuf, certs: PathBuf, store_dir: PathBuf, td: String, pid: u32) {
-    tokio::spawn(async move {
-        let mut last = stamp(&certs);
-        loop {
-            tokio::time::sleep(POLL).await;
-            let now = stamp(&certs);
-            if now == last {
-                continue;
-            }
-            last = now;
-            match write_config(&conf, &certs, &store_dir, &td) {
-                Ok(n) => {
-                    let st = tokio::process::Command::new("kill")
-                        .args(["-HUP", &pid.to_string()])
-                        .status()
-                        .await;
-                    match st {
-                        Ok(s) if s.success() => println!(
-                            "nats-server      certificates changed: reloaded with {n} pinned"
-                        ),
-                        other => eprintln!(
-                            "nats-server      could not signal a reload (pid {pid}): {other:?}"
-                        ),
-                    }
-                }
-                Err(e) => eprintln!("nats-server      configuration not rewritten: {e:#}"),
-            }
-        }
-    });
 }

@@ -171,6 +171,10 @@ fn helm_chart_refuses_bad_pools_with_the_renderers_messages() {
     std::fs::write(&plain, "nats:\n  url: nats://nats.nats.svc:4222\n").unwrap();
     let e = template(Some(&plain)).expect_err("a nats:// URL");
     assert!(e.contains("NATS must be reached over mutual TLS"), "{e}");
+    let none = dir.path().join("no-routers.yaml");
+    std::fs::write(&none, "router:\n  replicas: 0\n").unwrap();
+    let e = template(Some(&none)).expect_err("no router replica");
+    assert!(e.contains("[router] replicas must be 1 to 64"), "{e}");
     for (i, (pool, want)) in cases.into_iter().enumerate() {
         let f = dir.path().join(format!("bad{i}.yaml"));
         std::fs::write(&f, format!("pools:\n  - {pool}\n")).unwrap();

@@ -341,5 +341,5 @@ fn rendered_arguments_are_accepted_by_the_binaries() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 8, "router, control, audit and 5 pools");
+    assert_eq!(checked, 9, "2 router replicas, control, audit and 5 pools");
 }

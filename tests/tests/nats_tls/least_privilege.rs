@@ -2,8 +2,10 @@
 //! would: each component's certificate maps to its own user, and every
 //! write or read outside that user's job is refused by the real
 //! nats-server of the dev stack (a permissions violation, and the data is
-//! unchanged); a worker's or the operator's certificate has no NATS access
-//! at all; a revoked certificate is shut out once `certs revoke` has run.
+//! unchanged); each router replica writes only its own heartbeat; a
+//! worker's, the operator's and the shared router certificate have no NATS
+//! access at all; a revoked certificate is shut out once `certs revoke` has
+//! run.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -110,8 +112,9 @@ pub async fn check(stack: &DevStack) -> Result<()> {
     let certs = PathBuf::from(stack.s("certs_dir"));
     let tenant = stack.tenant(0);
 
-    // No NATS user at all: a worker's and the operator's certificates.
-    for c in ["worker", "operator"] {
+    // No NATS user at all: a worker's and the operator's certificates, and
+    // the shared router identity (it could speak for every replica).
+    for c in ["worker", "operator", "router"] {
         match connect(&url, &certs, c, c).await {
             Ok(_) => bail!("the {c} certificate got into NATS"),
             // The server closes the connection on an authorization
@@ -125,11 +128,38 @@ pub async fn check(stack: &DevStack) -> Result<()> {
         .map_err(anyhow::Error::msg)?;
     let before = tenant_record(&control, &tenant).await?;
 
-    // The router: reads tenants and keys, writes heartbeats and audit
-    // events; may not write tenants or keys, read audit events or consume.
-    let mut router = connect(&url, &certs, "router", "router")
+    // A router replica: reads tenants and keys, writes its own heartbeat
+    // and audit events; may not write tenants or keys, another replica's
+    // heartbeat, read audit events or consume.
+    let me = "router.dev-router-0";
+    let mut router = connect(&url, &certs, me, me)
         .await
         .map_err(anyhow::Error::msg)?;
+    let beats = control.js().get_key_value("bulkhead_routers").await?;
+    ensure!(
+        beats.get("dev-router-0").await?.is_some(),
+        "the router replica's own heartbeat is missing (its legitimate write)"
+    );
+    ensure!(
+        beats.get("dev-router-1").await?.is_some(),
+        "the other replica's heartbeat is missing"
+    );
+    router
+        .publish_refused(
+            "write another replica's heartbeat",
+            "$KV.bulkhead_routers.dev-router-1",
+        )
+        .await?;
+    router
+        .publish_refused(
+            "write a fake replica's heartbeat",
+            "$KV.bulkhead_routers.fake",
+        )
+        .await?;
+    ensure!(
+        beats.get("fake").await?.is_none(),
+        "a fake replica's heartbeat was stored"
+    );
     let kv = router.js().get_key_value("bulkhead_tenants").await?;
     ensure!(
         kv.get(&tenant).await?.is_some(),
@@ -200,8 +230,25 @@ pub async fn check(stack: &DevStack) -> Result<()> {
         .await?;
 
     // A certificate must use its own inbox: the router's certificate
-    // cannot take the control-plane's replies.
-    let mut wrong_inbox = connect(&url, &certs, "router", "control")
+    // cannot take the control-plane's replies, nor another replica's.
+    let mut other_inbox = connect(&url, &certs, me, "router.dev-router-1")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    ensure!(
+        other_inbox
+            .js()
+            .get_key_value("bulkhead_tenants")
+            .await
+            .is_err(),
+        "a router replica read replies on another replica's inbox"
+    );
+    other_inbox
+        .violation(
+            "reply on another replica's inbox",
+            "_INBOX_router.dev-router-1",
+        )
+        .await?;
+    let mut wrong_inbox = connect(&url, &certs, me, "control")
         .await
         .map_err(anyhow::Error::msg)?;
     let r = wrong_inbox.js().get_key_value("bulkhead_tenants").await;
@@ -217,22 +264,37 @@ pub async fn check(stack: &DevStack) -> Result<()> {
         tenant_record(&control, &tenant).await? == before,
         "the tenant record changed"
     );
+    // The other replica's heartbeat holds its own writes only.
+    let after = beats
+        .get("dev-router-1")
+        .await?
+        .context("the other replica's heartbeat is gone")?;
+    ensure!(
+        after.as_ref() != b"x",
+        "another replica's heartbeat holds the attacker's bytes"
+    );
     super::serve_one(stack).context("the stack must still serve")?;
 
     // Revocation: a copy of the router's certificate, revoked, is refused
     // once the dev stack has reloaded NATS with the new pins.
     let stolen = tempfile::tempdir()?;
-    for f in ["ca.pem", "router.pem", "router.key"] {
+    for f in ["ca.pem", &format!("{me}.pem"), &format!("{me}.key")] {
         std::fs::copy(certs.join(f), stolen.path().join(f))?;
     }
-    connect(&url, stolen.path(), "router", "router")
+    connect(&url, stolen.path(), me, me)
         .await
         .map_err(anyhow::Error::msg)
         .context("the router certificate before revocation")?;
-    stack.certs(&["revoke", "--component", "router"])?;
+    stack.certs(&[
+        "revoke",
+        "--component",
+        "router",
+        "--replica",
+        "dev-router-0",
+    ])?;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        match connect(&url, stolen.path(), "router", "router").await {
+        match connect(&url, stolen.path(), me, me).await {
             Err(e) => {
                 println!("refused: revoked router certificate: {e}");
                 break;
