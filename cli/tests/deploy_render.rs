@@ -9,6 +9,8 @@ use serde_json::Value;
 
 #[path = "deploy_render/helm.rs"]
 mod helm;
+#[path = "deploy_render/pins.rs"]
+mod pins;
 #[path = "deploy_render/schemas.rs"]
 mod schemas;
 
@@ -20,16 +22,23 @@ fn example() -> String {
     std::fs::read_to_string(example_path()).unwrap()
 }
 
-/// Renders into a tempdir through the CLI and parses every file back.
-fn render_example_via_cli() -> (tempfile::TempDir, BTreeMap<(String, String), Value>) {
-    let out = tempfile::tempdir().unwrap();
-    let st = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+/// `bulkhead deploy render` of the example into `out`, with `extra`
+/// arguments: its output.
+fn render_example_into(out: &std::path::Path, extra: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
         .args(["deploy", "render", "--config"])
         .arg(example_path())
         .arg("--out")
-        .arg(out.path())
+        .arg(out)
+        .args(extra)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// Renders into a tempdir through the CLI and parses every file back.
+fn render_example_via_cli() -> (tempfile::TempDir, BTreeMap<(String, String), Value>) {
+    let out = tempfile::tempdir().unwrap();
+    let st = render_example_into(out.path(), &[]);
     assert!(
         st.status.success(),
         "{}",

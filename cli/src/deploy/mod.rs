@@ -76,6 +76,14 @@ pub struct RenderArgs {
     /// the same names are replaced).
     #[arg(long)]
     pub out: PathBuf,
+    /// Pin NATS to the current, unrevoked certificates of its users in this
+    /// folder (control.pem, audit.pem, router.router-<i>.pem): the
+    /// bulkhead-nats-auth ConfigMap gains `bulkhead-pins.conf`, for the NATS
+    /// chart's `tls { include "bulkhead-pins.conf" }`. After `bulkhead certs
+    /// revoke` (or a renewal), render and apply again: NATS reloads and
+    /// refuses the revoked certificate.
+    #[arg(long)]
+    pub pin_certs: Option<PathBuf>,
 }
 
 /// One rendered object: its file name (without `.yaml`) and its content.
@@ -87,6 +95,12 @@ pub struct Manifest {
 
 /// Every object of the cluster, in apply order (Namespace first).
 pub fn render(c: &Cluster) -> Vec<Manifest> {
+    render_with_pins(c, None)
+}
+
+/// [`render`]; with `pins` (see [`pins_for`]), NATS admits only the
+/// certificates with those public keys.
+pub fn render_with_pins(c: &Cluster, pins: Option<&[String]>) -> Vec<Manifest> {
     let mut v: Vec<(String, Value)> = vec![("namespace".into(), render::namespace(c))];
     v.push(("networkpolicy-default-deny".into(), policy::default_deny(c)));
     v.extend(render::router(c));
@@ -102,11 +116,24 @@ pub fn render(c: &Cluster) -> Vec<Manifest> {
     v.push(("networkpolicy-audit".into(), policy::audit(c)));
     v.extend(render::control(c));
     v.push(("networkpolicy-control".into(), policy::control(c)));
-    v.push(("nats-auth".into(), render::nats_auth(c)));
+    v.push(("nats-auth".into(), render::nats_auth(c, pins)));
     v.push(("networkpolicy-nats".into(), policy::nats_ingress(c)));
     v.into_iter()
         .map(|(file, object)| Manifest { file, object })
         .collect()
+}
+
+/// The pins of the NATS users' current, unrevoked certificates in
+/// `certs_dir` (`control.pem`, `audit.pem`, `router.router-<i>.pem`).
+pub fn pins_for(c: &Cluster, certs_dir: &Path) -> Result<Vec<String>> {
+    crate::nats_conf::pinned_from_certs(certs_dir, &render::router_replica_ids(c))
+        .map_err(anyhow::Error::msg)
+        .with_context(|| {
+            format!(
+                "pinning the NATS users' certificates in {}",
+                certs_dir.display()
+            )
+        })
 }
 
 /// The `kustomization.yaml` listing the files.
@@ -152,7 +179,11 @@ pub fn run(cmd: DeployCmd) -> Result<()> {
             let text = std::fs::read_to_string(&a.config)
                 .with_context(|| format!("reading {}", a.config.display()))?;
             let cluster = Cluster::parse(&text)?;
-            let ms = render(&cluster);
+            let pins = match &a.pin_certs {
+                Some(dir) => Some(pins_for(&cluster, dir)?),
+                None => None,
+            };
+            let ms = render_with_pins(&cluster, pins.as_deref());
             let paths = write(&a.out, &ms)?;
             for p in &paths {
                 println!("{}", p.display());

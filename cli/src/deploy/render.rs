@@ -149,9 +149,10 @@ fn svc_port(name: &str, p: u16) -> Value {
 }
 
 /// The NATS authorization (`crate::nats_conf`) as a ConfigMap in NATS's
-/// namespace, for the NATS chart to include (`bulkhead-auth.conf`).
-pub fn nats_auth(c: &Cluster) -> Value {
-    json!({
+/// namespace, for the NATS chart to include (`bulkhead-auth.conf`; with
+/// `pins`, also `bulkhead-pins.conf` for its `tls` block).
+pub fn nats_auth(c: &Cluster, pins: Option<&[String]>) -> Value {
+    let mut cm = json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
@@ -163,7 +164,11 @@ pub fn nats_auth(c: &Cluster) -> Value {
             "bulkhead-auth.conf":
                 crate::nats_conf::render_authorization(&c.trust_domain, &router_replica_ids(c)),
         },
-    })
+    });
+    if let Some(p) = pins {
+        cm["data"]["bulkhead-pins.conf"] = json!(crate::nats_conf::render_pins(p));
+    }
+    cm
 }
 
 pub fn namespace(c: &Cluster) -> Value {

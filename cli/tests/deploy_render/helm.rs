@@ -46,7 +46,7 @@ fn run_helm(args: &[&str], extra: &[&Path]) -> Result<String, String> {
 }
 
 /// `helm template` in namespace bulkhead, with an optional values file.
-fn template(values: Option<&Path>) -> Result<String, String> {
+pub fn template(values: Option<&Path>) -> Result<String, String> {
     let chart = chart();
     let mut extra: Vec<&Path> = vec![&chart];
     if let Some(v) = values {
@@ -55,7 +55,7 @@ fn template(values: Option<&Path>) -> Result<String, String> {
     run_helm(&["template", "bulkhead", "--namespace", "bulkhead"], &extra)
 }
 
-fn documents(text: &str) -> Vec<Value> {
+pub fn documents(text: &str) -> Vec<Value> {
     serde_norway::Deserializer::from_str(text)
         .map(|d| Value::deserialize(d).expect("helm output is YAML"))
         .filter(|v| !v.is_null())

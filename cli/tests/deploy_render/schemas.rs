@@ -129,13 +129,7 @@ fn check_kustomization(path: &Path) -> Value {
 #[test]
 fn every_rendered_manifest_passes_the_kubernetes_schemas() {
     let out = tempfile::tempdir().unwrap();
-    let st = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .args(["deploy", "render", "--config"])
-        .arg(example_path())
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .unwrap();
+    let st = super::render_example_into(out.path(), &[]);
     assert!(
         st.status.success(),
         "{}",
