@@ -401,7 +401,8 @@ impl<P: Pool> Actor<P> {
             reply: e.reply,
         };
         self.weights.insert(id.to_string(), e.tenant.weight.max(1));
-        let fq = self.queue.push(id, e.tenant.weight, pending);
+        let running = self.running.get(id).is_some_and(|n| *n > 0);
+        let fq = self.queue.push_with(id, e.tenant.weight, running, pending);
         self.queued
             .insert(e.ticket, (id.to_string(), fq, e.model.clone()));
     }

@@ -6,9 +6,15 @@
 //! when the worker's `Started` arrives, each output token as it streams),
 //! never from an estimate. Dispatch takes the head of the backlogged tenant
 //! with the smallest counter (ties: the oldest head request). A tenant that
-//! becomes backlogged is lifted to the smallest counter among the backlogged
-//! tenants (or, when none is, to the counter of the last dispatch), so idle
-//! time is never banked.
+//! becomes backlogged after being idle (nothing queued and nothing running)
+//! is lifted to the smallest counter among the backlogged tenants (or, when
+//! none is, to the counter of the last dispatch), so idle time is never
+//! banked. A tenant whose queue merely ran dry while its requests still
+//! run is not idle (its counter is being charged) and is not lifted: with
+//! requests ending in cohorts, as a batching worker ends them, a busy
+//! tenant's queue empties for a client round trip after each cohort, and
+//! lifting it then took a weight-2 tenant from 2.00 to 1.67 of a weight-1
+//! tenant's service in `dispatch/sim_tests.rs`.
 //!
 //! This is the Virtual Token Counter scheme (Sheng et al., "Fairness in
 //! Serving Large Language Models", OSDI 2024). With one sequence slot, two
@@ -124,11 +130,19 @@ impl<T> FairQueue<T> {
             .min_by(f64::total_cmp)
     }
 
-    /// Queues `item` for `tenant` (whose current weight is `weight`).
+    /// Queues `item` for `tenant` (whose current weight is `weight`), which
+    /// has nothing running: if it has nothing queued either it was idle,
+    /// and is lifted.
     pub fn push(&mut self, tenant: &str, weight: u32, item: T) -> Ticket {
+        self.push_with(tenant, weight, false, item)
+    }
+
+    /// [`push`](Self::push) for a tenant that may have requests `running`:
+    /// a tenant being served is not idle, so it is never lifted.
+    pub fn push_with(&mut self, tenant: &str, weight: u32, running: bool, item: T) -> Ticket {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        let lift = if self.queued(tenant) == 0 {
+        let lift = if self.queued(tenant) == 0 && !running {
             Some(self.min_backlogged(tenant).unwrap_or(self.floor))
         } else {
             None

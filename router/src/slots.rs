@@ -12,6 +12,13 @@
 //! - the last [`slot_reserve`] free slots go only to tenants below their
 //!   share, so a flood cannot hold every slot while others are idle-but-
 //!   active (a newcomer's request then starts at once).
+//! - shares are fractional and slots are not: the slot that would take a
+//!   tenant past its share (say from 10 to 11 of a 10.67 share) goes to it
+//!   only if no other tenant waiting below its share has received less
+//!   weighted service (a lower fair-queue counter). The contested slot then
+//!   alternates by service, so two tenants at 2:1 over 16 slots average
+//!   10.67 and 5.33 slots, not whichever of 11/5 and 10/6 arrival order
+//!   happens to produce.
 //!
 //! With one active tenant every rule lets it use every slot
 //! (work-conserving). Peers' figures are up to a heartbeat old, and a
@@ -31,6 +38,9 @@ pub struct TenantSlots {
     pub running: u32,
     /// Requests queued, all replicas together.
     pub queued: u32,
+    /// This replica's fair-queue counter for it (weighted service), if it
+    /// has one: who gets a contested slot.
+    pub counter: Option<f64>,
     /// Models it has requests queued for, anywhere.
     pub queued_models: HashSet<String>,
 }
@@ -64,11 +74,25 @@ impl SlotView {
             return false;
         }
         let below = |t: &str| self.running(t) < self.share(t, total);
-        let contender = self
+        let contenders: Vec<&TenantSlots> = self
             .tenants
             .iter()
-            .any(|(u, s)| u != tenant && s.queued_models.contains(model) && below(u));
-        if contender && !below(tenant) {
+            .filter(|(u, s)| *u != tenant && s.queued_models.contains(model) && below(u))
+            .map(|(_, s)| s)
+            .collect();
+        if !contenders.is_empty() && !below(tenant) {
+            return false;
+        }
+        // The slot that takes it past its share goes to whoever has been
+        // served least.
+        let mine = self.tenants.get(tenant).and_then(|t| t.counter);
+        let contested = below(tenant) && self.running(tenant) + 1.0 > self.share(tenant, total);
+        if contested
+            && let Some(mine) = mine
+            && contenders
+                .iter()
+                .any(|c| c.counter.is_some_and(|theirs| theirs < mine))
+        {
             return false;
         }
         free > slot_reserve(total) || below(tenant)
@@ -83,6 +107,7 @@ mod tests {
         TenantSlots {
             weight,
             running,
+            counter: None,
             queued: queued_for.len() as u32,
             queued_models: queued_for.iter().map(|m| m.to_string()).collect(),
         }
@@ -110,6 +135,34 @@ mod tests {
         // Plenty free and b not waiting (only running): a may take.
         let v = view(&[("a", t(1, 4, &["m"])), ("b", t(1, 2, &[]))]);
         assert!(v.may_take("a", "m", 10, 16));
+    }
+
+    #[test]
+    fn the_slot_past_a_share_goes_to_whoever_was_served_least() {
+        // 2:1 over 16: shares 10.67 and 5.33. At 10 and 5 with one slot
+        // free, either would end past its share: the lower counter takes it.
+        let with = |ca: f64, cb: f64| {
+            let mut a = t(2, 10, &["m"]);
+            a.counter = Some(ca);
+            let mut b = t(1, 5, &["m"]);
+            b.counter = Some(cb);
+            view(&[("a", a), ("b", b)])
+        };
+        let v = with(100.0, 120.0);
+        assert!(v.may_take("a", "m", 1, 16) && !v.may_take("b", "m", 1, 16));
+        let v = with(130.0, 120.0);
+        assert!(!v.may_take("a", "m", 1, 16) && v.may_take("b", "m", 1, 16));
+        // Well below its share a tenant takes regardless of counters.
+        let mut a = t(2, 4, &["m"]);
+        a.counter = Some(500.0);
+        let mut b = t(1, 2, &["m"]);
+        b.counter = Some(1.0);
+        let v = view(&[("a", a), ("b", b)]);
+        assert!(v.may_take("a", "m", 10, 16));
+        // Without counters (a tenant only a peer reports) the rule is as
+        // before: both below their shares may take.
+        let v = view(&[("a", t(2, 10, &["m"])), ("b", t(1, 5, &["m"]))]);
+        assert!(v.may_take("a", "m", 1, 16) && v.may_take("b", "m", 1, 16));
     }
 
     #[test]

@@ -332,6 +332,7 @@ async fn a_tenant_waiting_at_another_replica_holds_back_one_over_its_share() {
         crate::slots::TenantSlots {
             weight: 1,
             running: 0,
+            counter: None,
             queued: 5,
             queued_models: ["m".to_string()].into(),
         },

@@ -21,10 +21,11 @@ impl<P: Pool> Actor<P> {
                 e.queued_models.insert(model.clone());
             }
         }
-        for (t, w) in &self.weights {
-            if let Some(e) = view.tenants.get_mut(t) {
+        for (t, e) in view.tenants.iter_mut() {
+            if let Some(w) = self.weights.get(t) {
                 e.weight = *w;
             }
+            e.counter = self.queue.counter(t);
         }
         view
     }

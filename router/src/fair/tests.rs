@@ -74,6 +74,33 @@ fn idle_time_is_not_banked() {
 }
 
 #[test]
+fn a_tenant_being_served_is_not_lifted_when_its_queue_runs_dry() {
+    let mut q = FairQueue::new();
+    let only_a = |t: &str, _: &i32| t == "a";
+    for i in 0..3 {
+        q.push("b", 1, i);
+    }
+    q.charge("b", 100, 0);
+    q.push("a", 1, 10);
+    assert_eq!(
+        q.counter("a"),
+        Some(100.0),
+        "idle a is lifted to b's counter"
+    );
+    q.pop_eligible(only_a); // a's only request runs; its queue is empty
+    q.charge("a", 10, 0);
+    q.charge("b", 500, 0);
+    // a's next request arrives while the first still runs: no lift, so the
+    // service b received meanwhile stays ahead of a's.
+    q.push_with("a", 1, true, 11);
+    assert_eq!(q.counter("a"), Some(110.0));
+    // With nothing running it was idle, and is lifted as before.
+    q.pop_eligible(only_a);
+    q.push_with("a", 1, false, 12);
+    assert_eq!(q.counter("a"), Some(600.0));
+}
+
+#[test]
 fn returning_alone_starts_at_the_last_dispatch() {
     let mut q = FairQueue::new();
     q.push("b", 1, 0);
