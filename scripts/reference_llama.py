@@ -65,7 +65,48 @@ def inv_freq(d, theta, scaling):
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
         return np.where(medium, smoothed, scaled)
+    if kind == "yarn":
+        return yarn(d, theta, scaling)[0]
     raise SystemExit(f"rope_scaling type {kind!r} is not in the reference")
+
+
+def yarn(d, theta, scaling, max_pos=None):
+    """YaRN's inverse frequencies and attention factor, as transformers (v5)
+    _compute_yarn_parameters defines them (float64)."""
+    max_pos = max_pos or YARN_MAX_POS[0]
+    original = scaling.get("original_max_position_embeddings") or max_pos
+    factor = scaling.get("factor") or max_pos / original
+
+    def get_mscale(scale, m=1.0):
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention = scaling.get("attention_factor")
+    if attention is None:
+        m, m_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+        attention = get_mscale(factor, m) / get_mscale(factor, m_all) if m and m_all else get_mscale(factor)
+    beta_fast = scaling.get("beta_fast") or 32
+    beta_slow = scaling.get("beta_slow") or 1
+
+    def correction(rot):
+        return (d * math.log(original / (rot * 2 * math.pi))) / (2 * math.log(theta))
+
+    low, high = correction(beta_fast), correction(beta_slow)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, d - 1)
+    if low == high:
+        high += 0.001
+    pos_freqs = theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
+    extrapolation = 1.0 / pos_freqs
+    interpolation = 1.0 / (factor * pos_freqs)
+    ramp = np.clip((np.arange(d // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+    keep = 1 - ramp
+    return interpolation * (1 - keep) + extrapolation * keep, attention
+
+
+# max_position_embeddings of the model being computed (yarn's default
+# original context), set by forward().
+YARN_MAX_POS = [None]
 
 
 def rope(x, positions, theta, scaling=None):
@@ -87,6 +128,11 @@ def forward(cfg, w, ids):
     theta = cfg.get("rope_theta", 10000.0)
     t = len(ids)
     pos = np.arange(t)
+    YARN_MAX_POS[0] = cfg.get("max_position_embeddings", 2048)
+    scaling = cfg.get("rope_scaling") or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    # YaRN scales the rotated query and key, so the logits by its square.
+    attention = yarn(head_dim, theta, scaling)[1] if kind == "yarn" else 1.0
     x = w["model.embed_tokens.weight"][ids]
     mask = np.triu(np.full((t, t), -np.inf), 1)
     for layer in range(cfg["num_hidden_layers"]):
@@ -99,16 +145,24 @@ def forward(cfg, w, ids):
             return y if bias is None else y + bias
 
         scaling = cfg.get("rope_scaling")
-        q = rope(proj("q_proj").reshape(t, heads, head_dim), pos, theta, scaling)
-        k = rope(proj("k_proj").reshape(t, kv_heads, head_dim), pos, theta, scaling)
+        q = proj("q_proj").reshape(t, heads, head_dim)
+        k = proj("k_proj").reshape(t, kv_heads, head_dim)
+        # Qwen3: RMSNorm over each query and key head, before the rotation.
+        if p + "self_attn.q_norm.weight" in w:
+            q = rmsnorm(q, w[p + "self_attn.q_norm.weight"], eps)
+            k = rmsnorm(k, w[p + "self_attn.k_norm.weight"], eps)
+        q = rope(q, pos, theta, scaling)
+        k = rope(k, pos, theta, scaling)
         v = proj("v_proj").reshape(t, kv_heads, head_dim)
         k = np.repeat(k, heads // kv_heads, axis=1)
         v = np.repeat(v, heads // kv_heads, axis=1)
-        scores = np.einsum("thd,shd->hts", q, k) / np.sqrt(head_dim) + mask
+        scores = np.einsum("thd,shd->hts", q, k) * attention**2 / np.sqrt(head_dim) + mask
         scores = np.exp(scores - scores.max(-1, keepdims=True))
         scores /= scores.sum(-1, keepdims=True)
         o = np.einsum("hts,shd->thd", scores, v).reshape(t, heads * head_dim)
         x = x + o @ w[p + "self_attn.o_proj.weight"].T
+        if p + "self_attn.o_proj.bias" in w:
+            x = x + w[p + "self_attn.o_proj.bias"]
         h = rmsnorm(x, w[p + "post_attention_layernorm.weight"], eps)
         gate = h @ w[p + "mlp.gate_proj.weight"].T
         up = h @ w[p + "mlp.up_proj.weight"].T

@@ -1,4 +1,5 @@
-//! `config.json` of a Llama-family (Llama, Mistral, Qwen2) Hugging Face model.
+//! `config.json` of a Llama-family (Llama, Mistral, Qwen2, Qwen3) Hugging
+//! Face model.
 //!
 //! A checkpoint is served exactly or not at all: every field that changes
 //! what the model computes is either implemented here or refused at load
@@ -49,6 +50,13 @@ pub struct ModelConfig {
     pub use_sliding_window: Option<bool>,
     #[serde(default)]
     pub mlp_bias: Option<bool>,
+    /// Llama/Qwen3: biases on the q, k, v and o projections (Qwen2 has q,
+    /// k, v biases without saying so; they are read when present).
+    #[serde(default)]
+    pub attention_bias: Option<bool>,
+    /// Qwen3's per-layer types ("full_attention", "sliding_attention").
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
     #[serde(default)]
     pub num_local_experts: Option<Value>,
     #[serde(default)]
@@ -56,8 +64,13 @@ pub struct ModelConfig {
 }
 
 /// Architectures whose forward pass this engine computes exactly.
-pub const ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
-const MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
+pub const ARCHITECTURES: &[&str] = &[
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+];
+const MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
 
 /// How rotary position frequencies are scaled (`rope_scaling`).
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +86,18 @@ pub enum RopeScaling {
         low_freq_factor: f64,
         high_freq_factor: f64,
         original_max_position_embeddings: f64,
+    },
+    /// YaRN (Peng et al. 2023): frequencies ramped between interpolated and
+    /// kept over the correction range of `beta_fast`..`beta_slow` rotations
+    /// within the original context, and the rotated query and key scaled by
+    /// `attention_factor` (so attention logits by its square).
+    Yarn {
+        factor: f64,
+        original_max_position_embeddings: f64,
+        beta_fast: f64,
+        beta_slow: f64,
+        attention_factor: f64,
+        truncate: bool,
     },
 }
 
@@ -165,10 +190,91 @@ impl ModelConfig {
                 }
                 Ok(s)
             }
+            "yarn" => self.yarn(v),
             other => Err(format!(
-                "rope_scaling type {other:?} is not implemented (default, linear, dynamic and llama3 are); refusing rather than serving the model wrong"
+                "rope_scaling type {other:?} is not implemented (default, linear, dynamic, llama3 and yarn are); refusing rather than serving the model wrong"
             )),
         }
+    }
+
+    /// Whether the architecture normalizes each query and key head
+    /// (RMSNorm over `head_dim`, before the rotary embedding): Qwen3's
+    /// `q_norm`/`k_norm`, which its checkpoints then must carry.
+    pub fn qk_norm(&self) -> bool {
+        self.model_type.as_deref() == Some("qwen3")
+            || self
+                .architectures
+                .as_ref()
+                .is_some_and(|a| a.iter().any(|a| a == "Qwen3ForCausalLM"))
+    }
+
+    /// YaRN's parameters as transformers (v5) reads them: `factor` (or, when
+    /// absent, `max_position_embeddings / original_max_position_embeddings`),
+    /// the original context (default `max_position_embeddings`), the
+    /// attention factor (given, or `0.1 ln(factor) + 1` scaled by
+    /// `mscale`/`mscale_all_dim` when both are given), `beta_fast` 32,
+    /// `beta_slow` 1, `truncate` true.
+    fn yarn(&self, v: &Value) -> Result<RopeScaling, String> {
+        let opt = |k: &str| -> Result<Option<f64>, String> {
+            match v.get(k).filter(|x| !x.is_null()) {
+                None => Ok(None),
+                Some(x) => x
+                    .as_f64()
+                    .filter(|x| x.is_finite() && *x > 0.0)
+                    .map(Some)
+                    .ok_or_else(|| format!("rope_scaling.{k} must be a positive number")),
+            }
+        };
+        let max_pos = self.max_position_embeddings as f64;
+        let original = opt("original_max_position_embeddings")?.unwrap_or(max_pos);
+        let factor = opt("factor")?.unwrap_or(max_pos / original);
+        let mscale = |scale: f64, m: f64| {
+            if scale <= 1.0 {
+                1.0
+            } else {
+                0.1 * m * scale.ln() + 1.0
+            }
+        };
+        let attention_factor = match (
+            opt("attention_factor")?,
+            opt("mscale")?,
+            opt("mscale_all_dim")?,
+        ) {
+            (Some(a), _, _) => a,
+            (None, Some(m), Some(all)) => mscale(factor, m) / mscale(factor, all),
+            _ => mscale(factor, 1.0),
+        };
+        let truncate = match v.get("truncate").filter(|x| !x.is_null()) {
+            None => true,
+            Some(t) => t
+                .as_bool()
+                .ok_or("rope_scaling.truncate must be true or false")?,
+        };
+        Ok(RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings: original,
+            beta_fast: opt("beta_fast")?.unwrap_or(32.0),
+            beta_slow: opt("beta_slow")?.unwrap_or(1.0),
+            attention_factor,
+            truncate,
+        })
+    }
+
+    /// What the rotated query and key are multiplied by (YaRN's attention
+    /// factor; 1 otherwise).
+    pub fn rope_attention_factor(&self) -> f32 {
+        match self.rope_scaling() {
+            Ok(RopeScaling::Yarn {
+                attention_factor, ..
+            }) => attention_factor as f32,
+            _ => 1.0,
+        }
+    }
+
+    /// The scale of attention logits: `attention_factor² / sqrt(head_dim)`.
+    pub fn attention_scale(&self) -> f32 {
+        let af = self.rope_attention_factor();
+        af * af / (self.head_dim() as f32).sqrt()
     }
 
     /// The rotary inverse frequencies (one per pair of dimensions), with
@@ -202,6 +308,36 @@ impl ModelConfig {
                                 / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
+                    })
+                    .collect()
+            }
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: original,
+                beta_fast,
+                beta_slow,
+                truncate,
+                ..
+            } => {
+                let d = hd as f64;
+                // The dimension whose wavelength makes `rotations` turns
+                // over the original context.
+                let correction = |rotations: f64| {
+                    d * (original / (rotations * 2.0 * std::f64::consts::PI)).ln()
+                        / (2.0 * theta.ln())
+                };
+                let (mut low, mut high) = (correction(beta_fast), correction(beta_slow));
+                if truncate {
+                    (low, high) = (low.floor(), high.ceil());
+                }
+                let (low, high) = (low.max(0.0), high.min(d - 1.0));
+                let high = if low == high { high + 0.001 } else { high };
+                base.iter()
+                    .enumerate()
+                    .map(|(i, &f)| {
+                        let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+                        let keep = 1.0 - ramp;
+                        f / factor * (1.0 - keep) + f * keep
                     })
                     .collect()
             }
@@ -259,6 +395,13 @@ impl ModelConfig {
             {
                 return bad(format!("{name}: mixture-of-experts models are not served"));
             }
+        }
+        if let Some(types) = &self.layer_types
+            && let Some(t) = types.iter().find(|t| *t != "full_attention")
+        {
+            return bad(format!(
+                "layer_types: {t:?} layers are not implemented (only full_attention)"
+            ));
         }
         if let Err(e) = self.rope_scaling() {
             return bad(e);

@@ -76,6 +76,9 @@ pub(crate) struct Layer {
     pub(crate) k: Linear,
     pub(crate) v: Linear,
     pub(crate) o: Linear,
+    /// Qwen3: RMSNorm weights over each query / key head (`head_dim`).
+    pub(crate) q_norm: Option<Vec<f32>>,
+    pub(crate) k_norm: Option<Vec<f32>>,
     pub(crate) mlp_norm: Vec<f32>,
     pub(crate) gate: Linear,
     pub(crate) up: Linear,
@@ -200,9 +203,24 @@ impl Model {
         let vocab = config.vocab_size;
         let embed = w.take("model.embed_tokens.weight", &[vocab, h])?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        let qk_norm = config.qk_norm();
         for i in 0..config.num_hidden_layers {
             let p = format!("model.layers.{i}");
+            // Qwen3's head norms are part of the architecture: a checkpoint
+            // without them is refused (missing tensor), one of another
+            // architecture that carries them too (a tensor nobody reads).
+            let head_norm = |w: &mut Weights, which: &str| -> Result<Option<Vec<f32>>, LoadError> {
+                if qk_norm {
+                    w.take(&format!("{p}.self_attn.{which}.weight"), &[hd])
+                        .map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let (q_norm, k_norm) = (head_norm(&mut w, "q_norm")?, head_norm(&mut w, "k_norm")?);
             layers.push(Layer {
+                q_norm,
+                k_norm,
                 attn_norm: w.take(&format!("{p}.input_layernorm.weight"), &[h])?,
                 q: Linear::load(&mut w, &format!("{p}.self_attn.q_proj"), nh * hd, h)?,
                 k: Linear::load(&mut w, &format!("{p}.self_attn.k_proj"), nkv * hd, h)?,
@@ -214,6 +232,17 @@ impl Model {
                 down: Linear::load(&mut w, &format!("{p}.mlp.down_proj"), h, inter)?,
             });
         }
+        if config.attention_bias == Some(true) {
+            for (i, l) in layers.iter().enumerate() {
+                for (name, lin) in [("q", &l.q), ("k", &l.k), ("v", &l.v), ("o", &l.o)] {
+                    if lin.bias.is_none() {
+                        return Err(LoadError::MissingTensor(format!(
+                            "model.layers.{i}.self_attn.{name}_proj.bias (attention_bias is true)"
+                        )));
+                    }
+                }
+            }
+        }
         let norm = w.take("model.norm.weight", &[h])?;
         let lm_head = if w.contains("lm_head.weight") {
             Some(Linear::load(&mut w, "lm_head", vocab, h)?)
@@ -223,6 +252,31 @@ impl Model {
             return Err(LoadError::MissingTensor("lm_head.weight".into()));
         };
         let inv_freq = config.inv_freq().map_err(LoadError::Config)?;
+        // A tensor the forward pass does not read means the checkpoint
+        // computes something this engine does not: refuse it by name
+        // (rotary inverse-frequency buffers some checkpoints carry are
+        // recomputed from the config, so they are no such thing).
+        let unused: Vec<String> = w
+            .remaining()
+            .into_iter()
+            .filter(|n| !n.ends_with("rotary_emb.inv_freq"))
+            .collect();
+        if !unused.is_empty() {
+            return Err(LoadError::Config(format!(
+                "tensors the engine does not compute with: {}{}; refusing rather than ignoring them",
+                unused
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if unused.len() > 5 {
+                    format!(" and {} more", unused.len() - 5)
+                } else {
+                    String::new()
+                }
+            )));
+        }
         Ok(Self {
             config,
             embed,
@@ -343,12 +397,21 @@ impl Model {
         }
         let mut normed = vec![0.0f32; n * h];
         let group = nh / nkv;
-        let scale = 1.0 / (hd as f32).sqrt();
+        // 1/sqrt(head_dim), times the square of YaRN's attention factor.
+        let scale = cfg.attention_scale();
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, cfg.rms_norm_eps, &mut normed);
             let mut q = layer.q.forward(&normed, n);
             let mut k = layer.k.forward(&normed, n);
             let v = layer.v.forward(&normed, n);
+            if let Some(w) = &layer.q_norm {
+                let src = q.clone();
+                rms_norm(&src, w, cfg.rms_norm_eps, &mut q);
+            }
+            if let Some(w) = &layer.k_norm {
+                let src = k.clone();
+                rms_norm(&src, w, cfg.rms_norm_eps, &mut k);
+            }
             for (ti, &(si, pos)) in meta.iter().enumerate() {
                 self.rope(&mut q[ti * nh * hd..(ti + 1) * nh * hd], pos);
                 self.rope(&mut k[ti * nkv * hd..(ti + 1) * nkv * hd], pos);

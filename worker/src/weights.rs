@@ -114,6 +114,13 @@ impl Weights {
         Ok(t.data)
     }
 
+    /// Names of the tensors nobody took, sorted.
+    pub fn remaining(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.tensors.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
     /// Like [`Self::take`] but `None` when absent.
     pub fn take_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Vec<f32>>, LoadError> {
         if self.contains(name) {

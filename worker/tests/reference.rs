@@ -1,7 +1,8 @@
 //! The forward pass against an independent implementation: a NumPy script
 //! (scripts/reference_llama.py, float64, full causal recompute, no paging)
-//! on a generated random model. Logits must agree within 1e-4 and greedy
-//! decoding token for token.
+//! on a generated random model and on variants of it shaped like real
+//! checkpoints (`reference/variants.rs`), stored as f32, bf16 and f16.
+//! Logits must agree within 1e-4 and greedy decoding token for token.
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -10,6 +11,10 @@ use std::sync::Arc;
 use bulkhead_worker::LoadedModel;
 use bulkhead_worker::kv::{KvPool, TenantId};
 use bulkhead_worker::model::SeqInput;
+
+#[path = "reference/variants.rs"]
+mod variants;
+use variants::Stored;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -134,10 +139,11 @@ fn forward_matches_the_numpy_reference() {
     compare_with_reference(dir.path(), "plain");
 }
 
-/// Llama 3.1-style and linear `rope_scaling`: with the original context set
-/// so that the test model's frequencies fall in all three llama3 bands
-/// (kept, smoothed, divided), the engine matches the reference's
-/// transformers formula; a model served without the scaling would not.
+/// Llama 3.1-style, linear and YaRN `rope_scaling`: with the original
+/// context set so that the test model's frequencies fall in all three llama3
+/// bands (kept, smoothed, divided) and across YaRN's ramp, the engine
+/// matches the reference's transformers formula (YaRN's attention factor
+/// included); a model served without the scaling would not.
 #[test]
 fn rope_scaling_matches_the_numpy_reference() {
     for (label, scaling) in [
@@ -149,6 +155,18 @@ fn rope_scaling_matches_the_numpy_reference() {
         (
             "linear",
             serde_json::json!({"type": "linear", "factor": 4.0}),
+        ),
+        // Qwen2.5's long-context setting: the original context small enough
+        // that the test model's frequencies span the whole ramp.
+        (
+            "yarn",
+            serde_json::json!({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}),
+        ),
+        // DeepSeek-style: the attention factor from mscale / mscale_all_dim.
+        (
+            "yarn-mscale",
+            serde_json::json!({"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 64,
+                "mscale": 1.0, "mscale_all_dim": 0.5, "beta_fast": 16.0, "beta_slow": 2.0}),
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
@@ -179,13 +197,27 @@ fn rope_scaling_matches_the_numpy_reference() {
 fn configs_the_engine_does_not_implement_are_refused_by_name() {
     for (patch, names) in [
         (
-            serde_json::json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}),
-            "yarn",
+            serde_json::json!({"rope_scaling": {"rope_type": "longrope", "factor": 4.0}}),
+            "longrope",
+        ),
+        (
+            serde_json::json!({"rope_scaling": {"rope_type": "yarn", "factor": -1.0}}),
+            "rope_scaling.factor",
         ),
         (serde_json::json!({"hidden_act": "gelu"}), "hidden_act"),
         (
-            serde_json::json!({"architectures": ["Qwen3ForCausalLM"]}),
-            "Qwen3ForCausalLM",
+            serde_json::json!({"architectures": ["GemmaForCausalLM"]}),
+            "GemmaForCausalLM",
+        ),
+        // Qwen3 without its head norms: the checkpoint is not what the
+        // config says.
+        (
+            serde_json::json!({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3"}),
+            "q_norm",
+        ),
+        (
+            serde_json::json!({"layer_types": ["full_attention", "sliding_attention"]}),
+            "sliding_attention",
         ),
         (
             serde_json::json!({"num_local_experts": 8}),
@@ -216,4 +248,97 @@ fn configs_the_engine_does_not_implement_are_refused_by_name() {
     );
     let m = LoadedModel::load(dir.path()).unwrap();
     assert_eq!(m.model.max_context(), 32);
+}
+
+/// Real checkpoints' shapes, scaled down: each architecture's optional
+/// parts, each stored as f32, bf16 and f16, against the reference. A
+/// variant the engine computed without its part (biases, head norms, tied
+/// head, head_dim) would not match.
+#[test]
+fn checkpoint_variants_match_the_numpy_reference() {
+    use bulkhead_worker::genmodel::{HEADS, HIDDEN, KV_HEADS, LAYERS};
+    type Edit = fn(&mut variants::Tensors);
+    let variants: [(&str, serde_json::Value, Edit); 6] = [
+        (
+            "llama-3.2-1b-shaped",
+            serde_json::json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                "tie_word_embeddings": true, "rope_theta": 500000.0,
+                "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}),
+            variants::tie_embeddings,
+        ),
+        (
+            "qwen2.5-0.5b-shaped",
+            serde_json::json!({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+                "tie_word_embeddings": true, "rope_theta": 1000000.0,
+                "use_sliding_window": false, "sliding_window": 32}),
+            |t| {
+                variants::add_attention_biases(t, LAYERS, false, 5);
+                variants::tie_embeddings(t);
+            },
+        ),
+        (
+            "qwen3-0.6b-shaped",
+            serde_json::json!({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+                "tie_word_embeddings": true, "rope_theta": 1000000.0, "head_dim": 32,
+                "attention_bias": false, "layer_types": ["full_attention", "full_attention"]}),
+            |t| {
+                variants::make_qwen3(t, (LAYERS, HIDDEN, HEADS, KV_HEADS), 32, 6);
+                variants::tie_embeddings(t);
+            },
+        ),
+        (
+            "mistral-7b-shaped",
+            serde_json::json!({"architectures": ["MistralForCausalLM"], "model_type": "mistral",
+                "rope_theta": 1000000.0, "sliding_window": 4096}),
+            |_| {},
+        ),
+        (
+            "smollm2-shaped",
+            serde_json::json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                "tie_word_embeddings": true, "rope_theta": 100000.0}),
+            variants::tie_embeddings,
+        ),
+        (
+            "llama-attention-bias",
+            serde_json::json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                "attention_bias": true}),
+            |t| variants::add_attention_biases(t, LAYERS, true, 7),
+        ),
+    ];
+    for (name, patch, edit) in variants {
+        for stored in [Stored::F32, Stored::Bf16, Stored::F16] {
+            let dir = tempfile::tempdir().unwrap();
+            bulkhead_worker::genmodel::generate(dir.path(), 11).unwrap();
+            let mut t = variants::read(dir.path());
+            edit(&mut t);
+            variants::write(dir.path(), &t, stored);
+            patch_config(dir.path(), patch.clone());
+            compare_with_reference(dir.path(), &format!("{name} ({stored:?})"));
+        }
+    }
+}
+
+/// The part a variant adds is computed, not dropped: without Qwen3's head
+/// norms (the same checkpoint, its config claiming Llama) the engine
+/// refuses the tensors it would not read, by name.
+#[test]
+fn a_part_the_config_does_not_name_is_refused_not_ignored() {
+    use bulkhead_worker::genmodel::{HEADS, HIDDEN, KV_HEADS, LAYERS};
+    let dir = tempfile::tempdir().unwrap();
+    bulkhead_worker::genmodel::generate(dir.path(), 11).unwrap();
+    let mut t = variants::read(dir.path());
+    variants::make_qwen3(&mut t, (LAYERS, HIDDEN, HEADS, KV_HEADS), 32, 6);
+    variants::write(dir.path(), &t, Stored::F32);
+    patch_config(dir.path(), serde_json::json!({"head_dim": 32}));
+    let Err(e) = LoadedModel::load(dir.path()) else {
+        panic!("a Llama config loaded a checkpoint with head norms");
+    };
+    assert!(e.to_string().contains("q_norm"), "{e}");
+    // Said to be Qwen3, the same files load.
+    patch_config(
+        dir.path(),
+        serde_json::json!({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3"}),
+    );
+    LoadedModel::load(dir.path()).unwrap();
 }

@@ -58,6 +58,8 @@ struct DevLayer {
     k: DevLinear,
     v: DevLinear,
     o: DevLinear,
+    q_norm: Option<CudaSlice<f32>>,
+    k_norm: Option<CudaSlice<f32>>,
     mlp_norm: CudaSlice<f32>,
     gate: DevLinear,
     up: DevLinear,
@@ -160,6 +162,8 @@ impl CudaModel {
                 k: lin(&l.k)?,
                 v: lin(&l.v)?,
                 o: lin(&l.o)?,
+                q_norm: l.q_norm.as_deref().map(up).transpose()?,
+                k_norm: l.k_norm.as_deref().map(up).transpose()?,
                 mlp_norm: up(&l.mlp_norm)?,
                 gate: lin(&l.gate)?,
                 up: lin(&l.up)?,
@@ -259,11 +263,19 @@ impl CudaModel {
         rows: usize,
         out: &mut CudaSlice<f32>,
     ) -> Result<(), ModelError> {
-        let (r, h, eps) = (
-            rows as i32,
-            self.cfg.hidden_size as i32,
-            self.cfg.rms_norm_eps,
-        );
+        self.rms_norm_rows(x, w, rows, self.cfg.hidden_size, out)
+    }
+
+    /// RMSNorm of `rows` rows of `cols` floats each (`w`: `cols` floats).
+    fn rms_norm_rows(
+        &self,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        rows: usize,
+        cols: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<(), ModelError> {
+        let (r, h, eps) = (rows as i32, cols as i32, self.cfg.rms_norm_eps);
         let threads = 256u32;
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
@@ -273,8 +285,8 @@ impl CudaModel {
         let mut a = self.stream.launch_builder(self.k("rms_norm"));
         a.arg(x).arg(w).arg(out).arg(&r).arg(&h).arg(&eps);
         // SAFETY: rms_norm(x, w, out, rows, h, eps) with x and out rows × h
-        // floats, w h floats; one block per row, shared memory one float per
-        // thread, blockDim a power of two as the kernel requires.
+        // floats (h = cols), w h floats; one block per row, shared memory one
+        // float per thread, blockDim a power of two as the kernel requires.
         unsafe { a.launch(cfg) }.map_err(dev).map(drop)
     }
 
@@ -379,12 +391,25 @@ impl CudaModel {
         }
         let mut normed = self.zeros::<f32>(n * h)?;
         let mut attn = self.zeros::<f32>(n * nh * hd)?;
-        let scale = 1.0 / (hd as f32).sqrt();
+        // 1/sqrt(head_dim), times the square of YaRN's attention factor.
+        let scale = self.cfg.attention_scale();
         for (li, layer) in self.layers.iter().enumerate() {
             self.rms_norm(&x, &layer.attn_norm, n, &mut normed)?;
             let mut q = self.linear(&layer.q, &normed, n, None)?;
             let mut k = self.linear(&layer.k, &normed, n, None)?;
             let v = self.linear(&layer.v, &normed, n, None)?;
+            // Qwen3: RMSNorm over each query and key head, before the rotary
+            // embedding.
+            if let Some(w) = &layer.q_norm {
+                let mut out = self.zeros::<f32>(n * nh * hd)?;
+                self.rms_norm_rows(&q, w, n * nh, hd, &mut out)?;
+                q = out;
+            }
+            if let Some(w) = &layer.k_norm {
+                let mut out = self.zeros::<f32>(n * nkv * hd)?;
+                self.rms_norm_rows(&k, w, n * nkv, hd, &mut out)?;
+                k = out;
+            }
             for (buf, heads) in [(&mut q, nh), (&mut k, nkv)] {
                 let (ni, hs, hdi) = (n as i32, heads as i32, hd as i32);
                 let mut a = st.launch_builder(self.k("rope"));
