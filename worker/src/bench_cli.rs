@@ -48,6 +48,10 @@ pub struct DecodeArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// How the generated model's weights are stored: f32, bf16 or f16 (the
+    /// CPU engine computes with them as stored).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
+    dtype: String,
     /// Model size: hidden width.
     #[arg(long, default_value_t = 512)]
     hidden: usize,
@@ -129,6 +133,11 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                 {
                     bulkhead_worker::device::Chosen::Cuda { ordinal, .. } => Some(ordinal),
                     bulkhead_worker::device::Chosen::Cpu => None,
+                },
+                dtype: match a.dtype.as_str() {
+                    "bf16" => safetensors::Dtype::BF16,
+                    "f16" => safetensors::Dtype::F16,
+                    _ => safetensors::Dtype::F32,
                 },
                 ..DecodeBenchConfig::default()
             };

@@ -215,3 +215,43 @@ pub fn generate_with(out: &Path, seed: u64, shape: GenShape) -> Result<(), GenEr
     write(&out.join("model.safetensors"), &bytes)?;
     Ok(())
 }
+
+/// Rewrites a generated model's weights in `dtype` (bf16 or f16 as a
+/// checkpoint would store them; f32 leaves them as they are).
+pub fn store_as(dir: &Path, dtype: safetensors::Dtype) -> Result<(), GenError> {
+    use safetensors::Dtype;
+    let serr = |e: safetensors::SafeTensorError| GenError::Safetensors(e.to_string());
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).map_err(|e| GenError::Io(path.display().to_string(), e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(serr)?;
+    let mut out: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
+    for (name, view) in st.tensors() {
+        let f = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        let data: Vec<u8> = match dtype {
+            Dtype::F32 => return Ok(()),
+            Dtype::BF16 => f
+                .flat_map(|x| half::bf16::from_f32(x).to_le_bytes())
+                .collect(),
+            Dtype::F16 => f
+                .flat_map(|x| half::f16::from_f32(x).to_le_bytes())
+                .collect(),
+            other => {
+                return Err(GenError::Safetensors(format!(
+                    "cannot store as {other:?} (f32, bf16, f16)"
+                )));
+            }
+        };
+        out.push((name, view.shape().to_vec(), data));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = out
+        .iter()
+        .map(|(n, shape, d)| {
+            safetensors::tensor::TensorView::new(dtype, shape.clone(), d).map(|v| (n.clone(), v))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(serr)?;
+    safetensors::serialize_to_file(views, None, &path).map_err(serr)
+}

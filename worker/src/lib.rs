@@ -13,6 +13,7 @@ pub mod engine;
 pub mod genmodel;
 pub mod kv;
 pub mod logprobs;
+pub mod matmul;
 pub mod metrics;
 pub mod model;
 pub mod sampling;

@@ -1,15 +1,15 @@
-//! The f32 CPU forward pass of a Llama-family decoder reading and writing
-//! K/V through the paged [`KvPool`]. Matrix products go through ndarray's
-//! `general_mat_mul`, which calls `matrixmultiply::sgemm` (safe wrapper, so
-//! this crate can keep `forbid(unsafe_code)`).
+//! The CPU forward pass of a Llama-family decoder reading and writing K/V
+//! through the paged [`KvPool`]: weights in the checkpoint's precision,
+//! activations and accumulation in f32. Matrix products are
+//! [`crate::matmul`]'s (streaming dot products for decode steps,
+//! `matrixmultiply` for prefill chunks; safe code, so this crate keeps
+//! `forbid(unsafe_code)`).
 use std::path::Path;
-
-use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayView2, ArrayViewMut2};
 
 use crate::LoadError;
 use crate::config::ModelConfig;
 use crate::kv::{BlockId, KvPool, KvShape};
+use crate::matmul::{Stored, matmul_t};
 use crate::weights::Weights;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,10 +28,11 @@ pub enum ModelError {
     OwnershipViolation(Vec<usize>),
 }
 
-/// A linear layer stored as HF does: `[out, in]` row-major.
+/// A linear layer stored as HF does: `[out, in]` row-major, in the
+/// checkpoint's precision.
 #[derive(Debug)]
 pub struct Linear {
-    pub(crate) w: Vec<f32>,
+    pub(crate) w: Stored,
     pub(crate) bias: Option<Vec<f32>>,
     pub(crate) out_dim: usize,
     pub(crate) in_dim: usize,
@@ -39,7 +40,7 @@ pub struct Linear {
 
 impl Linear {
     fn load(w: &mut Weights, name: &str, out_dim: usize, in_dim: usize) -> Result<Self, LoadError> {
-        let wt = w.take(&format!("{name}.weight"), &[out_dim, in_dim])?;
+        let wt = w.take_stored(&format!("{name}.weight"), &[out_dim, in_dim])?;
         let bias = w.take_opt(&format!("{name}.bias"), &[out_dim])?;
         Ok(Self {
             w: wt,
@@ -51,15 +52,7 @@ impl Linear {
 
     /// `y[rows, out] = x[rows, in] · Wᵀ (+ b)`.
     fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let mut y = vec![0.0f32; rows * self.out_dim];
-        if rows == 0 {
-            return y;
-        }
-        let xa = ArrayView2::from_shape((rows, self.in_dim), x).expect("input shape");
-        let wa =
-            ArrayView2::from_shape((self.out_dim, self.in_dim), &self.w).expect("weight shape");
-        let mut ya = ArrayViewMut2::from_shape((rows, self.out_dim), &mut y).expect("output shape");
-        general_mat_mul(1.0, &xa, &wa.t(), 0.0, &mut ya);
+        let mut y = matmul_t(x, rows, &self.w, self.out_dim, self.in_dim);
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(self.out_dim) {
                 row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
@@ -89,7 +82,7 @@ pub(crate) struct Layer {
 #[derive(Debug)]
 pub struct Model {
     pub config: ModelConfig,
-    pub(crate) embed: Vec<f32>,
+    pub(crate) embed: Stored,
     pub(crate) layers: Vec<Layer>,
     pub(crate) norm: Vec<f32>,
     /// `None` when tied to the embeddings.
@@ -201,7 +194,7 @@ impl Model {
         let nkv = config.num_kv_heads();
         let inter = config.intermediate_size;
         let vocab = config.vocab_size;
-        let embed = w.take("model.embed_tokens.weight", &[vocab, h])?;
+        let embed = w.take_stored("model.embed_tokens.weight", &[vocab, h])?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         let qk_norm = config.qk_norm();
         for i in 0..config.num_hidden_layers {
@@ -327,6 +320,26 @@ impl Model {
         }
     }
 
+    /// Bytes of weights held for the CPU forward pass (matrices as the
+    /// checkpoint stores them, norms and biases as f32).
+    pub fn weight_bytes(&self) -> usize {
+        let lin = |l: &Linear| l.w.bytes() + l.bias.as_ref().map_or(0, |b| b.len() * 4);
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                    .into_iter()
+                    .map(lin)
+                    .sum::<usize>()
+                    + 4 * (l.attn_norm.len() + l.mlp_norm.len())
+                    + 4 * l.q_norm.as_ref().map_or(0, Vec::len)
+                    + 4 * l.k_norm.as_ref().map_or(0, Vec::len)
+            })
+            .sum();
+        layers + self.embed.bytes() + self.lm_head.as_ref().map_or(0, lin) + 4 * self.norm.len()
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.config.vocab_size
     }
@@ -393,7 +406,7 @@ impl Model {
         let n = toks.len();
         let mut x = vec![0.0f32; n * h];
         for (row, &t) in x.chunks_exact_mut(h).zip(&toks) {
-            row.copy_from_slice(&self.embed[t as usize * h..(t as usize + 1) * h]);
+            self.embed.widen_into(t as usize * h, row);
         }
         let mut normed = vec![0.0f32; n * h];
         let group = nh / nkv;
@@ -476,16 +489,7 @@ impl Model {
             rms_norm(row, &self.norm, cfg.rms_norm_eps, &mut nrow);
             let logits = match &self.lm_head {
                 Some(l) => l.forward(&nrow, 1),
-                None => {
-                    let e = ArrayView2::from_shape((cfg.vocab_size, h), &self.embed)
-                        .expect("embed shape");
-                    let xa = ArrayView2::from_shape((1, h), &nrow).expect("row shape");
-                    let mut y = vec![0.0f32; cfg.vocab_size];
-                    let mut ya = ArrayViewMut2::from_shape((1, cfg.vocab_size), &mut y)
-                        .expect("logit shape");
-                    general_mat_mul(1.0, &xa, &e.t(), 0.0, &mut ya);
-                    y
-                }
+                None => matmul_t(&nrow, 1, &self.embed, cfg.vocab_size, h),
             };
             out.push(Some(logits));
         }

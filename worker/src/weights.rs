@@ -1,17 +1,19 @@
 //! Reads safetensors weights (one file or shards listed in
-//! `model.safetensors.index.json`) into f32 tensors.
+//! `model.safetensors.index.json`) in their stored precision (f32, bf16,
+//! f16; see `crate::matmul::Stored`).
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 
 use crate::LoadError;
+use crate::matmul::Stored;
 
-/// A dense f32 tensor with its shape.
+/// A dense tensor with its shape, as stored.
 #[derive(Debug, Clone)]
 pub struct Tensor {
     pub shape: Vec<usize>,
-    pub data: Vec<f32>,
+    pub data: Stored,
 }
 
 /// All tensors of a model, by name.
@@ -60,19 +62,22 @@ impl Weights {
             .map_err(|e| LoadError::Safetensors(path.to_path_buf(), e.to_string()))?;
         for (name, view) in st.tensors() {
             let raw = view.data();
-            let data: Vec<f32> = match view.dtype() {
-                Dtype::F32 => raw
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                Dtype::F16 => raw
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                Dtype::BF16 => raw
-                    .chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
+            let data = match view.dtype() {
+                Dtype::F32 => Stored::F32(
+                    raw.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                ),
+                Dtype::F16 => Stored::F16(
+                    raw.chunks_exact(2)
+                        .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+                        .collect(),
+                ),
+                Dtype::BF16 => Stored::Bf16(
+                    raw.chunks_exact(2)
+                        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]))
+                        .collect(),
+                ),
                 other => {
                     return Err(LoadError::Tensor {
                         name,
@@ -99,8 +104,14 @@ impl Weights {
         self.tensors.contains_key(name)
     }
 
-    /// Removes and returns a tensor, checking its shape.
+    /// Removes and returns a tensor widened to f32 (norms, biases: small),
+    /// checking its shape.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
+        self.take_stored(name, shape).map(|s| s.to_f32())
+    }
+
+    /// Removes and returns a tensor as stored, checking its shape.
+    pub fn take_stored(&mut self, name: &str, shape: &[usize]) -> Result<Stored, LoadError> {
         let t = self
             .tensors
             .remove(name)

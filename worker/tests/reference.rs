@@ -342,3 +342,33 @@ fn a_part_the_config_does_not_name_is_refused_not_ignored() {
     );
     LoadedModel::load(dir.path()).unwrap();
 }
+
+/// Weights stay as stored: a bf16 or f16 checkpoint occupies its file's
+/// size in the worker (norms and biases, widened to f32, aside), half of
+/// the f32 one.
+#[test]
+fn weights_stay_in_their_stored_precision() {
+    let mut sizes = vec![];
+    for dtype in [
+        safetensors::Dtype::F32,
+        safetensors::Dtype::BF16,
+        safetensors::Dtype::F16,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        bulkhead_worker::genmodel::generate(dir.path(), 11).unwrap();
+        bulkhead_worker::genmodel::store_as(dir.path(), dtype).unwrap();
+        let file = std::fs::metadata(dir.path().join("model.safetensors"))
+            .unwrap()
+            .len() as f64;
+        let m = LoadedModel::load(dir.path()).unwrap();
+        let held = m.model.weight_bytes() as f64;
+        println!("{dtype:?}: file {file} bytes, held {held} bytes");
+        assert!(
+            (held / file - 1.0).abs() < 0.02,
+            "{dtype:?}: {held} bytes held for a {file}-byte file"
+        );
+        sizes.push(held);
+    }
+    assert!((sizes[1] / sizes[0] - 0.5).abs() < 0.01, "{sizes:?}");
+    assert_eq!(sizes[1], sizes[2]);
+}

@@ -44,6 +44,8 @@ pub struct DecodeBenchConfig {
     pub seed: u64,
     /// Run on this CUDA device instead of the CPU.
     pub cuda: Option<usize>,
+    /// How the generated model's weights are stored (and so computed with).
+    pub dtype: safetensors::Dtype,
 }
 
 impl Default for DecodeBenchConfig {
@@ -69,6 +71,7 @@ impl Default for DecodeBenchConfig {
             block_size: 16,
             seed: 1,
             cuda: None,
+            dtype: safetensors::Dtype::F32,
         }
     }
 }
@@ -105,8 +108,18 @@ pub struct DecodeBenchReport {
     pub threads: usize,
     pub batches: Vec<BatchFigure>,
     pub batch32_over_batch1: Option<f64>,
-    /// Target: batch 32 >= 8x batch 1.
-    pub batch_target_met: Option<bool>,
+    /// The weights' dtype as stored (`F32`, `BF16`, `F16`).
+    pub dtype: String,
+    /// Bytes of weights the forward pass reads per step.
+    pub weight_bytes: u64,
+    /// Batch 1: weight bytes read per second (one step per token).
+    pub batch1_weight_read_gb_per_s: Option<f64>,
+    /// The floor, measured in the same run: every core summing a buffer of
+    /// as many bytes as the weights (best of twenty).
+    pub read_floor_gb_per_s: f64,
+    /// Batch 1's weight reads over the floor (target >= 0.7 on the CPU).
+    pub batch1_over_floor: Option<f64>,
+    pub roofline_target_met: Option<bool>,
     pub isolation: IsolationFigure,
     /// Target: <= 1 % (CPU-time figure where available, else wall time).
     pub isolation_target_met: bool,
@@ -212,6 +225,7 @@ pub fn run(cfg: &DecodeBenchConfig, dir: &Path) -> Result<DecodeBenchReport, Ben
         )));
     }
     crate::genmodel::generate_with(dir, cfg.seed, cfg.shape)?;
+    crate::genmodel::store_as(dir, cfg.dtype)?;
     let mut loaded = LoadedModel::load(dir)?;
     let max_batch = cfg
         .batches
@@ -287,6 +301,10 @@ pub fn run(cfg: &DecodeBenchConfig, dir: &Path) -> Result<DecodeBenchReport, Ben
         .find(|f| f.batch == 32)
         .and_then(|f| f.speedup_vs_batch1);
 
+    let weight_bytes = model.model.weight_bytes() as u64;
+    let floor = read_floor_gb_per_s(weight_bytes as usize);
+    let batch1_read = base.map(|tps| weight_bytes as f64 * tps / 1e9);
+    let batch1_over_floor = batch1_read.filter(|_| floor > 0.0).map(|r| r / floor);
     let isolation = super::isolation::measure(&mut b, cfg, &one, &many)?;
     let t = b.engine.step_timing();
     let step = t.step.as_secs_f64();
@@ -313,8 +331,17 @@ pub fn run(cfg: &DecodeBenchConfig, dir: &Path) -> Result<DecodeBenchReport, Ben
         prompt_tokens: cfg.prompt_tokens,
         gen_tokens: cfg.gen_tokens,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        batch_target_met: batch32_over_batch1.map(|r| r >= 8.0),
         batch32_over_batch1,
+        dtype: format!("{:?}", cfg.dtype),
+        weight_bytes,
+        batch1_weight_read_gb_per_s: batch1_read,
+        read_floor_gb_per_s: floor,
+        batch1_over_floor,
+        roofline_target_met: if cfg.cuda.is_some() {
+            None
+        } else {
+            batch1_over_floor.map(|r| r >= 0.7)
+        },
         batches,
         isolation_target_met: isolation.target_met,
         isolation,
@@ -328,6 +355,25 @@ pub fn run(cfg: &DecodeBenchConfig, dir: &Path) -> Result<DecodeBenchReport, Ben
             guard_and_scrub_percent: pct(t.guard + t.scrub),
         },
     })
+}
+
+/// The memory-read floor: every core summing its share of a buffer of
+/// `bytes` (at least 1 MB), best of twenty passes, in GB/s.
+pub fn read_floor_gb_per_s(bytes: usize) -> f64 {
+    use rayon::prelude::*;
+    let buf = vec![1.0f32; bytes.max(1 << 20) / 4];
+    let mut best = f64::MAX;
+    let mut sink = 0.0f32;
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        sink += buf
+            .par_chunks(16 * 1024)
+            .map(|c| crate::matmul::dot(c, c))
+            .sum::<f32>();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(sink);
+    (buf.len() * 4) as f64 / best / 1e9
 }
 
 impl std::fmt::Display for DecodeBenchReport {
@@ -355,11 +401,23 @@ impl std::fmt::Display for DecodeBenchReport {
                     .unwrap_or_default()
             )?;
         }
-        if let (Some(r), Some(met)) = (self.batch32_over_batch1, self.batch_target_met) {
+        if let Some(r) = self.batch32_over_batch1 {
+            writeln!(f, "  batch 32 / batch 1 = {r:.2}x")?;
+        }
+        if let (Some(read), Some(ratio)) =
+            (self.batch1_weight_read_gb_per_s, self.batch1_over_floor)
+        {
             writeln!(
                 f,
-                "  batch 32 / batch 1 = {r:.2}x (target >= 8x: {})",
-                if met { "met" } else { "NOT met" }
+                "  batch 1 reads {:.1} MB of {} weights per token: {read:.1} GB/s; a bare read of as many bytes on every core: {:.1} GB/s ({ratio:.2}x{})",
+                self.weight_bytes as f64 / 1e6,
+                self.dtype,
+                self.read_floor_gb_per_s,
+                match self.roofline_target_met {
+                    Some(true) => ", target >= 0.7x: met",
+                    Some(false) => ", target >= 0.7x: NOT met",
+                    None => "",
+                }
             )?;
         }
         writeln!(f, "{}", self.isolation)?;

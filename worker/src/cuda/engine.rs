@@ -148,7 +148,9 @@ impl CudaModel {
         let up = |v: &[f32]| stream.clone_htod(v).map_err(dev);
         let lin = |l: &crate::model::Linear| -> Result<DevLinear, ModelError> {
             Ok(DevLinear {
-                w: up(&l.w)?,
+                // The device computes in f32: 16-bit weights are widened
+                // once, on upload.
+                w: up(&l.w.to_f32())?,
                 bias: l.bias.as_deref().map(up).transpose()?,
                 out_dim: l.out_dim,
                 in_dim: l.in_dim,
@@ -184,7 +186,7 @@ impl CudaModel {
             ordinal,
             blas: CudaBlas::new(stream.clone()).map_err(dev)?,
             kernels,
-            embed: up(&model.embed)?,
+            embed: up(&model.embed.to_f32())?,
             layers,
             norm: up(&model.norm)?,
             lm_head,
