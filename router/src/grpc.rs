@@ -61,6 +61,14 @@ fn raw_request(r: GenerateRequest) -> Result<RawRequest, ApiError> {
             logprobs: Some(r.logprobs),
             top_logprobs: r.top_logprobs.map(i64::from),
         },
+        frequency_penalty: r.frequency_penalty.map(f64::from),
+        presence_penalty: r.presence_penalty.map(f64::from),
+        repetition_penalty: r.repetition_penalty.map(f64::from),
+        logit_bias: r
+            .logit_bias
+            .into_iter()
+            .map(|(k, v)| (k, f64::from(v)))
+            .collect(),
     })
 }
 

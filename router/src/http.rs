@@ -122,12 +122,12 @@ pub fn parse(kind: Kind, body: &[u8]) -> Result<(RawRequest, bool, bool), ApiErr
     openai::fields::check(kind, fields)?;
     let (common, input, logprobs) = match kind {
         Kind::Chat => {
-            let b: openai::ChatBody = openai::from_value(value)?;
+            let b = openai::ChatBody::from_value(value)?;
             let lp = b.raw_logprobs();
             (b.common, openai::chat_input(b.messages)?, lp)
         }
         Kind::Completion => {
-            let b: openai::CompletionBody = openai::from_value(value)?;
+            let b = openai::CompletionBody::from_value(value)?;
             let lp = RawLogprobs::Legacy(b.logprobs);
             (b.common, openai::completion_input(b.prompt)?, lp)
         }

@@ -70,19 +70,50 @@ pub struct Common {
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
     pub n: Option<i64>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    /// Extension (vLLM, transformers): > 0, 1 = off.
+    #[serde(default)]
+    pub repetition_penalty: Option<f64>,
+    /// Token id (as a string, OpenAI's form) -> bias.
+    #[serde(default)]
+    pub logit_bias: Option<std::collections::HashMap<String, f64>>,
+}
+
+/// A chat body: its own fields and the [`Common`] ones, each read from the
+/// same JSON object (not `#[serde(flatten)]`, which would hide the name of
+/// a field of the wrong type from the error).
+pub struct ChatBody {
+    pub messages: Vec<Message>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<i64>,
+    pub common: Common,
 }
 
 #[derive(Deserialize)]
-pub struct ChatBody {
-    pub messages: Vec<Message>,
+struct ChatFields {
+    messages: Vec<Message>,
     /// Return the chosen tokens' log-probabilities.
     #[serde(default)]
-    pub logprobs: Option<bool>,
+    logprobs: Option<bool>,
     /// Alternatives per position (0..=20; needs `logprobs: true`).
     #[serde(default)]
-    pub top_logprobs: Option<i64>,
-    #[serde(flatten)]
-    pub common: Common,
+    top_logprobs: Option<i64>,
+}
+
+impl ChatBody {
+    /// Reads a body whose fields [`fields::check`] accepted.
+    pub fn from_value(v: Value) -> Result<Self, ApiError> {
+        let own: ChatFields = from_value(&v)?;
+        Ok(Self {
+            messages: own.messages,
+            logprobs: own.logprobs,
+            top_logprobs: own.top_logprobs,
+            common: from_value(&v)?,
+        })
+    }
 }
 
 impl ChatBody {
@@ -94,14 +125,31 @@ impl ChatBody {
     }
 }
 
-#[derive(Deserialize)]
+/// A legacy completions body (read like [`ChatBody`]).
 pub struct CompletionBody {
     pub prompt: Value,
+    pub logprobs: Option<i64>,
+    pub common: Common,
+}
+
+#[derive(Deserialize)]
+struct CompletionFields {
+    prompt: Value,
     /// Legacy: how many alternatives per position (0..=5); null = none.
     #[serde(default)]
-    pub logprobs: Option<i64>,
-    #[serde(flatten)]
-    pub common: Common,
+    logprobs: Option<i64>,
+}
+
+impl CompletionBody {
+    /// Reads a body whose fields [`fields::check`] accepted.
+    pub fn from_value(v: Value) -> Result<Self, ApiError> {
+        let own: CompletionFields = from_value(&v)?;
+        Ok(Self {
+            prompt: own.prompt,
+            logprobs: own.logprobs,
+            common: from_value(&v)?,
+        })
+    }
 }
 
 /// Parses a JSON body, turning serde's message into a 400. serde quotes a
@@ -109,19 +157,28 @@ pub struct CompletionBody {
 /// u64`) and refusals are logged, so such a string is left out (found by
 /// the `http_body` fuzz target).
 pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| body_error(&e))
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| body_error(&e))
 }
 
 /// [`parse`] for a body already parsed as JSON (checked field by field
 /// first, so it is not parsed twice).
-pub fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
-    serde_json::from_value(v).map_err(|e| body_error(&e))
+pub fn from_value<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(v).map_err(|e| body_error(&e))
 }
 
-fn body_error(e: &serde_json::Error) -> ApiError {
+/// The error, naming the field it is about (`presence_penalty: invalid
+/// type: ...`) when it is about one.
+fn body_error(e: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let msg = without_quoted_string(&e.inner().to_string());
+    let path = e.path().to_string();
+    let at = if path == "." || path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}: ")
+    };
     ApiError::invalid(format!(
-        "the request body is not valid JSON for this endpoint: {}",
-        without_quoted_string(&e.to_string())
+        "the request body is not valid JSON for this endpoint: {at}{msg}"
     ))
 }
 
@@ -150,6 +207,16 @@ impl Common {
             Some(StopField::One(s)) => vec![s],
             Some(StopField::Many(v)) => v,
         };
+        let mut logit_bias = vec![];
+        for (k, v) in self.logit_bias.unwrap_or_default() {
+            let id = k.parse::<u32>().map_err(|_| {
+                ApiError::invalid_param(
+                    "logit_bias",
+                    "logit_bias keys must be token ids (non-negative integers as strings)",
+                )
+            })?;
+            logit_bias.push((id, v));
+        }
         Ok(RawRequest {
             model: self.model,
             input,
@@ -160,6 +227,10 @@ impl Common {
             seed: self.seed,
             stop,
             logprobs,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            repetition_penalty: self.repetition_penalty,
+            logit_bias,
         })
     }
 

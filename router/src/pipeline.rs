@@ -247,7 +247,7 @@ impl Pipeline {
             prompt,
             messages,
             max_tokens: req.max_tokens,
-            sampling: Some(req.sampling),
+            sampling: Some(req.sampling.clone()),
             stop: req.stop.clone(),
             logprobs: req.logprobs.is_some(),
             top_logprobs: req.logprobs.unwrap_or(0),

@@ -86,6 +86,11 @@ pub struct RawRequest {
     pub seed: Option<u64>,
     pub stop: Vec<String>,
     pub logprobs: RawLogprobs,
+    pub frequency_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    pub repetition_penalty: Option<f64>,
+    /// Token id -> bias.
+    pub logit_bias: Vec<(u32, f64)>,
 }
 
 /// A request that passed authentication and every check.
@@ -223,13 +228,58 @@ fn sampling(raw: &RawRequest) -> Result<SamplingParams, ApiError> {
             format!("top_k must be between 0 (off) and 100000, got {top_k}"),
         ));
     }
+    let penalty = |name: &'static str, v: Option<f64>| match v.unwrap_or(0.0) {
+        v if v.is_finite() && (-2.0..=2.0).contains(&v) => Ok(v as f32),
+        v => Err(ApiError::invalid_param(
+            name,
+            format!("{name} must be between -2 and 2, got {v}"),
+        )),
+    };
+    let frequency_penalty = penalty("frequency_penalty", raw.frequency_penalty)?;
+    let presence_penalty = penalty("presence_penalty", raw.presence_penalty)?;
+    let repetition_penalty = match raw.repetition_penalty.unwrap_or(1.0) {
+        v if v.is_finite() && v > 0.0 && v <= 10.0 => v as f32,
+        v => {
+            return Err(ApiError::invalid_param(
+                "repetition_penalty",
+                format!("repetition_penalty must be greater than 0 and at most 10, got {v}"),
+            ));
+        }
+    };
+    if raw.logit_bias.len() > MAX_LOGIT_BIAS {
+        return Err(ApiError::invalid_param(
+            "logit_bias",
+            format!(
+                "logit_bias may name at most {MAX_LOGIT_BIAS} tokens, got {}",
+                raw.logit_bias.len()
+            ),
+        ));
+    }
+    let mut logit_bias = std::collections::HashMap::new();
+    for &(id, b) in &raw.logit_bias {
+        if !b.is_finite() || !(-100.0..=100.0).contains(&b) {
+            return Err(ApiError::invalid_param(
+                "logit_bias",
+                format!("the bias of token {id} must be between -100 and 100, got {b}"),
+            ));
+        }
+        logit_bias.insert(id, b as f32);
+    }
     Ok(SamplingParams {
         temperature: temperature as f32,
         top_p: top_p as f32,
         top_k: top_k as u32,
         seed: raw.seed,
+        frequency_penalty,
+        presence_penalty,
+        repetition_penalty,
+        logit_bias,
     })
 }
+
+/// Most `logit_bias` entries per request (OpenAI's limit; the worker
+/// checks the ids against its vocabulary).
+pub const MAX_LOGIT_BIAS: usize = 300;
 
 fn logprobs(raw: RawLogprobs) -> Result<Option<u32>, ApiError> {
     match raw {

@@ -1,7 +1,9 @@
-//! Logprobs end to end: the OpenAI `logprobs` / `top_logprobs` shapes over
-//! HTTP (chat and legacy completions, streamed and not), the client gRPC
-//! API's `logprobs`, and clear 400s for out-of-range values — against the
-//! real router and worker started by `bulkhead dev`.
+//! Logprobs and sampling adjustments end to end: the OpenAI `logprobs` /
+//! `top_logprobs` shapes over HTTP (chat and legacy completions, streamed
+//! and not), the client gRPC API's `logprobs`, `logit_bias` and the
+//! presence / frequency / repetition penalties honoured, and clear 400s
+//! for out-of-range values — against the real router and worker started by
+//! `bulkhead dev`.
 use anyhow::{Context, Result, ensure};
 use bulkhead_e2e::DevStack;
 use bulkhead_proto::client::GenerateRequest;
@@ -243,6 +245,88 @@ async fn grpc(stack: &DevStack, model: &str) -> Result<()> {
     Ok(())
 }
 
+/// Greedy token ids over gRPC with the request's adjustments.
+async fn greedy_ids(
+    stack: &DevStack,
+    model: &str,
+    edit: impl FnOnce(&mut GenerateRequest),
+) -> Result<Vec<u32>> {
+    let mut client = InferenceClient::connect(format!("http://{}", stack.s("router_grpc"))).await?;
+    let mut r = GenerateRequest {
+        model: model.to_string(),
+        prompt: "The quick brown fox".into(),
+        max_tokens: 16,
+        temperature: Some(0.0),
+        ..Default::default()
+    };
+    edit(&mut r);
+    let mut req = tonic::Request::new(r);
+    let auth = format!("Bearer {}", stack.key(0));
+    req.metadata_mut()
+        .insert("authorization", auth.parse().expect("metadata"));
+    let mut stream = client.generate(req).await?.into_inner();
+    let mut ids = Vec::new();
+    while let Some(msg) = stream.message().await? {
+        ids.extend(msg.token_ids);
+    }
+    Ok(ids)
+}
+
+fn repeats(ids: &[u32]) -> usize {
+    ids.len() - ids.iter().collect::<std::collections::HashSet<_>>().len()
+}
+
+async fn adjustments(stack: &DevStack, model: &str) -> Result<()> {
+    let plain = greedy_ids(stack, model, |_| {}).await?;
+    ensure!(plain.len() >= 8, "{plain:?}");
+    // logit_bias +100 on a token the model would not pick: every token.
+    let forced = (2..300).find(|t| !plain.contains(t)).context("a token")?;
+    let ids = greedy_ids(stack, model, |r| {
+        r.logit_bias.insert(forced, 100.0);
+        r.max_tokens = 6;
+    })
+    .await?;
+    ensure!(ids == vec![forced; 6], "logit_bias ignored: {ids:?}");
+    // Greedy decoding of the generated model repeats itself; a presence
+    // penalty larger than its logits' spread never reuses a token.
+    ensure!(
+        repeats(&plain) > 0,
+        "the plain run has no repeat to remove: {plain:?}"
+    );
+    let ids = greedy_ids(stack, model, |r| r.presence_penalty = Some(2.0)).await?;
+    ensure!(
+        repeats(&ids) == 0,
+        "presence_penalty ignored: {ids:?} (plain {plain:?})"
+    );
+    let ids = greedy_ids(stack, model, |r| r.frequency_penalty = Some(2.0)).await?;
+    ensure!(
+        repeats(&ids) < repeats(&plain),
+        "frequency_penalty ignored: {ids:?}"
+    );
+    let ids = greedy_ids(stack, model, |r| r.repetition_penalty = Some(10.0)).await?;
+    ensure!(ids != plain, "repetition_penalty ignored: {ids:?}");
+    // Over HTTP, OpenAI's spelling, and the refusals by name.
+    let body = json!({"model": model, "prompt": "The quick brown fox", "max_tokens": 4,
+        "temperature": 0, "logit_bias": {forced.to_string(): 100}});
+    let (status, text) = post(stack, "/v1/completions", &body).await?;
+    ensure!(status == 200, "{status}: {text}");
+    for (field, bad) in [
+        ("frequency_penalty", json!(2.5)),
+        ("presence_penalty", json!("high")),
+        ("repetition_penalty", json!(0)),
+        ("logit_bias", json!({"x": 1})),
+        ("logit_bias", json!({"5": 150})),
+        ("logit_bias", json!({"99999": 5})),
+    ] {
+        let mut body = json!({"model": model, "prompt": "hi", "max_tokens": 2});
+        body[field] = bad.clone();
+        let (status, text) = post(stack, "/v1/completions", &body).await?;
+        ensure!(status == 400, "{field}={bad}: {status} {text}");
+        ensure!(text.contains(field), "{field}={bad}: {text}");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logprobs_over_http_and_grpc() -> Result<()> {
     let stack = DevStack::start(&[])?;
@@ -252,6 +336,9 @@ async fn logprobs_over_http_and_grpc() -> Result<()> {
         completions(&stack, &model).await.context("completions")?;
         refusals(&stack, &model).await.context("refusals")?;
         grpc(&stack, &model).await.context("gRPC")?;
+        adjustments(&stack, &model)
+            .await
+            .context("sampling adjustments")?;
         anyhow::Ok(())
     };
     let result = run.await;

@@ -162,12 +162,31 @@ impl WorkerService {
         if req.max_tokens == 0 {
             return Err(invalid("max_tokens must be at least 1"));
         }
-        let sp = req.sampling.unwrap_or_default();
+        let sp = req.sampling.clone().unwrap_or_default();
+        let mut logit_bias: Vec<(u32, f32)> = sp.logit_bias.into_iter().collect();
+        logit_bias.sort_unstable_by_key(|(id, _)| *id);
+        if let Some((id, _)) = logit_bias
+            .iter()
+            .find(|(id, _)| *id as usize >= self.model.model.vocab_size())
+        {
+            return Err(invalid(format!(
+                "logit_bias: token id {id} is outside the vocabulary of {} tokens",
+                self.model.model.vocab_size()
+            )));
+        }
         let params = SamplingParams {
             temperature: sp.temperature,
             top_p: sp.top_p,
             top_k: sp.top_k,
             seed: sp.seed,
+            frequency_penalty: sp.frequency_penalty,
+            presence_penalty: sp.presence_penalty,
+            repetition_penalty: if sp.repetition_penalty == 0.0 {
+                1.0
+            } else {
+                sp.repetition_penalty
+            },
+            logit_bias,
         };
         params.validate().map_err(|e| invalid(e.to_string()))?;
         if req.top_logprobs > MAX_TOP_LOGPROBS {

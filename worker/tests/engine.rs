@@ -105,14 +105,21 @@ fn two_tenants_run_concurrently_with_their_own_blocks() {
     let greedy = SamplingParams::default();
     // B is long enough (200 tokens) that A, submitted right after it,
     // overlaps it even on a loaded machine.
-    let (ra, rxa) = request(&m, "a1", "acme", "Tenant A asks about the fox.", 12, greedy);
+    let (ra, rxa) = request(
+        &m,
+        "a1",
+        "acme",
+        "Tenant A asks about the fox.",
+        12,
+        greedy.clone(),
+    );
     let (rb, rxb) = request(
         &m,
         "b1",
         "globex",
         "Tenant B asks about Paris.",
         200,
-        greedy,
+        greedy.clone(),
     );
     engine.submit(rb).unwrap();
     engine.submit(ra).unwrap();
@@ -165,14 +172,15 @@ fn greedy_is_deterministic_and_seeded_sampling_reproducible() {
         collect_cached(rx).0
     };
     let g = SamplingParams::default();
-    assert_eq!(run("g1", g), run("g2", g));
+    assert_eq!(run("g1", g.clone()), run("g2", g));
     let s = SamplingParams {
         temperature: 1.0,
         top_p: 0.9,
         top_k: 50,
         seed: Some(42),
+        ..Default::default()
     };
-    assert_eq!(run("s1", s), run("s2", s));
+    assert_eq!(run("s1", s.clone()), run("s2", s));
 }
 
 #[test]
@@ -276,13 +284,13 @@ fn out_of_blocks_mid_decode_preempts_and_recomputes() {
     let roomy = EngineHandle::start(m.clone(), cfg(64), None).unwrap();
     let mut want = Vec::new();
     for (id, tenant, p) in prompts {
-        let (r, rx) = request(&m, id, tenant, p, 24, greedy);
+        let (r, rx) = request(&m, id, tenant, p, 24, greedy.clone());
         roomy.submit(r).unwrap();
         want.push(collect(rx).0);
     }
     // Each needs ceil((prompt + 24) / 4) blocks; together they do not fit.
-    let (r1, rx1) = request(&m, "p1", "acme", prompts[0].2, 24, greedy);
-    let (r2, rx2) = request(&m, "p2", "globex", prompts[1].2, 24, greedy);
+    let (r1, rx1) = request(&m, "p1", "acme", prompts[0].2, 24, greedy.clone());
+    let (r2, rx2) = request(&m, "p2", "globex", prompts[1].2, 24, greedy.clone());
     let total = r1.prompt.len().div_ceil(4).max(r2.prompt.len().div_ceil(4)) + 6 + 1;
     let tight = EngineHandle::start(m.clone(), cfg(total), None).unwrap();
     tight.submit(r1).unwrap();

@@ -81,7 +81,7 @@ fn greedy_chosen_is_top1_and_mass_is_at_most_one() {
     let (_d, m) = load();
     let engine = EngineHandle::start(m.clone(), EngineConfig::default(), None).unwrap();
     let greedy = SamplingParams::default();
-    let (text, toks) = run(&engine, &m, "g", greedy, Some(5));
+    let (text, toks) = run(&engine, &m, "g", greedy.clone(), Some(5));
     assert!(!toks.is_empty());
     let mut bytes = Vec::new();
     for (id, l) in &toks {
@@ -112,7 +112,7 @@ fn greedy_chosen_is_top1_and_mass_is_at_most_one() {
     }
     // The most alternatives a request may ask for.
     let vocab = m.model.vocab_size() as u32;
-    let (_, all) = run(&engine, &m, "g-all", greedy, Some(20));
+    let (_, all) = run(&engine, &m, "g-all", greedy.clone(), Some(20));
     let l = all[0].1.as_ref().unwrap();
     check_distribution(l, 20.min(vocab as usize));
     // Same request without logprobs: same tokens, none attached.
@@ -134,7 +134,7 @@ fn sampled_tokens_carry_the_models_logprob_and_k_zero_has_no_alternatives() {
         seed: Some(42),
         ..Default::default()
     };
-    let (_, toks) = run(&engine, &m, "s", hot, Some(20));
+    let (_, toks) = run(&engine, &m, "s", hot.clone(), Some(20));
     for (id, l) in toks
         .iter()
         .filter_map(|(id, l)| l.as_ref().map(|l| (id, l)))

@@ -20,9 +20,6 @@ enum Rule {
     NeutralOnly(fn(&Value) -> bool, &'static str),
 }
 
-fn null_or_zero(v: &Value) -> bool {
-    v.is_null() || v.as_f64() == Some(0.0)
-}
 fn null_or_empty(v: &Value) -> bool {
     match v {
         Value::Null => true,
@@ -69,27 +66,10 @@ fn rule(kind: Kind, field: &str) -> Option<(&'static str, Rule)> {
         "n" => Some(("n", Honoured)),
         "logprobs" => Some(("logprobs", Honoured)),
         "user" => Some(("user", Identifier)),
-        "frequency_penalty" => Some((
-            "frequency_penalty",
-            NeutralOnly(
-                null_or_zero,
-                "frequency penalties are not implemented; only 0 is accepted",
-            ),
-        )),
-        "presence_penalty" => Some((
-            "presence_penalty",
-            NeutralOnly(
-                null_or_zero,
-                "presence penalties are not implemented; only 0 is accepted",
-            ),
-        )),
-        "logit_bias" => Some((
-            "logit_bias",
-            NeutralOnly(
-                null_or_empty,
-                "logit_bias is not implemented; only an empty map is accepted",
-            ),
-        )),
+        "frequency_penalty" => Some(("frequency_penalty", Honoured)),
+        "presence_penalty" => Some(("presence_penalty", Honoured)),
+        "repetition_penalty" => Some(("repetition_penalty", Honoured)),
+        "logit_bias" => Some(("logit_bias", Honoured)),
         _ => None,
     };
     if common.is_some() {
@@ -237,15 +217,15 @@ mod tests {
     fn neutral_values_pass_and_others_are_refused_by_name() {
         for ok in [
             json!({"frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}}),
+            // Honoured (their ranges are checked in `validate`).
+            json!({"frequency_penalty": 0.5, "presence_penalty": -1, "repetition_penalty": 1.1,
+                "logit_bias": {"50256": -100}}),
             json!({"tools": [], "tool_choice": "none", "response_format": {"type": "text"}}),
             json!({"user": "u-1", "store": false, "service_tier": "auto", "modalities": ["text"]}),
         ] {
             assert!(check(Kind::Chat, &chat(ok.clone())).is_ok(), "{ok}");
         }
         for (bad, name) in [
-            (json!({"frequency_penalty": 0.5}), "frequency_penalty"),
-            (json!({"presence_penalty": -1}), "presence_penalty"),
-            (json!({"logit_bias": {"50256": -100}}), "logit_bias"),
             (json!({"tools": [{"type": "function"}]}), "tools"),
             (
                 json!({"response_format": {"type": "json_object"}}),

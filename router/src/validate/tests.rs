@@ -30,6 +30,10 @@ fn raw() -> RawRequest {
         seed: None,
         stop: vec![],
         logprobs: RawLogprobs::Off,
+        frequency_penalty: None,
+        presence_penalty: None,
+        repetition_penalty: None,
+        logit_bias: vec![],
     }
 }
 
@@ -172,5 +176,50 @@ fn logprobs_are_validated_per_api() {
         let e = legacy(Some(n)).expect_err("legacy out of range");
         assert!(e.to_string().contains("between 0 and 5"), "{e}");
         assert_eq!(e.body()["error"]["param"], "logprobs");
+    }
+}
+
+#[test]
+fn penalties_and_logit_bias_are_checked_and_passed_on() {
+    let ok = check(|r| {
+        r.frequency_penalty = Some(0.5);
+        r.presence_penalty = Some(-1.0);
+        r.repetition_penalty = Some(1.2);
+        r.logit_bias = vec![(42, 100.0), (7, -3.5)];
+    })
+    .unwrap();
+    let s = &ok.sampling;
+    assert_eq!(
+        (
+            s.frequency_penalty,
+            s.presence_penalty,
+            s.repetition_penalty
+        ),
+        (0.5, -1.0, 1.2)
+    );
+    assert_eq!(s.logit_bias.get(&42), Some(&100.0));
+    assert_eq!(s.logit_bias.get(&7), Some(&-3.5));
+    // Absent: neutral (repetition 1, not the proto's 0).
+    let plain = check(|_| {}).unwrap().sampling;
+    assert_eq!(plain.repetition_penalty, 1.0);
+    assert!(plain.logit_bias.is_empty());
+    type Edit = fn(&mut RawRequest);
+    let bad: [(&str, Edit); 7] = [
+        ("frequency_penalty", |r| r.frequency_penalty = Some(2.5)),
+        ("presence_penalty", |r| r.presence_penalty = Some(f64::NAN)),
+        ("repetition_penalty", |r| r.repetition_penalty = Some(0.0)),
+        ("repetition_penalty", |r| r.repetition_penalty = Some(-1.0)),
+        ("logit_bias", |r| r.logit_bias = vec![(1, 101.0)]),
+        ("logit_bias", |r| r.logit_bias = vec![(1, f64::INFINITY)]),
+        ("logit_bias", |r| {
+            r.logit_bias = (0..301).map(|i| (i, 1.0)).collect()
+        }),
+    ];
+    for (field, edit) in bad {
+        let e = check(edit).unwrap_err();
+        assert!(
+            matches!(&e, ApiError::InvalidArgument { param: Some(p), .. } if *p == field),
+            "{field}: {e:?}"
+        );
     }
 }

@@ -117,7 +117,7 @@ impl Engine {
                 registered: 0,
                 admitted: 0,
                 preempted: false,
-                sampler: Sampler::new(r.params),
+                sampler: Sampler::with_prompt(r.params.clone(), &r.prompt),
                 detok: Detokenizer::new(r.stop.clone()),
                 generated: 0,
                 done: None,
