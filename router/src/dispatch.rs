@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::cluster::ClusterView;
 use crate::error::ApiError;
 use crate::fair::{FairQueue, INPUT_COST, OUTPUT_COST, Ticket};
-use crate::limits::{Admission, Limiter, Limits};
+use crate::limits::{Admission, Limiter, Limits, RateState};
 use crate::slots::SlotView;
 
 mod meter;
@@ -75,6 +75,8 @@ pub type Clock = Arc<dyn Fn() -> Duration + Send + Sync>;
 pub struct Grant<L> {
     pub meter: Meter,
     pub lease: L,
+    /// The tenant's rate buckets when it was admitted.
+    pub rate: RateState,
 }
 
 struct Pending<L> {
@@ -122,8 +124,9 @@ struct Enqueue<L> {
     reserve: u64,
     prefix: Arc<[u64]>,
     reply: oneshot::Sender<Result<Grant<L>, ApiError>>,
-    /// Fired when the limits admitted the request (it is then queued).
-    admitted: oneshot::Sender<()>,
+    /// Fired when the limits admitted the request (it is then queued),
+    /// with the tenant's rate buckets after it.
+    admitted: oneshot::Sender<RateState>,
 }
 
 /// The handle callers use; cheap to share.
@@ -267,15 +270,17 @@ impl<L: Send + 'static> Dispatcher<L> {
         };
         // Two spans: the limit check, then (if admitted) the wait in the queue.
         let limits = tracing::info_span!("limits", tenant.id = %tenant_id);
-        let was_admitted = admitted_rx.instrument(limits).await.is_ok();
-        let r = if was_admitted {
+        let admitted = admitted_rx.instrument(limits).await.ok();
+        let r = if admitted.is_some() {
             let queue = tracing::info_span!("queue", tenant.id = %tenant_id);
             rx.instrument(queue).await.map_err(|_| gone())
         } else {
             rx.await.map_err(|_| gone())
         };
         cancel.armed = false;
-        r?
+        let mut grant = r??;
+        grant.rate = admitted.unwrap_or_default();
+        Ok(grant)
     }
 }
 
@@ -377,22 +382,26 @@ impl<P: Pool> Actor<P> {
         let queued = self.queue.queued(id) as u32;
         let in_flight = queued + self.running.get(id).copied().unwrap_or(0);
         let now = (self.clock)();
-        if let Err(r) = self
+        let rate = match self
             .limiter
             .admit(id, &limits, now, e.reserve, in_flight, queued)
         {
-            tracing::info!(
-                tenant = id,
-                retry_after_ms = r.retry_after.as_millis() as u64,
-                "request over a tenant limit"
-            );
-            let _ = e.reply.send(Err(ApiError::RateLimited {
-                message: r.message,
-                retry_after: r.retry_after,
-            }));
-            return;
-        }
-        let _ = e.admitted.send(());
+            Ok(rate) => rate,
+            Err(r) => {
+                tracing::info!(
+                    tenant = id,
+                    retry_after_ms = r.retry_after.as_millis() as u64,
+                    "request over a tenant limit"
+                );
+                let _ = e.reply.send(Err(ApiError::RateLimited {
+                    message: r.message,
+                    retry_after: r.retry_after,
+                    rate: r.rate,
+                }));
+                return;
+            }
+        };
+        let _ = e.admitted.send(rate);
         let pending = Pending {
             ticket: e.ticket,
             target,
@@ -541,7 +550,11 @@ impl<P: Pool> Actor<P> {
                 output: 0,
             };
             // If the caller left just now, dropping the grant ends it.
-            let _ = p.reply.send(Ok(Grant { lease, meter }));
+            let _ = p.reply.send(Ok(Grant {
+                lease,
+                meter,
+                rate: RateState::default(),
+            }));
         }
     }
 }

@@ -30,6 +30,8 @@ pub enum ApiError {
     RateLimited {
         message: String,
         retry_after: std::time::Duration,
+        /// The tenant's buckets, sent as `x-ratelimit-*` headers.
+        rate: crate::limits::RateState,
     },
     /// This router cannot take more work now (its queue is full);
     /// retrying after `retry_after` may work.
@@ -165,6 +167,9 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let Self::RateLimited { rate, .. } = &self {
+            crate::limits::insert_headers(resp.headers_mut(), rate);
+        }
         resp
     }
 }
@@ -192,12 +197,25 @@ mod tests {
         let e = ApiError::RateLimited {
             message: "slow down".into(),
             retry_after: std::time::Duration::from_millis(1500),
+            rate: crate::limits::RateState {
+                requests: Some(crate::limits::BucketView {
+                    limit: 10,
+                    remaining: 0,
+                    reset: std::time::Duration::from_millis(1500),
+                }),
+                tokens: None,
+            },
         };
         assert_eq!(e.http_status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(e.body()["error"]["type"], "rate_limit_error");
         assert_eq!(e.retry_after_secs(), Some(2));
         let resp = e.clone().into_response();
         assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
+        // OpenAI's x-ratelimit-* headers, for the limits the tenant has.
+        assert_eq!(resp.headers()["x-ratelimit-limit-requests"], "10");
+        assert_eq!(resp.headers()["x-ratelimit-remaining-requests"], "0");
+        assert_eq!(resp.headers()["x-ratelimit-reset-requests"], "1.5s");
+        assert!(resp.headers().get("x-ratelimit-limit-tokens").is_none());
         let st = e.to_status();
         assert_eq!(st.code(), tonic::Code::ResourceExhausted);
         assert!(

@@ -143,7 +143,7 @@ impl InferenceService {
         })?;
         let request_id = req.request_id.clone();
         tracing::info!(request_id = %request_id, tenant = %req.tenant.id, model = %req.model, max_tokens = req.max_tokens, "request accepted");
-        let (_, rx) = self
+        let (rate, rx) = self
             .state
             .pipeline
             .start(req)
@@ -187,6 +187,13 @@ impl InferenceService {
                 Some((item, Some(rx)))
             }
         });
-        Ok(Response::new(Box::pin(stream)))
+        // The tenant's rate buckets, as the HTTP API's x-ratelimit-* headers.
+        let mut resp = Response::new(Box::pin(stream) as GenerateStream);
+        for (name, value) in rate.headers() {
+            if let Ok(v) = value.parse() {
+                resp.metadata_mut().insert(name, v);
+            }
+        }
+        Ok(resp)
     }
 }

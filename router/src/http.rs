@@ -212,8 +212,15 @@ async fn traced(
             tracing::warn!(request_id = %request_id, error = %e, "dispatch failed");
             e.into_response()
         }
-        Ok((_, rx)) if stream => sse(env, rx, include_usage).into_response(),
-        Ok((_, rx)) => collect(env, rx).await,
+        Ok((rate, rx)) => {
+            let mut resp = if stream {
+                sse(env, rx, include_usage).into_response()
+            } else {
+                collect(env, rx).await
+            };
+            crate::limits::insert_headers(resp.headers_mut(), &rate);
+            resp
+        }
     };
     with_request_id(resp, &request_id)
 }

@@ -109,6 +109,71 @@ impl Limits {
 pub struct Refusal {
     pub message: String,
     pub retry_after: Duration,
+    /// The tenant's rate buckets as they stand (for `x-ratelimit-*`).
+    pub rate: RateState,
+}
+
+/// One rate bucket as a client sees it: its capacity, what is left, and
+/// how long until it is full again.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BucketView {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset: Duration,
+}
+
+/// A tenant's request and token buckets at this replica (`None`: that
+/// limit is off), reported as OpenAI's `x-ratelimit-*` headers.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RateState {
+    pub requests: Option<BucketView>,
+    pub tokens: Option<BucketView>,
+}
+
+impl RateState {
+    /// `(name, value)` of each `x-ratelimit-*` header (`limit-requests`,
+    /// `remaining-requests`, `reset-requests`, and the same for tokens;
+    /// resets in OpenAI's duration form, e.g. `1.5s`).
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![];
+        for (b, [limit, remaining, reset]) in [
+            (
+                self.requests,
+                [
+                    "x-ratelimit-limit-requests",
+                    "x-ratelimit-remaining-requests",
+                    "x-ratelimit-reset-requests",
+                ],
+            ),
+            (
+                self.tokens,
+                [
+                    "x-ratelimit-limit-tokens",
+                    "x-ratelimit-remaining-tokens",
+                    "x-ratelimit-reset-tokens",
+                ],
+            ),
+        ] {
+            if let Some(b) = b {
+                out.push((limit, b.limit.to_string()));
+                out.push((remaining, b.remaining.to_string()));
+                out.push((
+                    reset,
+                    format!("{}s", (b.reset.as_secs_f64() * 1000.0).ceil() / 1000.0),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Adds `rate`'s `x-ratelimit-*` headers to a response.
+pub fn insert_headers(h: &mut axum::http::HeaderMap, rate: &RateState) {
+    for (name, value) in rate.headers() {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
 }
 
 /// A rough prompt size in tokens for the reservation (about 4 bytes a
@@ -135,6 +200,15 @@ impl Bucket {
         let dt = now.saturating_sub(self.last).as_secs_f64();
         self.last = self.last.max(now);
         self.tokens = (self.tokens + dt * rate_per_s).min(capacity);
+    }
+
+    fn view(&self, rate_per_s: f64, capacity: f64) -> BucketView {
+        let left = self.tokens.max(0.0);
+        BucketView {
+            limit: capacity as u64,
+            remaining: left.floor() as u64,
+            reset: Duration::from_secs_f64(((capacity - left) / rate_per_s).max(0.0)),
+        }
     }
 
     /// Time until `need` tokens are there (zero if they are now).
@@ -185,8 +259,9 @@ impl Limiter {
         tokens: u64,
         in_flight: u32,
         queued: u32,
-    ) -> Result<(), Refusal> {
+    ) -> Result<RateState, Refusal> {
         let soon = Duration::from_secs(1);
+        let rate = self.state(tenant, limits, now);
         if limits.max_in_flight != 0 && in_flight >= limits.max_in_flight {
             return Err(Refusal {
                 message: format!(
@@ -194,6 +269,7 @@ impl Limiter {
                     limits.max_in_flight
                 ),
                 retry_after: soon,
+                rate,
             });
         }
         if limits.max_queued != 0 && queued >= limits.max_queued {
@@ -203,6 +279,7 @@ impl Limiter {
                     limits.max_queued
                 ),
                 retry_after: soon,
+                rate,
             });
         }
         let st = self.tenants.entry(tenant.to_string()).or_default();
@@ -219,6 +296,7 @@ impl Limiter {
                         limits.requests_per_second, rps_cap
                     ),
                     retry_after: wait,
+                    rate,
                 });
             }
         }
@@ -235,6 +313,7 @@ impl Limiter {
                         limits.tokens_per_minute
                     ),
                     retry_after: wait,
+                    rate,
                 });
             }
             b.tokens -= tokens as f64;
@@ -242,7 +321,30 @@ impl Limiter {
         if let Some(b) = st.rps.as_mut().filter(|_| limits.requests_per_second != 0) {
             b.tokens -= 1.0;
         }
-        Ok(())
+        Ok(self.state(tenant, limits, now))
+    }
+
+    /// The tenant's buckets now (full when it has not been seen yet).
+    pub fn state(&mut self, tenant: &str, limits: &Limits, now: Duration) -> RateState {
+        let st = self.tenants.get_mut(tenant);
+        let (rps_rate, rps_cap) = rps_params(limits);
+        let (tpm_rate, tpm_cap) = tpm_params(limits);
+        let (mut rps, mut tpm) = match st {
+            Some(s) => (s.rps.clone(), s.tpm.clone()),
+            None => (None, None),
+        };
+        RateState {
+            requests: (limits.requests_per_second != 0).then(|| {
+                let b = rps.get_or_insert_with(|| Bucket::full(rps_cap, now));
+                b.refill(now, rps_rate, rps_cap);
+                b.view(rps_rate, rps_cap)
+            }),
+            tokens: (limits.tokens_per_minute != 0).then(|| {
+                let b = tpm.get_or_insert_with(|| Bucket::full(tpm_cap, now));
+                b.refill(now, tpm_rate, tpm_cap);
+                b.view(tpm_rate, tpm_cap)
+            }),
+        }
     }
 
     /// Returns `tokens` reserved but not used (negative: charges more, e.g.

@@ -19,7 +19,7 @@ use crate::cluster::ClusterView;
 use crate::directory::AuthContext;
 use crate::dispatch::{Dispatcher, Grant, Meter};
 use crate::error::ApiError;
-use crate::limits::estimate_prompt_tokens;
+use crate::limits::{RateState, estimate_prompt_tokens};
 use crate::metrics::RouterMetrics;
 use crate::validate::{Input, RequestMeta, ValidRequest};
 use crate::workers::{WorkerHandle, WorkerLease, WorkerPool};
@@ -120,7 +120,7 @@ impl Pipeline {
     pub async fn start(
         self: &Arc<Self>,
         req: ValidRequest,
-    ) -> Result<(Usage, mpsc::Receiver<Event>), ApiError> {
+    ) -> Result<(RateState, mpsc::Receiver<Event>), ApiError> {
         if !self.audit.available() {
             tracing::error!(request_id = %req.request_id, tenant = %req.tenant.id,
                 "refusing a request: the audit trail (NATS) is unreachable");
@@ -146,6 +146,7 @@ impl Pipeline {
             }
         };
         outcome.usage = usage;
+        let rate = grant.rate;
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let this = self.clone();
         let relay =
@@ -160,7 +161,7 @@ impl Pipeline {
             }
             .instrument(relay),
         );
-        Ok((usage, rx))
+        Ok((rate, rx))
     }
 
     /// Dispatches, retrying once on another worker when the chosen one

@@ -1,6 +1,7 @@
 //! Per-tenant limits end to end: an operator creates a tenant with a
 //! requests-per-second limit through the CLI; the routers learn it from the
-//! KV watch; over the limit the tenant gets 429 with Retry-After and an
+//! KV watch; over the limit the tenant gets 429 with Retry-After (and
+//! OpenAI's `x-ratelimit-*` headers, on served requests too) and an
 //! OpenAI-shaped body, while another tenant is not affected.
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,28 @@ async fn over_the_limit_is_429_and_others_are_unaffected() -> Result<()> {
             .to_str()?
             .parse()?;
         ensure!((1..=2).contains(&retry), "Retry-After {retry}");
+        // OpenAI's x-ratelimit-* headers: a bucket of 1, empty, full again
+        // within a second; no token limit, so no token headers.
+        let h = |name: &str| {
+            r.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        ensure!(
+            h("x-ratelimit-limit-requests").as_deref() == Some("1"),
+            "{:?}",
+            r.headers()
+        );
+        ensure!(
+            h("x-ratelimit-remaining-requests").as_deref() == Some("0"),
+            "{:?}",
+            r.headers()
+        );
+        let reset = h("x-ratelimit-reset-requests").context("no reset")?;
+        let reset: f64 = reset.trim_end_matches('s').parse()?;
+        ensure!(reset > 0.0 && reset <= 1.0, "reset {reset}");
+        ensure!(h("x-ratelimit-limit-tokens").is_none(), "{:?}", r.headers());
         let body: serde_json::Value = r.json().await?;
         ensure!(body["error"]["type"] == "rate_limit_error", "{body}");
         // Another tenant is served meanwhile.
@@ -78,6 +101,13 @@ async fn over_the_limit_is_429_and_others_are_unaffected() -> Result<()> {
         tokio::time::sleep(Duration::from_secs(retry)).await;
         let r = complete(&stack, &key).await?;
         ensure!(r.status().is_success(), "after Retry-After: {}", r.status());
+        // A served request carries them too: this one took the only token.
+        let remaining = r.headers().get("x-ratelimit-remaining-requests");
+        ensure!(
+            remaining.and_then(|v| v.to_str().ok()) == Some("0"),
+            "{:?}",
+            r.headers()
+        );
         Ok::<(), anyhow::Error>(())
     }
     .await;

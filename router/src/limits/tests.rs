@@ -178,7 +178,7 @@ proptest! {
             now_ms += u64::from(g);
             let now = Duration::from_millis(now_ms);
             match l.admit("a", &lim, now, 1, 0, 0) {
-                Ok(()) => admitted += 1,
+                Ok(_) => admitted += 1,
                 Err(r) => {
                     prop_assert!(r.retry_after > Duration::ZERO);
                     // Retrying after the advertised delay succeeds.
@@ -215,4 +215,38 @@ proptest! {
             prop_assert!(net <= allowed + 1e-6, "{net} > {allowed}");
         }
     }
+}
+
+#[test]
+fn admission_reports_the_buckets_as_clients_see_them() {
+    let mut l = Limiter::new();
+    let lim = Limits {
+        requests_per_second: 2,
+        burst: 4,
+        tokens_per_minute: 600,
+        ..Limits::default()
+    };
+    let r = l.admit("a", &lim, secs(0.0), 100, 0, 0).unwrap();
+    let req = r.requests.unwrap();
+    assert_eq!((req.limit, req.remaining), (4, 3));
+    // One request's worth refills in half a second at 2 per second.
+    assert_eq!(req.reset, Duration::from_millis(500));
+    let tok = r.tokens.unwrap();
+    assert_eq!((tok.limit, tok.remaining), (600, 500));
+    // 100 tokens at 10 a second.
+    assert_eq!(tok.reset, Duration::from_secs(10));
+    // Refused: the state rides along.
+    for _ in 0..3 {
+        l.admit("a", &lim, secs(0.0), 1, 0, 0).unwrap();
+    }
+    let e = l.admit("a", &lim, secs(0.0), 1, 0, 0).unwrap_err();
+    assert_eq!(e.rate.requests.unwrap().remaining, 0);
+    // No limits, no headers.
+    let free = l
+        .admit("b", &Limits::default(), secs(0.0), 1, 0, 0)
+        .unwrap();
+    assert!(free.headers().is_empty());
+    let h = r.headers();
+    assert_eq!(h[0], ("x-ratelimit-limit-requests", "4".to_string()));
+    assert_eq!(h[5], ("x-ratelimit-reset-tokens", "10s".to_string()));
 }
