@@ -69,6 +69,7 @@ fn raw_request(r: GenerateRequest) -> Result<RawRequest, ApiError> {
             .into_iter()
             .map(|(k, v)| (k, f64::from(v)))
             .collect(),
+        user: (!r.user.is_empty()).then_some(r.user),
     })
 }
 

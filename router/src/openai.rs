@@ -80,6 +80,12 @@ pub struct Common {
     /// Token id (as a string, OpenAI's form) -> bias.
     #[serde(default)]
     pub logit_bias: Option<std::collections::HashMap<String, f64>>,
+    /// The caller's end-user id (audited as a keyed hash).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Chat: OpenAI's newer name for the same.
+    #[serde(default)]
+    pub safety_identifier: Option<String>,
 }
 
 /// A chat body: its own fields and the [`Common`] ones, each read from the
@@ -231,6 +237,7 @@ impl Common {
             presence_penalty: self.presence_penalty,
             repetition_penalty: self.repetition_penalty,
             logit_bias,
+            user: self.safety_identifier.or(self.user),
         })
     }
 

@@ -415,6 +415,10 @@ impl Pipeline {
         let key = bulkhead_proto::names::tenant_key(tenant, &req.tenant.uid);
         ev.prompt_hash = self.hasher.hash(&key, &req.input.canonical_bytes());
         ev.response_hash = self.hasher.hash(&key, o.response.as_bytes());
+        // The end-user id, never in clear: a hash apart from content's.
+        if let Some(u) = &req.user {
+            ev.user_hash = self.hasher.hash(&key, format!("user:{u}").as_bytes());
+        }
         ev.prompt_tokens = o.usage.prompt_tokens;
         ev.completion_tokens = o.usage.completion_tokens;
         ev.cached_tokens = o.usage.cached_tokens;

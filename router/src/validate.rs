@@ -91,6 +91,8 @@ pub struct RawRequest {
     pub repetition_penalty: Option<f64>,
     /// Token id -> bias.
     pub logit_bias: Vec<(u32, f64)>,
+    /// The caller's end-user id.
+    pub user: Option<String>,
 }
 
 /// A request that passed authentication and every check.
@@ -110,7 +112,13 @@ pub struct ValidRequest {
     pub logprobs: Option<u32>,
     pub protocol: Protocol,
     pub source_addr: String,
+    /// The caller's end-user id (at most [`MAX_USER_BYTES`]; audited as a
+    /// keyed hash only).
+    pub user: Option<String>,
 }
+
+/// Longest end-user id accepted (`user`, `safety_identifier`).
+pub const MAX_USER_BYTES: usize = 256;
 
 /// Everything known about a request before validation, so that a refused
 /// request can still be audited.
@@ -190,6 +198,17 @@ pub fn validate(
             ),
         ));
     }
+    if let Some(u) = &raw.user
+        && u.len() > MAX_USER_BYTES
+    {
+        return Err(ApiError::invalid_param(
+            "user",
+            format!(
+                "user must be at most {MAX_USER_BYTES} bytes, got {}",
+                u.len()
+            ),
+        ));
+    }
     Ok(ValidRequest {
         request_id: meta.request_id.clone(),
         received: meta.received,
@@ -203,6 +222,7 @@ pub fn validate(
         logprobs,
         protocol: meta.protocol,
         source_addr: meta.source_addr.clone(),
+        user: raw.user.filter(|u| !u.is_empty()),
     })
 }
 

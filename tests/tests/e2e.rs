@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 
 /// A prompt distinctive enough that finding it in a file means it leaked.
 const SECRET_PROMPT: &str = "zebra-quartz-7731 confidential merger plan for Initech";
+/// An end-user id the requests name; it must appear nowhere on disk.
+const END_USER: &str = "enduser-velvet-4410";
 
 type Stack = DevStack;
 
@@ -44,7 +46,7 @@ async fn http_checks(stack: &Stack, i: usize) -> Result<()> {
     // Streamed chat completion.
     let body = json!({"model": model, "messages": [{"role": "user", "content": SECRET_PROMPT}],
                       "max_tokens": 8, "stream": true, "temperature": 0,
-                      "stream_options": {"include_usage": true}});
+                      "stream_options": {"include_usage": true}, "safety_identifier": END_USER});
     let (status, text) = post(&format!("{base}/v1/chat/completions"), Some(&key), &body).await?;
     ensure!(status == 200, "stream status {status}: {text}");
     let data = sse_data(&text);
@@ -78,7 +80,8 @@ async fn http_checks(stack: &Stack, i: usize) -> Result<()> {
     ensure!(content_chunks >= 1, "no streamed content: {text}");
 
     // Non-streamed completion.
-    let body = json!({"model": model, "prompt": SECRET_PROMPT, "max_tokens": 5, "temperature": 0});
+    let body = json!({"model": model, "prompt": SECRET_PROMPT, "max_tokens": 5, "temperature": 0,
+                      "user": END_USER});
     let (status, text) = post(&format!("{base}/v1/completions"), Some(&key), &body).await?;
     ensure!(status == 200, "completion status {status}: {text}");
     let v: Value = serde_json::from_str(&text)?;
@@ -278,6 +281,23 @@ async fn two_tenants_end_to_end() -> Result<()> {
             ra.iter().any(|r| r.status == "refused"),
             "refused requests are audited too"
         );
+        // The end user the HTTP requests named is recorded as one keyed
+        // hash per tenant (OpenAI's `user` and `safety_identifier` alike),
+        // never in clear; the gRPC ones named none.
+        let users = |rs: &[bulkhead_proto::audit::AuditEvent]| -> Vec<String> {
+            rs.iter()
+                .filter(|r| r.status == "ok" && !r.user_hash.is_empty())
+                .map(|r| r.user_hash.clone())
+                .collect()
+        };
+        let (ua, ub) = (users(&ra), users(&rb));
+        ensure!(ua.len() == 2 && ub.len() == 2, "{ua:?} {ub:?}");
+        ensure!(ua[0] == ua[1] && ub[0] == ub[1], "{ua:?} {ub:?}");
+        ensure!(ua[0] != ub[0], "one user's hash shared across tenants");
+        ensure!(
+            ua[0].len() == 64 && ua[0].bytes().all(|b| b.is_ascii_hexdigit()),
+            "{ua:?}"
+        );
         // The same prompt hashes differently per tenant (keyed hashes).
         let ha: Vec<_> = ra.iter().map(|r| r.prompt_hash.clone()).collect();
         ensure!(
@@ -314,6 +334,7 @@ async fn two_tenants_end_to_end() -> Result<()> {
         let mut leaks = vec![];
         files_containing(stack.dir.path(), SECRET_PROMPT.as_bytes(), &mut leaks);
         files_containing(stack.dir.path(), b"zebra-quartz-7731", &mut leaks);
+        files_containing(stack.dir.path(), END_USER.as_bytes(), &mut leaks);
         ensure!(leaks.is_empty(), "prompt text found in {leaks:?}");
         Ok::<(), anyhow::Error>(())
     };

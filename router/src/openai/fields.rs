@@ -13,8 +13,8 @@ use crate::error::ApiError;
 enum Rule {
     /// Read and honoured by the router (parsed into the request).
     Honoured,
-    /// An identifier for the caller's own records (`user`): no effect on the
-    /// output, accepted.
+    /// The caller's end-user id (`user`, `safety_identifier`): no effect on
+    /// the output; recorded in the audit event as a keyed hash.
     Identifier,
     /// Not implemented: accepted only at its neutral value.
     NeutralOnly(fn(&Value) -> bool, &'static str),

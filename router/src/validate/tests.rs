@@ -34,6 +34,7 @@ fn raw() -> RawRequest {
         presence_penalty: None,
         repetition_penalty: None,
         logit_bias: vec![],
+        user: None,
     }
 }
 
@@ -222,4 +223,22 @@ fn penalties_and_logit_bias_are_checked_and_passed_on() {
             "{field}: {e:?}"
         );
     }
+}
+
+#[test]
+fn the_end_user_id_is_bounded() {
+    let ok = check(|r| r.user = Some("u".repeat(MAX_USER_BYTES))).unwrap();
+    assert_eq!(ok.user.as_deref().map(str::len), Some(MAX_USER_BYTES));
+    assert_eq!(check(|r| r.user = Some(String::new())).unwrap().user, None);
+    let e = check(|r| r.user = Some("u".repeat(MAX_USER_BYTES + 1))).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            ApiError::InvalidArgument {
+                param: Some("user"),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
 }
