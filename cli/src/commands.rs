@@ -114,6 +114,10 @@ pub struct LimitArgs {
     /// half the quantum of TTFT on average.
     #[arg(long, default_value_t = 0)]
     pub ttft_quantum_ms: u32,
+    /// Never keep this tenant's prompts in a worker's prefix cache (no
+    /// block reused or left cached; for regulated data).
+    #[arg(long)]
+    pub no_prefix_cache: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -322,6 +326,7 @@ pub async fn tenants(cmd: TenantsCmd, r: &Remote) -> Result<()> {
                     max_in_flight: limits.max_in_flight,
                     max_queued: limits.max_queued,
                     ttft_quantum_ms: limits.ttft_quantum_ms,
+                    no_prefix_cache: limits.no_prefix_cache,
                 })
                 .await?;
             if r.json {

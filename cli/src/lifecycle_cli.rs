@@ -45,6 +45,10 @@ pub struct UpdateTenantArgs {
     /// next multiple of it, to blunt timing side channels.
     #[arg(long)]
     pub ttft_quantum_ms: Option<u32>,
+    /// true: never keep this tenant's prompts in a prefix cache; false: cache
+    /// them again (per tenant, salted).
+    #[arg(long)]
+    pub no_prefix_cache: Option<bool>,
 }
 
 #[derive(Args, Debug)]
@@ -158,6 +162,7 @@ pub async fn update_tenant(a: UpdateTenantArgs, c: &mut ControlClient, r: &Remot
             max_in_flight: a.max_in_flight,
             max_queued: a.max_queued,
             ttft_quantum_ms: a.ttft_quantum_ms,
+            no_prefix_cache: a.no_prefix_cache,
         })
         .await?;
     if r.json {

@@ -60,5 +60,6 @@ pub fn tenant_json(t: &Tenant) -> serde_json::Value {
             "max_queued": t.max_queued,
         },
         "ttft_quantum_ms": t.ttft_quantum_ms,
+        "no_prefix_cache": t.no_prefix_cache,
     })
 }

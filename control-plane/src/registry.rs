@@ -153,6 +153,7 @@ impl Registry {
             max_queued: r.max_queued,
             ttft_quantum_ms: r.ttft_quantum_ms,
             uid: uuid::Uuid::new_v4().to_string(),
+            no_prefix_cache: r.no_prefix_cache,
         };
         lifecycle::check_quantum(tenant.ttft_quantum_ms)?;
         // `create` fails if the key exists, so two racing creates cannot both win.

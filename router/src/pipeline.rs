@@ -244,6 +244,7 @@ impl Pipeline {
             tenant_id: req.tenant.id.clone(),
             tenant_uid: req.tenant.uid.clone(),
             tenant_weight: req.tenant.weight,
+            no_prefix_cache: req.tenant.no_prefix_cache,
             model: req.model.clone(),
             prompt,
             messages,

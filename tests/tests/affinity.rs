@@ -1,16 +1,21 @@
 //! Tenant-scoped prefix affinity with two workers: a tenant's repeated long
 //! prompt goes back to the worker that holds its prefix (and hits its prefix
 //! cache there); another tenant with byte-identical text gets no affinity
-//! from the first tenant's prompts.
+//! from the first tenant's prompts; a tenant created with
+//! `--no-prefix-cache` never hits a prefix cache at all.
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use bulkhead_e2e::DevStack;
 
 async fn complete(stack: &DevStack, i: usize, prompt: &str) -> Result<String> {
+    complete_as(stack, &stack.key(i), prompt).await
+}
+
+async fn complete_as(stack: &DevStack, key: &str, prompt: &str) -> Result<String> {
     let r = reqwest::Client::new()
         .post(format!("{}/v1/completions", stack.s("router_http")))
-        .bearer_auth(stack.key(i))
+        .bearer_auth(key)
         .json(&serde_json::json!({"model": stack.s("model"), "prompt": prompt, "max_tokens": 1}))
         .send()
         .await?;
@@ -73,6 +78,59 @@ async fn a_tenants_prefix_returns_to_its_worker_and_no_one_elses() -> Result<()>
         let r = recs.iter().find(|r| r.request_id == other).expect("record");
         ensure!(r.routing_decision == "least-loaded", "{r:?}");
         ensure!(r.cached_tokens == 0, "cross-tenant cache hit: {r:?}");
+
+        // A tenant that opted out: the same prompt three times, no hit.
+        let model = stack.s("model");
+        stack.cli(&[
+            "tenants",
+            "create",
+            "--id",
+            "regulated",
+            "--models",
+            &model,
+            "--no-prefix-cache",
+        ])?;
+        let key = stack
+            .cli(&["keys", "issue", "--tenant", "regulated"])?
+            .trim()
+            .to_string();
+        let admin = stack
+            .cli(&[
+                "keys",
+                "issue",
+                "--tenant",
+                "regulated",
+                "--scope",
+                "tenant-admin",
+            ])?
+            .trim()
+            .to_string();
+        // Usable once the router's watch has the tenant (and so its policy).
+        let t0 = Instant::now();
+        while complete_as(&stack, &key, "warm up").await.is_err() {
+            ensure!(t0.elapsed() < Duration::from_secs(10), "key never usable");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for _ in 0..3 {
+            complete_as(&stack, &key, &prompt).await?;
+        }
+        let t0 = Instant::now();
+        let recs = loop {
+            let recs = stack.audit_records_for("regulated", &admin).await?;
+            if recs.iter().filter(|r| r.status == "ok").count() >= 4 {
+                break recs;
+            }
+            ensure!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{} records",
+                recs.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        ensure!(
+            recs.iter().all(|r| r.cached_tokens == 0),
+            "an opted-out tenant hit a prefix cache: {recs:?}"
+        );
         Ok::<(), anyhow::Error>(())
     }
     .await;

@@ -324,12 +324,23 @@ async fn two_tenants_end_to_end() -> Result<()> {
             "per-tenant logs missing"
         );
         let (ka, kb) = (
-            files(&a, "", "key.", ".wrapped")?,
-            files(&b, "", "key.", ".wrapped")?,
+            files(&a, "", "key.1", ".wrapped")?,
+            files(&b, "", "key.1", ".wrapped")?,
         );
-        ensure!(!ka.is_empty() && !kb.is_empty(), "data keys missing");
-        let ka: Vec<_> = ka.into_iter().filter(|k| kb.contains(k)).collect();
-        ensure!(ka.is_empty(), "tenants share a data key");
+        ensure!(ka.len() == 1 && kb.len() == 1, "data keys missing");
+        // Wrapped keys always differ (random nonces), so compare what they
+        // wrap: unwrapped with the stack's master key, each tenant's data
+        // key is its own, and one tenant's file does not unwrap as the
+        // other's (the tenant is bound in as associated data).
+        use bulkhead_audit::keys::{KeyWrapper, LocalMasterKey};
+        let master = LocalMasterKey::from_file(&root.join("audit-master.key"), false)?;
+        let da = master.unwrap_key(&format!("{a}#1"), &ka[0])?;
+        let db = master.unwrap_key(&format!("{b}#1"), &kb[0])?;
+        ensure!(da != db, "tenants share a data key");
+        ensure!(
+            master.unwrap_key(&format!("{b}#1"), &ka[0]).is_err(),
+            "tenant {a}'s key file unwraps as {b}'s"
+        );
 
         let mut leaks = vec![];
         files_containing(stack.dir.path(), SECRET_PROMPT.as_bytes(), &mut leaks);

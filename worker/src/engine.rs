@@ -98,6 +98,9 @@ pub struct GenerateRequest {
     pub logprobs: Option<u32>,
     /// Generate past end-of-sequence tokens (benchmarks: a fixed length).
     pub ignore_eos: bool,
+    /// The tenant's blocks are neither reused from nor left in the prefix
+    /// cache (`Tenant.no_prefix_cache`).
+    pub no_prefix_cache: bool,
     /// The tenant's fair-share weight as its router sent it (0 is read as
     /// 1): requests waiting here are admitted in weighted-fair order.
     pub weight: u32,

@@ -322,6 +322,7 @@ impl Worker for WorkerService {
                 max_tokens: req.max_tokens,
                 logprobs: req.logprobs.then_some(req.top_logprobs),
                 ignore_eos: false,
+                no_prefix_cache: req.no_prefix_cache,
                 weight: req.tenant_weight,
                 events: tx,
             })

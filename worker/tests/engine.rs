@@ -45,6 +45,7 @@ fn request(
         max_tokens,
         logprobs: None,
         ignore_eos: false,
+        no_prefix_cache: false,
         weight: 1,
         events: tx,
     };
@@ -241,6 +242,33 @@ fn too_large_for_the_pool_is_an_error_not_a_hang() {
         }
         _ => unreachable!(),
     }
+}
+
+/// A tenant that opted out of the prefix cache (`no_prefix_cache`) never
+/// hits it and leaves nothing in it; the same prompt of a tenant that did
+/// not opt out is cached as usual.
+#[test]
+fn a_tenant_without_prefix_cache_leaves_nothing_cached() {
+    let (_d, m) = load();
+    let engine = EngineHandle::start(m.clone(), cfg(64), None).unwrap();
+    let prompt = "A regulated prompt that must never stay in a cache.";
+    let run = |id: &str, tenant: &str, off: bool| {
+        let (mut r, rx) = request(&m, id, tenant, prompt, 6, SamplingParams::default());
+        r.no_prefix_cache = off;
+        engine.submit(r).unwrap();
+        collect_cached(rx)
+    };
+    let (o1, _, c1) = run("o1", "bank", true);
+    let (o2, _, c2) = run("o2", "bank", true);
+    assert_eq!((c1, c2), (0, 0), "an opted-out tenant hit the cache");
+    assert_eq!(o1, o2, "the output does not depend on caching");
+    assert_eq!(engine.cache_hit_blocks(), 0);
+    // Nothing of it was left cached: had it been, turning the cache back on
+    // would hit at once.
+    let (_, _, c3) = run("o3", "bank", false);
+    assert_eq!(c3, 0, "the opted-out runs left blocks in the cache");
+    let (_, _, c4) = run("o4", "bank", false);
+    assert!(c4 > 0, "with the cache on, the prompt is cached as usual");
 }
 
 #[test]

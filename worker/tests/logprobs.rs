@@ -40,6 +40,7 @@ fn run(
             max_tokens: 24,
             logprobs: k,
             ignore_eos: false,
+            no_prefix_cache: false,
             weight: 1,
             events: tx,
         })

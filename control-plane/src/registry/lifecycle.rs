@@ -85,6 +85,9 @@ pub fn apply_update(mut t: Tenant, r: &UpdateTenantRequest) -> Result<Tenant, Co
         check_quantum(v)?;
         t.ttft_quantum_ms = v;
     }
+    if let Some(v) = r.no_prefix_cache {
+        t.no_prefix_cache = v;
+    }
     if let Some(w) = r.weight {
         t.weight = w.max(1);
     }

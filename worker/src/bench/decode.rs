@@ -176,6 +176,7 @@ impl Bench {
                     max_tokens: self.cfg.gen_tokens,
                     logprobs: None,
                     ignore_eos: true,
+                    no_prefix_cache: false,
                     weight: 1,
                     events: tx,
                 }

@@ -80,13 +80,20 @@ impl Engine {
     fn try_admit(&mut self, i: usize) -> bool {
         let bs = self.pool.block_size();
         let (tenant, hashes, need_tokens) = {
-            let (tenant, tokens) = match &self.waiting[i] {
-                Pending::New(r) => (&r.tenant, &r.prompt),
-                Pending::Preempted(s) => (&s.req.tenant, &s.tokens),
+            let (req, tokens) = match &self.waiting[i] {
+                Pending::New(r) => (r, &r.prompt),
+                Pending::Preempted(s) => (&s.req, &s.tokens),
             };
-            // The salt comes from the tenant id the authenticated router gave.
-            let salt = self.cfg.prefix_secret.tenant_salt(tenant);
-            (tenant.clone(), salt.block_hashes(tokens, bs), tokens.len())
+            // No hashes, no prefix cache: nothing is reused, and no block is
+            // registered, so each is freed (not cached) when the request ends.
+            let hashes = if req.no_prefix_cache {
+                vec![]
+            } else {
+                // The salt comes from the tenant id the authenticated router gave.
+                let salt = self.cfg.prefix_secret.tenant_salt(&req.tenant);
+                salt.block_hashes(tokens, bs)
+            };
+            (req.tenant.clone(), hashes, tokens.len())
         };
         // At least the last prompt token is computed (its logits are needed),
         // and shared blocks are never written: only blocks before it.
