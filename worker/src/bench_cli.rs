@@ -49,8 +49,9 @@ pub struct DecodeArgs {
     #[arg(long)]
     json: bool,
     /// How the generated model's weights are stored: f32, bf16 or f16 (the
-    /// CPU engine computes with them as stored).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
+    /// CPU engine computes with them as stored), or int8 (stored as f32,
+    /// quantized at load as `serve --weights int8` does).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16", "int8"])]
     dtype: String,
     /// Model size: hidden width.
     #[arg(long, default_value_t = 512)]
@@ -134,6 +135,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                     bulkhead_worker::device::Chosen::Cuda { ordinal, .. } => Some(ordinal),
                     bulkhead_worker::device::Chosen::Cpu => None,
                 },
+                int8: a.dtype == "int8",
                 dtype: match a.dtype.as_str() {
                     "bf16" => safetensors::Dtype::BF16,
                     "f16" => safetensors::Dtype::F16,

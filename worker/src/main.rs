@@ -124,6 +124,13 @@ struct ServeArgs {
     /// named, and then starts or refuses with the reason.
     #[arg(long, env = "BULKHEAD_WORKER_DEVICE", default_value = "auto")]
     device: DeviceArg,
+    /// Weights: `stored` computes with them in the checkpoint's precision
+    /// (f32, bf16, f16); `int8` quantizes every linear layer to int8 with a
+    /// scale per output channel at load (a quarter of f32's memory and
+    /// bytes read per token; CPU deployments; its logprob error against the
+    /// stored weights is measured in worker/tests/reference.rs).
+    #[arg(long, env = "BULKHEAD_WORKER_WEIGHTS", default_value = "stored", value_parser = ["stored", "int8"])]
+    weights: String,
     /// Serve Prometheus metrics at http://<addr>/metrics (port 0 = any free port).
     #[arg(long, env = "BULKHEAD_WORKER_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -294,6 +301,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut loaded = tokio::task::spawn_blocking(move || LoadedModel::load(&dir))
         .await?
         .with_context(|| format!("loading model from {}", args.model.display()))?;
+    if args.weights == "int8" {
+        let before = loaded.model.weight_bytes();
+        loaded.model.quantize_int8();
+        tracing::info!(
+            before_bytes = before,
+            after_bytes = loaded.model.weight_bytes(),
+            "weights quantized to int8 (per output channel)"
+        );
+    }
     if let Some(us) = args.synthetic_us_per_token {
         let token = loaded
             .tokenizer

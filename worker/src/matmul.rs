@@ -27,6 +27,14 @@ pub enum Stored {
     F32(Vec<f32>),
     Bf16(Vec<half::bf16>),
     F16(Vec<half::f16>),
+    /// Opt-in int8 weight-only quantization (`--weights int8`): each row
+    /// (output channel) of `cols` values scaled to -127..127 by its own
+    /// `scales[row]` (its largest magnitude / 127).
+    I8 {
+        q: Vec<i8>,
+        scales: Vec<f32>,
+        cols: usize,
+    },
 }
 
 impl Stored {
@@ -35,7 +43,27 @@ impl Stored {
             Stored::F32(v) => v.len(),
             Stored::Bf16(v) => v.len(),
             Stored::F16(v) => v.len(),
+            Stored::I8 { q, .. } => q.len(),
         }
+    }
+
+    /// This matrix (`cols` wide) quantized to int8 per row.
+    pub fn quantize_i8(&self, cols: usize) -> Stored {
+        let rows = self.len().checked_div(cols).unwrap_or(0);
+        let mut q = Vec::with_capacity(self.len());
+        let mut scales = Vec::with_capacity(rows);
+        let mut row = vec![0.0f32; cols];
+        for r in 0..rows {
+            self.widen_into(r * cols, &mut row);
+            let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+            scales.push(scale);
+            q.extend(
+                row.iter()
+                    .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
+            );
+        }
+        Stored::I8 { q, scales, cols }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -48,6 +76,7 @@ impl Stored {
             Stored::F32(v) => v.len() * 4,
             Stored::Bf16(v) => v.len() * 2,
             Stored::F16(v) => v.len() * 2,
+            Stored::I8 { q, scales, .. } => q.len() + scales.len() * 4,
         }
     }
 
@@ -57,6 +86,7 @@ impl Stored {
             Stored::F32(_) => "F32",
             Stored::Bf16(_) => "BF16",
             Stored::F16(_) => "F16",
+            Stored::I8 { .. } => "I8",
         }
     }
 
@@ -67,6 +97,12 @@ impl Stored {
             Stored::F32(v) => out.copy_from_slice(&v[start..end]),
             Stored::Bf16(v) => v[start..end].convert_to_f32_slice(out),
             Stored::F16(v) => v[start..end].convert_to_f32_slice(out),
+            Stored::I8 { q, scales, cols } => {
+                for (k, o) in out.iter_mut().enumerate() {
+                    let i = start + k;
+                    *o = f32::from(q[i]) * scales[i / cols];
+                }
+            }
         }
     }
 
@@ -91,35 +127,17 @@ impl Stored {
     }
 }
 
-/// The eight partial sums of [`dot`] and [`dot_bf16`], added in a fixed
+/// The eight partial sums of the dot products, added in a fixed
 /// order.
 fn sum8(acc: [f32; 8]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
-/// `a · b` in f32, eight independent sums (vectorizes, and the order of
-/// additions is fixed by the length alone).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    sum8(acc) + tail
-}
-
-/// `w · x` with `w` in bf16, widened as it is read (a bf16 is the top half
-/// of an f32, so widening is a shift), eight independent sums like [`dot`].
-pub fn dot_bf16(w: &[half::bf16], x: &[f32]) -> f32 {
-    let widen = |b: half::bf16| f32::from_bits(u32::from(b.to_bits()) << 16);
+/// `w · x` with each weight widened to f32 by `widen` as it is read, in
+/// eight independent sums (vectorizes, and the order of additions is fixed
+/// by the length alone).
+#[inline(always)]
+fn dot_by<T: Copy>(w: &[T], x: &[f32], widen: impl Fn(T) -> f32) -> f32 {
     let mut acc = [0.0f32; 8];
     let (cw, cx) = (w.chunks_exact(8), x.chunks_exact(8));
     let tail: f32 = cw
@@ -134,6 +152,22 @@ pub fn dot_bf16(w: &[half::bf16], x: &[f32]) -> f32 {
         }
     }
     sum8(acc) + tail
+}
+
+/// `a · b` in f32.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_by(a, b, |v| v)
+}
+
+/// `w · x` with `w` in bf16 (the top half of an f32, so widening is a
+/// shift).
+pub fn dot_bf16(w: &[half::bf16], x: &[f32]) -> f32 {
+    dot_by(w, x, |b| f32::from_bits(u32::from(b.to_bits()) << 16))
+}
+
+/// `scale × (q · x)` with `q` int8.
+pub fn dot_i8(q: &[i8], scale: f32, x: &[f32]) -> f32 {
+    scale * dot_by(q, x, f32::from)
 }
 
 /// `y[rows × out] = x[rows × in] · Wᵀ` with `w` an `out × in` matrix.
@@ -158,6 +192,13 @@ pub fn matmul_t(x: &[f32], rows: usize, w: &Stored, out_dim: usize, in_dim: usiz
                         let wr = &v[o * in_dim..(o + 1) * in_dim];
                         for (r, y) in outs.iter_mut().enumerate() {
                             *y = dot_bf16(wr, xs(r));
+                        }
+                        continue;
+                    }
+                    if let Stored::I8 { q, scales, .. } = w {
+                        let wr = &q[o * in_dim..(o + 1) * in_dim];
+                        for (r, y) in outs.iter_mut().enumerate() {
+                            *y = dot_i8(wr, scales[o], xs(r));
                         }
                         continue;
                     }
@@ -240,6 +281,7 @@ mod tests {
             Stored::F32(w.clone()),
             Stored::Bf16(w.iter().map(|v| half::bf16::from_f32(*v)).collect()),
             Stored::F16(w.iter().map(|v| half::f16::from_f32(*v)).collect()),
+            Stored::F32(w.clone()).quantize_i8(inp),
         ];
         for rows in [1, 3, STREAM_ROWS, STREAM_ROWS + 1, 40] {
             let x = values(rows * inp, 7);
@@ -270,6 +312,20 @@ mod tests {
         let all = matmul_t(&x, 5, &w, out, inp);
         let one = matmul_t(&x[2 * inp..3 * inp], 1, &w, out, inp);
         assert_eq!(&all[2 * out..3 * out], &one[..]);
+    }
+
+    #[test]
+    fn int8_rows_keep_their_own_scale() {
+        // Two rows of very different magnitude: each keeps its precision.
+        let w = vec![1.0, -0.5, 0.25, 100.0, -50.0, 25.0];
+        let s = Stored::F32(w.clone()).quantize_i8(3);
+        let back = s.to_f32();
+        for (a, b) in back.iter().zip(&w) {
+            assert!((a - b).abs() <= b.abs() / 127.0 + 1e-6, "{back:?}");
+        }
+        assert_eq!((s.bytes(), s.dtype()), (6 + 2 * 4, "I8"));
+        let zero = Stored::F32(vec![0.0; 3]).quantize_i8(3);
+        assert_eq!(zero.to_f32(), vec![0.0; 3]);
     }
 
     #[test]

@@ -320,6 +320,30 @@ impl Model {
         }
     }
 
+    /// Quantizes every linear layer's weights to int8, one scale per
+    /// output channel (`--weights int8`: a quarter of f32's bytes, a half of
+    /// bf16's; the embeddings, and a head tied to them, stay as stored).
+    /// Its cost in quality is measured in `tests/reference.rs`.
+    pub fn quantize_int8(&mut self) {
+        let q = |l: &mut Linear| l.w = l.w.quantize_i8(l.in_dim);
+        for l in &mut self.layers {
+            for lin in [
+                &mut l.q,
+                &mut l.k,
+                &mut l.v,
+                &mut l.o,
+                &mut l.gate,
+                &mut l.up,
+                &mut l.down,
+            ] {
+                q(lin);
+            }
+        }
+        if let Some(h) = &mut self.lm_head {
+            q(h);
+        }
+    }
+
     /// Bytes of weights held for the CPU forward pass (matrices as the
     /// checkpoint stores them, norms and biases as f32).
     pub fn weight_bytes(&self) -> usize {

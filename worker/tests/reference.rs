@@ -372,3 +372,49 @@ fn weights_stay_in_their_stored_precision() {
     assert!((sizes[1] / sizes[0] - 0.5).abs() < 0.01, "{sizes:?}");
     assert_eq!(sizes[1], sizes[2]);
 }
+
+/// The opt-in int8 mode's cost in quality, against the weights as stored
+/// (bf16, what such a checkpoint would be): the log-probabilities of the
+/// reference prompt's next token over the whole vocabulary, and greedy
+/// decoding. Printed, and bounded.
+#[test]
+fn int8_weights_stay_close_to_the_stored_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    bulkhead_worker::genmodel::generate(dir.path(), 11).unwrap();
+    bulkhead_worker::genmodel::store_as(dir.path(), safetensors::Dtype::BF16).unwrap();
+    let stored = LoadedModel::load(dir.path()).unwrap();
+    let mut int8 = LoadedModel::load(dir.path()).unwrap();
+    int8.model.quantize_int8();
+    assert!(int8.model.weight_bytes() < stored.model.weight_bytes());
+    let log_softmax = |l: &[f32]| -> Vec<f64> {
+        let m = l.iter().cloned().fold(f32::MIN, f32::max) as f64;
+        let z: f64 = l.iter().map(|v| (*v as f64 - m).exp()).sum();
+        l.iter().map(|v| *v as f64 - m - z.ln()).collect()
+    };
+    let mut worst: f64 = 0.0;
+    let mut same = 0;
+    let prompts = [
+        "Tenants share the fleet; their prompts never share a block.",
+        "The quick brown fox jumps over the lazy dog.",
+        "What is the capital of France?",
+    ];
+    for p in prompts {
+        let ids = stored.tokenizer.encode_prompt(p).unwrap();
+        let (a, b) = (last_logits(&stored, &ids), last_logits(&int8, &ids));
+        let (la, lb) = (log_softmax(&a), log_softmax(&b));
+        let diff = la
+            .iter()
+            .zip(&lb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        worst = worst.max(diff);
+        same += usize::from(argmax(&a) == argmax(&b));
+    }
+    let ratio = stored.model.weight_bytes() as f64 / int8.model.weight_bytes() as f64;
+    println!(
+        "int8 vs bf16: max |logprob difference| {worst:.4} over {} prompts, same greedy token in {same}; weights {ratio:.2}x smaller",
+        prompts.len()
+    );
+    assert!(worst < 0.05, "int8 moved a logprob by {worst}");
+    assert_eq!(same, prompts.len());
+}

@@ -46,6 +46,8 @@ pub struct DecodeBenchConfig {
     pub cuda: Option<usize>,
     /// How the generated model's weights are stored (and so computed with).
     pub dtype: safetensors::Dtype,
+    /// Quantize the linear layers to int8 after loading (`--weights int8`).
+    pub int8: bool,
 }
 
 impl Default for DecodeBenchConfig {
@@ -72,6 +74,7 @@ impl Default for DecodeBenchConfig {
             seed: 1,
             cuda: None,
             dtype: safetensors::Dtype::F32,
+            int8: false,
         }
     }
 }
@@ -228,6 +231,9 @@ pub fn run(cfg: &DecodeBenchConfig, dir: &Path) -> Result<DecodeBenchReport, Ben
     crate::genmodel::generate_with(dir, cfg.seed, cfg.shape)?;
     crate::genmodel::store_as(dir, cfg.dtype)?;
     let mut loaded = LoadedModel::load(dir)?;
+    if cfg.int8 {
+        loaded.model.quantize_int8();
+    }
     let max_batch = cfg
         .batches
         .iter()
@@ -333,7 +339,11 @@ pub fn run(cfg: &DecodeBenchConfig, dir: &Path) -> Result<DecodeBenchReport, Ben
         gen_tokens: cfg.gen_tokens,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         batch32_over_batch1,
-        dtype: format!("{:?}", cfg.dtype),
+        dtype: if cfg.int8 {
+            format!("{:?} as int8", cfg.dtype)
+        } else {
+            format!("{:?}", cfg.dtype)
+        },
         weight_bytes,
         batch1_weight_read_gb_per_s: batch1_read,
         read_floor_gb_per_s: floor,
