@@ -17,6 +17,7 @@ use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::Detokenizer;
 
 mod emit;
+mod expiry;
 mod fair;
 mod handle;
 mod sched;
@@ -35,6 +36,9 @@ pub struct EngineConfig {
     pub prefix_secret: PrefixSecret,
     /// Where to record Prometheus metrics, if anywhere.
     pub metrics: Option<std::sync::Arc<crate::metrics::WorkerMetrics>>,
+    /// Cached prefix blocks unused for this long are evicted (`None`: they
+    /// stay until the space is needed). See `engine/expiry.rs`.
+    pub prefix_cache_ttl: Option<std::time::Duration>,
 }
 
 impl Default for EngineConfig {
@@ -47,6 +51,7 @@ impl Default for EngineConfig {
             kv_quota: KvQuota::UNLIMITED,
             prefix_secret: PrefixSecret::random(),
             metrics: None,
+            prefix_cache_ttl: None,
         }
     }
 }
@@ -204,6 +209,7 @@ struct Engine {
     timing: StepTiming,
     shared: Arc<Mutex<Shared>>,
     observer: Option<StepObserver>,
+    expiry: expiry::Expiry,
 }
 
 fn finished(req: &GenerateRequest, reason: FinishReason, completion: u32, error: Option<String>) {
@@ -232,10 +238,28 @@ impl Engine {
     fn run(mut self) {
         tracing::debug!("engine started");
         loop {
+            if let Some(ttl) = self.cfg.prefix_cache_ttl {
+                let gone = self
+                    .expiry
+                    .run(&mut self.pool, ttl, std::time::Instant::now());
+                if gone > 0 {
+                    tracing::debug!(blocks = gone, "expired cached prefix blocks");
+                    self.publish();
+                }
+            }
             if self.running.is_empty() && self.waiting.is_empty() {
                 self.fair.forget_all();
-                // Idle: block until a command arrives.
-                match self.rx.recv() {
+                // Idle: block until a command arrives (with a TTL, waking
+                // in time to expire cached prefixes).
+                let cmd = match self.cfg.prefix_cache_ttl {
+                    None => self.rx.recv().map_err(|_| true),
+                    Some(ttl) => match self.rx.recv_timeout(expiry::Expiry::idle_wait(ttl)) {
+                        Ok(c) => Ok(c),
+                        Err(stdmpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(stdmpsc::RecvTimeoutError::Disconnected) => Err(true),
+                    },
+                };
+                match cmd {
                     Ok(c) => {
                         if !self.handle(c) {
                             break;

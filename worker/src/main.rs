@@ -98,6 +98,15 @@ struct ServeArgs {
     /// are derived from [default: random per process].
     #[arg(long, env = "BULKHEAD_WORKER_PREFIX_CACHE_SECRET_FILE")]
     prefix_cache_secret_file: Option<PathBuf>,
+    /// Seconds a cached prefix block may stay unused before it is evicted
+    /// (0 = until its space is needed): bounds how long a prompt stays in
+    /// this worker's memory as a reusable prefix.
+    #[arg(
+        long,
+        env = "BULKHEAD_WORKER_PREFIX_CACHE_TTL_S",
+        default_value_t = 3600
+    )]
+    prefix_cache_ttl_s: u64,
     /// Maximum concurrently running sequences.
     #[arg(long, env = "BULKHEAD_WORKER_MAX_SEQS", default_value_t = 16)]
     max_seqs: usize,
@@ -369,6 +378,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         kv_quota: KvQuota { guaranteed, burst },
         prefix_secret,
         metrics: Some(metrics.clone()),
+        prefix_cache_ttl: (args.prefix_cache_ttl_s > 0)
+            .then(|| std::time::Duration::from_secs(args.prefix_cache_ttl_s)),
     };
     let engine = Arc::new(EngineHandle::start(loaded.clone(), cfg, None)?);
     {

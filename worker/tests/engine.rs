@@ -244,6 +244,35 @@ fn too_large_for_the_pool_is_an_error_not_a_hang() {
     }
 }
 
+/// With a prefix-cache TTL, a prompt's cached blocks serve a repeat within
+/// it and are gone once they have been unused for longer (the idle engine
+/// wakes to expire them).
+#[test]
+fn cached_prefixes_expire_after_the_ttl() {
+    let (_d, m) = load();
+    let ttl = std::time::Duration::from_millis(300);
+    let engine = EngineHandle::start(
+        m.clone(),
+        EngineConfig {
+            prefix_cache_ttl: Some(ttl),
+            ..cfg(64)
+        },
+        None,
+    )
+    .unwrap();
+    let prompt = "A prompt that may be reused for a little while only.";
+    let run = |id: &str| {
+        let (r, rx) = request(&m, id, "acme", prompt, 2, SamplingParams::default());
+        engine.submit(r).unwrap();
+        collect_cached(rx).2
+    };
+    assert_eq!(run("t1"), 0);
+    assert!(run("t2") > 0, "a repeat within the TTL hits the cache");
+    // Unused for four TTLs (expiry takes at most nine eighths of one).
+    std::thread::sleep(4 * ttl);
+    assert_eq!(run("t3"), 0, "a cached prefix outlived its TTL");
+}
+
 /// A tenant that opted out of the prefix cache (`no_prefix_cache`) never
 /// hits it and leaves nothing in it; the same prompt of a tenant that did
 /// not opt out is cached as usual.

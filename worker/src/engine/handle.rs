@@ -30,6 +30,7 @@ impl EngineHandle {
             timing: StepTiming::default(),
             shared: shared.clone(),
             observer,
+            expiry: Default::default(),
         };
         engine.publish();
         let thread = std::thread::Builder::new()

@@ -77,6 +77,28 @@ impl KvPool {
         true
     }
 
+    /// The LRU clock: every block cached from now on gets a later stamp
+    /// (see [`Self::evict_cached_up_to`]).
+    pub fn lru_clock(&self) -> u64 {
+        self.clock
+    }
+
+    /// Evicts every cached block whose LRU stamp is at most `stamp` (cached
+    /// when [`Self::lru_clock`] read `stamp` or before) to the free list:
+    /// how cached prefixes expire.
+    pub fn evict_cached_up_to(&mut self, stamp: u64) -> usize {
+        let mut done = 0;
+        while let Some((&s, &b)) = self.lru.iter().next() {
+            if s > stamp {
+                break;
+            }
+            self.uncache(b);
+            self.free.push(b);
+            done += 1;
+        }
+        done
+    }
+
     /// Evicts up to `n` cached blocks (global LRU) to the free list.
     pub fn evict_cached(&mut self, n: usize) -> usize {
         let mut done = 0;

@@ -254,6 +254,33 @@ fn prefix_reuse_is_same_tenant_only_and_refcounted() {
 }
 
 #[test]
+fn cached_blocks_expire_by_when_they_were_cached() {
+    let mut p = KvPool::new(shape(16));
+    let a = t("a");
+    let toks: Vec<u32> = (0..10).collect();
+    let h = hashes("a", &toks);
+    let first = p.allocate(&a, 1).unwrap();
+    assert!(p.register("a", first[0], h[0]));
+    p.free(&a, &first);
+    let mark = p.lru_clock();
+    let second = p.allocate(&a, 1).unwrap();
+    assert!(p.register("a", second[0], h[1]));
+    p.free(&a, &second);
+    assert_eq!(p.cached_blocks(), 2);
+    // Everything cached up to the mark goes; what came after stays.
+    assert_eq!(p.evict_cached_up_to(mark), 1);
+    assert_eq!(p.cached_blocks(), 1);
+    assert_eq!(p.lookup_prefix("a", &h[..1]), 0, "the expired prefix hit");
+    assert_eq!(p.free_blocks(), 15);
+    // A block in use is never expired, only unreferenced cached ones.
+    let held = p.acquire_prefix(&a, &h[1..2]);
+    assert_eq!(p.evict_cached_up_to(u64::MAX), 0);
+    p.free(&a, &held);
+    assert_eq!(p.evict_cached_up_to(u64::MAX), 1);
+    p.audit().unwrap();
+}
+
+#[test]
 fn eviction_order_own_lru_then_tenants_above_guarantee() {
     let mut p = KvPool::with_quota(shape(9), q(2, 9));
     let (a, b, c) = (t("a"), t("b"), t("c"));
