@@ -214,7 +214,13 @@ impl Pipeline {
         let tenant = req.tenant.id.as_str();
         let waited = std::time::Instant::now();
         self.metrics.queued(tenant, 1);
-        let prefix: Arc<[u64]> = self.workers.prefix_keys(tenant, &req.input).into();
+        // A tenant without prefix cache gets no affinity either: its
+        // prompts' prefix hashes are not kept in the affinity table.
+        let prefix: Arc<[u64]> = if req.tenant.no_prefix_cache {
+            Arc::from([])
+        } else {
+            self.workers.prefix_keys(tenant, &req.input).into()
+        };
         let granted = self
             .dispatcher
             .acquire_routed(req.tenant.clone(), req.model.clone(), reserve, prefix)

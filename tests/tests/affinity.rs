@@ -131,6 +131,11 @@ async fn a_tenants_prefix_returns_to_its_worker_and_no_one_elses() -> Result<()>
             recs.iter().all(|r| r.cached_tokens == 0),
             "an opted-out tenant hit a prefix cache: {recs:?}"
         );
+        // Nor does the router keep its prefixes for affinity.
+        ensure!(
+            recs.iter().all(|r| r.routing_decision != "prefix-affinity"),
+            "an opted-out tenant's prefixes were kept for affinity: {recs:?}"
+        );
         Ok::<(), anyhow::Error>(())
     }
     .await;
