@@ -438,9 +438,17 @@ impl Model {
         let scale = cfg.attention_scale();
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, cfg.rms_norm_eps, &mut normed);
-            let mut q = layer.q.forward(&normed, n);
-            let mut k = layer.k.forward(&normed, n);
-            let v = layer.v.forward(&normed, n);
+            // The three projections of one input run as one parallel
+            // region (each also splits its rows), not three in a row.
+            let ((mut q, mut k), v) = rayon::join(
+                || {
+                    rayon::join(
+                        || layer.q.forward(&normed, n),
+                        || layer.k.forward(&normed, n),
+                    )
+                },
+                || layer.v.forward(&normed, n),
+            );
             if let Some(w) = &layer.q_norm {
                 let src = q.clone();
                 rms_norm(&src, w, cfg.rms_norm_eps, &mut q);
@@ -491,8 +499,10 @@ impl Model {
             let o = layer.o.forward(&attn, n);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             rms_norm(&x, &layer.mlp_norm, cfg.rms_norm_eps, &mut normed);
-            let mut g = layer.gate.forward(&normed, n);
-            let u = layer.up.forward(&normed, n);
+            let (mut g, u) = rayon::join(
+                || layer.gate.forward(&normed, n),
+                || layer.up.forward(&normed, n),
+            );
             g.iter_mut()
                 .zip(&u)
                 .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
