@@ -260,27 +260,48 @@ impl Limiter {
         in_flight: u32,
         queued: u32,
     ) -> Result<RateState, Refusal> {
-        let soon = Duration::from_secs(1);
+        let taken = self.take(tenant, limits, now, tokens, in_flight, queued);
+        // The buckets as they stand after the decision, either way.
         let rate = self.state(tenant, limits, now);
+        match taken {
+            Ok(()) => Ok(rate),
+            Err((message, retry_after)) => Err(Refusal {
+                message,
+                retry_after,
+                rate,
+            }),
+        }
+    }
+
+    /// [`Self::admit`]'s decision: takes from the buckets, or says why not
+    /// and when to retry (taking nothing).
+    fn take(
+        &mut self,
+        tenant: &str,
+        limits: &Limits,
+        now: Duration,
+        tokens: u64,
+        in_flight: u32,
+        queued: u32,
+    ) -> Result<(), (String, Duration)> {
+        let soon = Duration::from_secs(1);
         if limits.max_in_flight != 0 && in_flight >= limits.max_in_flight {
-            return Err(Refusal {
-                message: format!(
+            return Err((
+                format!(
                     "too many requests in flight: this tenant may have {} at once",
                     limits.max_in_flight
                 ),
-                retry_after: soon,
-                rate,
-            });
+                soon,
+            ));
         }
         if limits.max_queued != 0 && queued >= limits.max_queued {
-            return Err(Refusal {
-                message: format!(
+            return Err((
+                format!(
                     "too many requests queued: this tenant may have {} waiting",
                     limits.max_queued
                 ),
-                retry_after: soon,
-                rate,
-            });
+                soon,
+            ));
         }
         let st = self.tenants.entry(tenant.to_string()).or_default();
         let (rps_rate, rps_cap) = rps_params(limits);
@@ -290,14 +311,13 @@ impl Limiter {
             b.refill(now, rps_rate, rps_cap);
             let wait = b.wait_for(1.0, rps_rate);
             if !wait.is_zero() {
-                return Err(Refusal {
-                    message: format!(
+                return Err((
+                    format!(
                         "rate limit reached: {} requests per second (burst {})",
                         limits.requests_per_second, rps_cap
                     ),
-                    retry_after: wait,
-                    rate,
-                });
+                    wait,
+                ));
             }
         }
         if limits.tokens_per_minute != 0 {
@@ -307,21 +327,20 @@ impl Limiter {
             // and then runs into debt, rather than never running.
             let wait = b.wait_for((tokens as f64).min(tpm_cap), tpm_rate);
             if !wait.is_zero() {
-                return Err(Refusal {
-                    message: format!(
+                return Err((
+                    format!(
                         "token rate limit reached: {} tokens per minute; this request reserves {tokens}",
                         limits.tokens_per_minute
                     ),
-                    retry_after: wait,
-                    rate,
-                });
+                    wait,
+                ));
             }
             b.tokens -= tokens as f64;
         }
         if let Some(b) = st.rps.as_mut().filter(|_| limits.requests_per_second != 0) {
             b.tokens -= 1.0;
         }
-        Ok(self.state(tenant, limits, now))
+        Ok(())
     }
 
     /// The tenant's buckets now (full when it has not been seen yet).

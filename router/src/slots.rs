@@ -74,25 +74,23 @@ impl SlotView {
             return false;
         }
         let below = |t: &str| self.running(t) < self.share(t, total);
-        let contenders: Vec<&TenantSlots> = self
-            .tenants
-            .iter()
-            .filter(|(u, s)| *u != tenant && s.queued_models.contains(model) && below(u))
-            .map(|(_, s)| s)
-            .collect();
-        if !contenders.is_empty() && !below(tenant) {
+        let mine = self.tenants.get(tenant).and_then(|t| t.counter);
+        // One pass over the others: is anyone waiting below its share, and
+        // has any of those been served less than this tenant?
+        let (mut contender, mut served_less) = (false, false);
+        for (u, s) in &self.tenants {
+            if u != tenant && s.queued_models.contains(model) && below(u) {
+                contender = true;
+                served_less |= matches!((s.counter, mine), (Some(theirs), Some(m)) if theirs < m);
+            }
+        }
+        if contender && !below(tenant) {
             return false;
         }
         // The slot that takes it past its share goes to whoever has been
         // served least.
-        let mine = self.tenants.get(tenant).and_then(|t| t.counter);
         let contested = below(tenant) && self.running(tenant) + 1.0 > self.share(tenant, total);
-        if contested
-            && let Some(mine) = mine
-            && contenders
-                .iter()
-                .any(|c| c.counter.is_some_and(|theirs| theirs < mine))
-        {
+        if contested && served_less {
             return false;
         }
         free > slot_reserve(total) || below(tenant)

@@ -320,6 +320,21 @@ impl DevStack {
         Ok(String::from_utf8(out.stdout)?)
     }
 
+    /// Issues `tenant` an inference key and a tenant-admin key through the
+    /// CLI: `(inference, admin)`.
+    pub fn issue_keys(&self, tenant: &str) -> Result<(String, String)> {
+        let key = self.cli(&["keys", "issue", "--tenant", tenant])?;
+        let admin = self.cli(&[
+            "keys",
+            "issue",
+            "--tenant",
+            tenant,
+            "--scope",
+            "tenant-admin",
+        ])?;
+        Ok((key.trim().to_string(), admin.trim().to_string()))
+    }
+
     /// Runs `bulkhead certs <args> --dir <this stack's certificates>` and
     /// returns its standard output.
     pub fn certs(&self, args: &[&str]) -> Result<String> {

@@ -90,21 +90,7 @@ async fn a_tenants_prefix_returns_to_its_worker_and_no_one_elses() -> Result<()>
             &model,
             "--no-prefix-cache",
         ])?;
-        let key = stack
-            .cli(&["keys", "issue", "--tenant", "regulated"])?
-            .trim()
-            .to_string();
-        let admin = stack
-            .cli(&[
-                "keys",
-                "issue",
-                "--tenant",
-                "regulated",
-                "--scope",
-                "tenant-admin",
-            ])?
-            .trim()
-            .to_string();
+        let (key, admin) = stack.issue_keys("regulated")?;
         // Usable once the router's watch has the tenant (and so its policy).
         let t0 = Instant::now();
         while complete_as(&stack, &key, "warm up").await.is_err() {

@@ -171,21 +171,7 @@ async fn a_recreated_tenant_inherits_nothing() -> Result<()> {
             .ok()
             .and_then(|v| v["uid"].as_str().map(str::to_string))
             .with_context(|| format!("no uid in {out}"))?;
-        let key = stack
-            .cli(&["keys", "issue", "--tenant", "phoenix"])?
-            .trim()
-            .to_string();
-        let admin = stack
-            .cli(&[
-                "keys",
-                "issue",
-                "--tenant",
-                "phoenix",
-                "--scope",
-                "tenant-admin",
-            ])?
-            .trim()
-            .to_string();
+        let (key, admin) = stack.issue_keys("phoenix")?;
         Ok((uid, key, admin))
     };
     let result = async {

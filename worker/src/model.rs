@@ -88,6 +88,9 @@ pub struct Model {
     /// `None` when tied to the embeddings.
     pub(crate) lm_head: Option<Linear>,
     pub(crate) inv_freq: Vec<f32>,
+    /// Attention logits' scale (`ModelConfig::attention_scale`), computed
+    /// once at load.
+    pub(crate) attn_scale: f32,
     /// Benchmark mode: replaces the arithmetic with a calibrated cost.
     synthetic: Option<Synthetic>,
     /// The copy of the weights on a CUDA device, when running there.
@@ -245,6 +248,7 @@ impl Model {
             return Err(LoadError::MissingTensor("lm_head.weight".into()));
         };
         let inv_freq = config.inv_freq().map_err(LoadError::Config)?;
+        let attn_scale = config.attention_scale();
         // A tensor the forward pass does not read means the checkpoint
         // computes something this engine does not: refuse it by name
         // (rotary inverse-frequency buffers some checkpoints carry are
@@ -277,6 +281,7 @@ impl Model {
             norm,
             lm_head,
             inv_freq,
+            attn_scale,
             synthetic: None,
             cuda: None,
         })
@@ -435,7 +440,7 @@ impl Model {
         let mut normed = vec![0.0f32; n * h];
         let group = nh / nkv;
         // 1/sqrt(head_dim), times the square of YaRN's attention factor.
-        let scale = cfg.attention_scale();
+        let scale = self.attn_scale;
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, cfg.rms_norm_eps, &mut normed);
             // The three projections of one input run as one parallel

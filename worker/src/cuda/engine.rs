@@ -83,6 +83,7 @@ pub struct CudaModel {
     norm: CudaSlice<f32>,
     lm_head: Option<DevLinear>,
     inv_freq: CudaSlice<f32>,
+    attn_scale: f32,
     shape: KvShape,
     arena: Mutex<Arena>,
     cfg: crate::config::ModelConfig,
@@ -191,6 +192,7 @@ impl CudaModel {
             norm: up(&model.norm)?,
             lm_head,
             inv_freq: up(&model.inv_freq)?,
+            attn_scale: model.attn_scale,
             shape,
             arena: Mutex::new(arena),
             cfg: model.config.clone(),
@@ -394,7 +396,7 @@ impl CudaModel {
         let mut normed = self.zeros::<f32>(n * h)?;
         let mut attn = self.zeros::<f32>(n * nh * hd)?;
         // 1/sqrt(head_dim), times the square of YaRN's attention factor.
-        let scale = self.cfg.attention_scale();
+        let scale = self.attn_scale;
         for (li, layer) in self.layers.iter().enumerate() {
             self.rms_norm(&x, &layer.attn_norm, n, &mut normed)?;
             let mut q = self.linear(&layer.q, &normed, n, None)?;
