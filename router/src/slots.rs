@@ -19,6 +19,18 @@
 //!   alternates by service, so two tenants at 2:1 over 16 slots average
 //!   10.67 and 5.33 slots, not whichever of 11/5 and 10/6 arrival order
 //!   happens to produce.
+//! - a contested slot between tenants that are not both in this replica's
+//!   fair queue (one tenant's traffic enters one replica, another's other
+//!   replicas: neither replica has both counters, and counters of different
+//!   replicas are not comparable) is divided in time instead: the fractional
+//!   parts of the active tenants' shares (they sum to the number of contested
+//!   slots) are laid end to end, in tenant order, on a period of
+//!   [`CONTESTED_PERIOD_MS`] of wall-clock time, and a tenant owns a
+//!   contested slot while the period's phase falls in its part. Every
+//!   replica computes the same owner from the same shares and clock without
+//!   exchanging anything, so exactly one side takes the slot; over time each
+//!   tenant holds it for its fraction (with A's traffic on one replica and
+//!   B's on three, 2:1 weights delivered 1.90 when both sides took it).
 //!
 //! With one active tenant every rule lets it use every slot
 //! (work-conserving). Peers' figures are up to a heartbeat old, and a
@@ -28,6 +40,14 @@ use std::collections::{HashMap, HashSet};
 /// Slots kept for tenants below their share (an eighth, at least one).
 pub fn slot_reserve(total: i64) -> i64 {
     (total / 8).max(1)
+}
+
+/// The wall-clock period over which contested slots are divided.
+pub const CONTESTED_PERIOD_MS: u64 = 1_000;
+
+/// Where in [`CONTESTED_PERIOD_MS`] the Unix time `unix_ms` falls, in [0, 1).
+pub fn phase_at(unix_ms: u64) -> f64 {
+    (unix_ms % CONTESTED_PERIOD_MS) as f64 / CONTESTED_PERIOD_MS as f64
 }
 
 /// One tenant across the replicas.
@@ -49,6 +69,8 @@ pub struct TenantSlots {
 #[derive(Clone, Debug, Default)]
 pub struct SlotView {
     pub tenants: HashMap<String, TenantSlots>,
+    /// Where in the contested-slot period the wall clock is ([`phase_at`]).
+    pub phase: f64,
 }
 
 impl SlotView {
@@ -67,6 +89,35 @@ impl SlotView {
         f64::from(self.tenants.get(tenant).map_or(0, |t| t.running))
     }
 
+    /// Whether the next slot would take `tenant` from below its share to
+    /// past it.
+    fn contested(&self, tenant: &str, total: i64) -> bool {
+        let (running, share) = (self.running(tenant), self.share(tenant, total));
+        running < share && running + 1.0 > share
+    }
+
+    /// Whether `tenant` owns a contested slot at this phase: its share's
+    /// fractional part, laid after those of the active tenants before it
+    /// (by name) on the unit circle, covers the phase.
+    fn owns_contested(&self, tenant: &str, total: i64) -> bool {
+        let mut active: Vec<&str> = self
+            .tenants
+            .iter()
+            .filter(|(_, t)| t.running > 0 || t.queued > 0)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        active.sort_unstable();
+        let mut start = 0.0;
+        for name in active {
+            let part = self.share(name, total).fract();
+            if name == tenant {
+                return (self.phase - start).rem_euclid(1.0) < part;
+            }
+            start += part;
+        }
+        false
+    }
+
     /// Whether `tenant` may take one of `free` slots (of `total`) for
     /// `model` now.
     pub fn may_take(&self, tenant: &str, model: &str, free: i64, total: i64) -> bool {
@@ -75,22 +126,36 @@ impl SlotView {
         }
         let below = |t: &str| self.running(t) < self.share(t, total);
         let mine = self.tenants.get(tenant).and_then(|t| t.counter);
+        let contested = self.contested(tenant, total);
+        // Decided once, and only for a contested slot.
+        let mut i_own = None;
         // One pass over the others: is anyone waiting below its share, and
-        // has any of those been served less than this tenant?
-        let (mut contender, mut served_less) = (false, false);
+        // does this tenant yield the contested slot to one of those?
+        let (mut contender, mut yields) = (false, false);
         for (u, s) in &self.tenants {
             if u != tenant && s.queued_models.contains(model) && below(u) {
                 contender = true;
-                served_less |= matches!((s.counter, mine), (Some(theirs), Some(m)) if theirs < m);
+                if !contested || yields {
+                    continue;
+                }
+                yields = match (s.counter, mine) {
+                    // Both in this replica's queue: whoever was served least.
+                    (Some(theirs), Some(m)) => theirs < m,
+                    // Otherwise: to one that is further below its share
+                    // (not contested itself), or by the phase to one that
+                    // owns the slot now when this tenant does not.
+                    _ => {
+                        !self.contested(u, total)
+                            || (!*i_own.get_or_insert_with(|| self.owns_contested(tenant, total))
+                                && self.owns_contested(u, total))
+                    }
+                };
             }
         }
         if contender && !below(tenant) {
             return false;
         }
-        // The slot that takes it past its share goes to whoever has been
-        // served least.
-        let contested = below(tenant) && self.running(tenant) + 1.0 > self.share(tenant, total);
-        if contested && served_less {
+        if yields {
             return false;
         }
         free > slot_reserve(total) || below(tenant)
@@ -114,6 +179,7 @@ mod tests {
     fn view(ts: &[(&str, TenantSlots)]) -> SlotView {
         SlotView {
             tenants: ts.iter().map(|(n, s)| (n.to_string(), s.clone())).collect(),
+            phase: 0.0,
         }
     }
 
@@ -157,10 +223,10 @@ mod tests {
         b.counter = Some(1.0);
         let v = view(&[("a", a), ("b", b)]);
         assert!(v.may_take("a", "m", 10, 16));
-        // Without counters (a tenant only a peer reports) the rule is as
-        // before: both below their shares may take.
+        // Without counters (a tenant only a peer reports) the phase
+        // decides: at 0 it is a's.
         let v = view(&[("a", t(2, 10, &["m"])), ("b", t(1, 5, &["m"]))]);
-        assert!(v.may_take("a", "m", 1, 16) && v.may_take("b", "m", 1, 16));
+        assert!(v.may_take("a", "m", 1, 16) && !v.may_take("b", "m", 1, 16));
     }
 
     #[test]
@@ -174,5 +240,58 @@ mod tests {
         // ... unless a waits for another model only.
         let v = view(&[("a", t(2, 8, &["other"])), ("b", t(1, 6, &["m"]))]);
         assert!(v.may_take("b", "m", 5, 15));
+    }
+
+    #[test]
+    fn without_both_counters_the_contested_slot_is_divided_by_the_phase() {
+        // 2:1 over 16 (shares 10.67 and 5.33), each tenant in a different
+        // replica's queue: a's part of the period is [0, 0.67), b's the rest.
+        let at = |phase: f64, ca: Option<f64>, cb: Option<f64>| {
+            let mut a = t(2, 10, &["m"]);
+            a.counter = ca;
+            let mut b = t(1, 5, &["m"]);
+            b.counter = cb;
+            let mut v = view(&[("a", a), ("b", b)]);
+            v.phase = phase;
+            (v.may_take("a", "m", 1, 16), v.may_take("b", "m", 1, 16))
+        };
+        // Exactly one takes it, whichever replica asks.
+        assert_eq!(at(0.1, Some(1.0), None), (true, false));
+        assert_eq!(at(0.1, None, Some(1.0)), (true, false));
+        assert_eq!(at(0.8, Some(1.0), None), (false, true));
+        assert_eq!(at(0.8, None, Some(1.0)), (false, true));
+        // Over the period each owns it for its share's fraction.
+        let n = 3000;
+        let a_owns = (0..n)
+            .filter(|i| at(*i as f64 / n as f64, None, None).0)
+            .count();
+        assert!(
+            (a_owns as f64 / n as f64 - 2.0 / 3.0).abs() < 0.01,
+            "{a_owns}"
+        );
+        // Both counters known: the counters decide, as before.
+        assert_eq!(at(0.8, Some(1.0), Some(2.0)), (true, false));
+        // Not contested for the other (well below its share): it gets the
+        // slot whatever the phase.
+        let mut a = t(2, 10, &["m"]);
+        a.counter = Some(1.0);
+        let mut v = view(&[("a", a), ("b", t(1, 2, &["m"]))]);
+        v.phase = 0.1;
+        assert!(!v.may_take("a", "m", 1, 16) && v.may_take("b", "m", 1, 16));
+        // Three tenants 1:1:1 over 16 (5.33 each): the parts tile the
+        // period, so one owner at any phase.
+        for i in 0..30 {
+            let mut v = view(&[
+                ("a", t(1, 5, &["m"])),
+                ("b", t(1, 5, &["m"])),
+                ("c", t(1, 5, &["m"])),
+            ]);
+            v.phase = i as f64 / 30.0;
+            let takers = ["a", "b", "c"]
+                .iter()
+                .filter(|x| v.may_take(x, "m", 1, 16))
+                .count();
+            assert_eq!(takers, 1, "phase {}", v.phase);
+        }
     }
 }

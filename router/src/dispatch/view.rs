@@ -27,6 +27,10 @@ impl<P: Pool> Actor<P> {
             }
             e.counter = self.queue.counter(t);
         }
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        view.phase = crate::slots::phase_at(unix_ms);
         view
     }
 
