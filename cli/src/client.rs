@@ -156,10 +156,26 @@ impl ControlClient {
             .issue_key(IssueKeyRequest {
                 tenant_id: tenant_id.to_string(),
                 scope: scope as i32,
-                expires_in_days: 0,
+                ..Default::default()
             })
             .await?
             .into_inner())
+    }
+
+    /// Issues a key as `req` says (expiry, its own token budgets).
+    pub async fn issue_key_with(
+        &mut self,
+        req: IssueKeyRequest,
+    ) -> Result<IssueKeyResponse, ClientError> {
+        Ok(self.inner.issue_key(req).await?.into_inner())
+    }
+
+    /// Requests and tokens per tenant, day, hour and key.
+    pub async fn get_usage(
+        &mut self,
+        req: bulkhead_proto::control::GetUsageRequest,
+    ) -> Result<Vec<bulkhead_proto::control::DayUsage>, ClientError> {
+        Ok(self.inner.get_usage(req).await?.into_inner().days)
     }
 
     /// Issues a key expiring after `expires_in_days` (0 = never).
@@ -175,6 +191,7 @@ impl ControlClient {
                 tenant_id: tenant_id.to_string(),
                 scope: scope as i32,
                 expires_in_days,
+                ..Default::default()
             })
             .await?
             .into_inner())

@@ -118,6 +118,14 @@ pub struct LimitArgs {
     /// block reused or left cached; for regulated data).
     #[arg(long)]
     pub no_prefix_cache: bool,
+    /// Tokens (prompt + completion, every router together) per UTC day;
+    /// past it requests get 429 until midnight UTC (0 = no budget).
+    #[arg(long, default_value_t = 0)]
+    pub daily_token_budget: u64,
+    /// Tokens per calendar month (UTC); past it 429 until the month ends
+    /// (0 = no budget).
+    #[arg(long, default_value_t = 0)]
+    pub monthly_token_budget: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -169,6 +177,13 @@ pub enum KeysCmd {
         /// Lifetime in days (0 = never expires).
         #[arg(long, default_value_t = 0)]
         expires_in_days: u32,
+        /// This key's own token budget per UTC day (0 = none; the
+        /// tenant's budgets apply as well).
+        #[arg(long, default_value_t = 0)]
+        daily_token_budget: u64,
+        /// This key's own token budget per calendar month, UTC (0 = none).
+        #[arg(long, default_value_t = 0)]
+        monthly_token_budget: u64,
     },
     /// Replace a key: a new key (printed once) with the same tenant and scope;
     /// the old one is revoked (or expires after --grace-seconds).
@@ -327,6 +342,8 @@ pub async fn tenants(cmd: TenantsCmd, r: &Remote) -> Result<()> {
                     max_queued: limits.max_queued,
                     ttft_quantum_ms: limits.ttft_quantum_ms,
                     no_prefix_cache: limits.no_prefix_cache,
+                    daily_token_budget: limits.daily_token_budget,
+                    monthly_token_budget: limits.monthly_token_budget,
                 })
                 .await?;
             if r.json {
@@ -371,12 +388,19 @@ pub async fn tenants(cmd: TenantsCmd, r: &Remote) -> Result<()> {
 }
 
 pub async fn keys(cmd: KeysCmd, r: &Remote) -> Result<()> {
-    let (tenant, scope, expires_in_days) = match cmd {
+    let (tenant, scope, expires_in_days, budgets) = match cmd {
         KeysCmd::Issue {
             tenant,
             scope,
             expires_in_days,
-        } => (tenant, scope, expires_in_days),
+            daily_token_budget,
+            monthly_token_budget,
+        } => (
+            tenant,
+            scope,
+            expires_in_days,
+            (daily_token_budget, monthly_token_budget),
+        ),
         KeysCmd::Rotate(a) => return crate::lifecycle_cli::rotate_key(a, r).await,
         KeysCmd::Revoke(a) => return crate::lifecycle_cli::revoke_key(a, r).await,
         KeysCmd::List(a) => return crate::lifecycle_cli::list_keys(a, r).await,
@@ -387,7 +411,13 @@ pub async fn keys(cmd: KeysCmd, r: &Remote) -> Result<()> {
         ScopeArg::TenantAdmin => KeyScope::TenantAdmin,
     };
     let k = c
-        .issue_key_expiring(&tenant, scope, expires_in_days)
+        .issue_key_with(bulkhead_proto::control::IssueKeyRequest {
+            tenant_id: tenant.clone(),
+            scope: scope as i32,
+            expires_in_days,
+            daily_token_budget: budgets.0,
+            monthly_token_budget: budgets.1,
+        })
         .await?;
     if r.json {
         println!(

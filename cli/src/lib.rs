@@ -21,5 +21,6 @@ pub mod nats_conf;
 pub mod pki;
 pub mod remote;
 pub mod status;
+pub mod usage_cli;
 
 pub use client::{AuditClient, ClientError, ControlClient};

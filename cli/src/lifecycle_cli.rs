@@ -49,6 +49,12 @@ pub struct UpdateTenantArgs {
     /// them again (per tenant, salted).
     #[arg(long)]
     pub no_prefix_cache: Option<bool>,
+    /// New token budget per UTC day (0 = none).
+    #[arg(long)]
+    pub daily_token_budget: Option<u64>,
+    /// New token budget per calendar month, UTC (0 = none).
+    #[arg(long)]
+    pub monthly_token_budget: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -145,6 +151,8 @@ pub fn key_json(k: &KeyInfo) -> serde_json::Value {
         "prefix": k.prefix, "tenant_id": k.tenant_id, "scope": scope_name(k.scope),
         "created_unix_ms": k.created_unix_ms, "expires_unix_ms": k.expires_unix_ms,
         "revoked": k.revoked, "state": key_state(k, now_ms()),
+        "daily_token_budget": k.daily_token_budget,
+        "monthly_token_budget": k.monthly_token_budget,
     })
 }
 
@@ -163,6 +171,8 @@ pub async fn update_tenant(a: UpdateTenantArgs, c: &mut ControlClient, r: &Remot
             max_queued: a.max_queued,
             ttft_quantum_ms: a.ttft_quantum_ms,
             no_prefix_cache: a.no_prefix_cache,
+            daily_token_budget: a.daily_token_budget,
+            monthly_token_budget: a.monthly_token_budget,
         })
         .await?;
     if r.json {

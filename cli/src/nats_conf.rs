@@ -8,9 +8,9 @@
 //!
 //! | user | may |
 //! |---|---|
-//! | `control` | create the KV buckets, the audit stream and the audit-service's consumer; read and write the tenants and API-key buckets; read router heartbeats |
+//! | `control` | create the KV buckets, the audit stream and the audit-service's consumer; read and write the tenants and API-key buckets; read router heartbeats and usage records |
 //! | `audit` | read the tenants and API-key buckets; fetch from and ack on its own durable consumer of the audit stream |
-//! | `router.<R>`, one per router replica | read the tenants and API-key buckets; read heartbeats and write only its own (key `<R>`); publish `bulkhead.audit.*`; look the audit stream up |
+//! | `router.<R>`, one per router replica | read the tenants and API-key buckets; read heartbeats and write only its own (key `<R>`); read usage records and write only its own (keys `*.*.<R>.*`); publish `bulkhead.audit.*`; look the audit stream up |
 //!
 //! Each router replica has an identity of its own
 //! (`.../bulkhead/router/replica/<R>`, `bulkhead certs issue --component
@@ -95,7 +95,7 @@ pub fn users(td: &str, routers: &[String]) -> Vec<NatsUser> {
     let (tenants, keys) = (names::TENANTS_BUCKET, names::API_KEYS_BUCKET);
     let s = names::AUDIT_STREAM;
     let mut control = vec!["$JS.API.INFO".to_string()];
-    for b in [tenants, keys, names::ROUTERS_BUCKET] {
+    for b in [tenants, keys, names::ROUTERS_BUCKET, names::USAGE_BUCKET] {
         control.extend(kv_create(b));
         control.extend(kv_read(b));
     }
@@ -148,10 +148,12 @@ fn router_user(td: &str, r: &str) -> NatsUser {
         names::ROUTERS_BUCKET,
     );
     let mut publish = vec!["$JS.API.INFO".to_string()];
-    for b in [tenants, keys, routers] {
+    for b in [tenants, keys, routers, names::USAGE_BUCKET] {
         publish.extend(kv_read(b));
     }
     publish.push(format!("$KV.{routers}.{r}"));
+    // Its own usage records only (`names::usage_key`: month.day.router.tenant).
+    publish.push(format!("$KV.{}.*.*.{r}.*", names::USAGE_BUCKET));
     publish.extend(audit_lookup());
     publish.push(format!("{}.*", names::AUDIT_SUBJECT_PREFIX));
     let cert_name = format!("router.{r}");
@@ -337,7 +339,7 @@ mod tests {
     }
 
     #[test]
-    fn each_router_writes_only_its_own_heartbeat() {
+    fn each_router_writes_only_its_own_heartbeat_and_usage() {
         let us = users("bulkhead.local", &two());
         for u in &us {
             let beats: Vec<&String> = u
@@ -349,12 +351,17 @@ mod tests {
                 Some(r) => assert_eq!(beats, [&format!("$KV.bulkhead_routers.{r}")]),
                 None => assert!(beats.is_empty(), "{}", u.cert_name),
             }
-            // No wildcard anywhere in a router's writes but the audit
-            // subjects' tenant token.
-            if u.component == "router" {
+            // No wildcard anywhere in a router's KV writes but in its own
+            // usage records' month, day and tenant tokens (its id fixed).
+            if let Some(r) = u.cert_name.strip_prefix("router.") {
+                let own_usage = format!("$KV.bulkhead_usage.*.*.{r}.*");
                 for p in &u.publish {
-                    assert!(!p.starts_with("$KV.") || !p.contains(['*', '>']), "{p}");
+                    assert!(
+                        !p.starts_with("$KV.") || !p.contains(['*', '>']) || *p == own_usage,
+                        "{p}"
+                    );
                 }
+                assert!(u.publish.contains(&own_usage), "{}", u.cert_name);
             }
         }
     }

@@ -61,5 +61,7 @@ pub fn tenant_json(t: &Tenant) -> serde_json::Value {
         },
         "ttft_quantum_ms": t.ttft_quantum_ms,
         "no_prefix_cache": t.no_prefix_cache,
+        "daily_token_budget": t.daily_token_budget,
+        "monthly_token_budget": t.monthly_token_budget,
     })
 }

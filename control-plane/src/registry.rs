@@ -11,6 +11,7 @@ use futures::StreamExt;
 use rand::Rng;
 
 mod lifecycle;
+mod usage;
 pub use lifecycle::{MAX_EXPIRY_DAYS, MAX_GRACE_SECONDS, key_info};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,8 @@ pub struct Registry {
     tenants: kv::Store,
     keys: kv::Store,
     routers: kv::Store,
+    /// The router replicas' usage records (`bulkhead_directory::usage`).
+    usage: kv::Store,
 }
 
 async fn bucket(js: &jetstream::Context, name: &str) -> Result<kv::Store, ControlError> {
@@ -85,6 +88,9 @@ impl Registry {
             tenants: bucket(js, names::TENANTS_BUCKET).await?,
             keys: bucket(js, names::API_KEYS_BUCKET).await?,
             routers: bulkhead_directory::routers_bucket(js)
+                .await
+                .map_err(ControlError::Unavailable)?,
+            usage: bulkhead_directory::usage::usage_bucket(js, true)
                 .await
                 .map_err(ControlError::Unavailable)?,
         })
@@ -154,6 +160,8 @@ impl Registry {
             ttft_quantum_ms: r.ttft_quantum_ms,
             uid: uuid::Uuid::new_v4().to_string(),
             no_prefix_cache: r.no_prefix_cache,
+            daily_token_budget: r.daily_token_budget,
+            monthly_token_budget: r.monthly_token_budget,
         };
         lifecycle::check_quantum(tenant.ttft_quantum_ms)?;
         // `create` fails if the key exists, so two racing creates cannot both win.
@@ -216,6 +224,7 @@ impl Registry {
             created_unix_ms: now_ms(),
             expires_unix_ms: 0,
             revoked: false,
+            ..Default::default()
         };
         self.keys
             .create(keys::key_hash(&key), record.encode_to_vec().into())

@@ -2,9 +2,9 @@
 use bulkhead_proto::control::control_server::Control;
 use bulkhead_proto::control::{
     ClusterStatusRequest, ClusterStatusResponse, CreateTenantRequest, DeleteTenantRequest,
-    DeleteTenantResponse, IssueKeyRequest, IssueKeyResponse, KeyInfo, KeyScope, ListKeysRequest,
-    ListKeysResponse, ListTenantsRequest, ListTenantsResponse, RevokeKeyRequest, RotateKeyRequest,
-    RotateKeyResponse, Tenant, UpdateTenantRequest,
+    DeleteTenantResponse, GetUsageRequest, GetUsageResponse, IssueKeyRequest, IssueKeyResponse,
+    KeyInfo, KeyScope, ListKeysRequest, ListKeysResponse, ListTenantsRequest, ListTenantsResponse,
+    RevokeKeyRequest, RotateKeyRequest, RotateKeyResponse, Tenant, UpdateTenantRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -95,7 +95,12 @@ impl Control for ControlService {
                 .map_err(|_| Status::invalid_argument("unknown key scope"))?;
             let k = self
                 .registry
-                .issue_key_expiring(&r.tenant_id, scope, r.expires_in_days)
+                .issue_key_budgeted(
+                    &r.tenant_id,
+                    scope,
+                    r.expires_in_days,
+                    (r.daily_token_budget, r.monthly_token_budget),
+                )
                 .await?;
             tracing::info!(tenant = %r.tenant_id, prefix = %k.prefix, scope = scope.as_str_name(), expires_in_days = r.expires_in_days, caller = %who, "key issued");
             Ok::<_, Status>(Response::new(k))
@@ -126,6 +131,21 @@ impl Control for ControlService {
             let keys_revoked = self.registry.delete_tenant(&id).await?;
             tracing::info!(tenant = %id, keys_revoked, caller = %who, "tenant deleted");
             Ok::<_, Status>(Response::new(DeleteTenantResponse { keys_revoked }))
+        })
+        .await
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<GetUsageRequest>,
+    ) -> Result<Response<GetUsageResponse>, Status> {
+        self.observed("get_usage", async move {
+            let r = request.into_inner();
+            let days = self
+                .registry
+                .usage(&r.tenant_id, &r.from_day, &r.to_day)
+                .await?;
+            Ok::<_, Status>(Response::new(GetUsageResponse { days }))
         })
         .await
     }

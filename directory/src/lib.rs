@@ -18,6 +18,7 @@ use bulkhead_proto::{keys, names};
 
 mod audit_stream;
 mod nats;
+pub mod usage;
 mod watch;
 pub use audit_stream::{
     AUDIT_CONSUMER, AUDIT_DUPLICATE_WINDOW, AUDIT_STREAM_MAX_MESSAGES, audit_consumer_config,
@@ -31,6 +32,8 @@ pub use watch::{DEFAULT_MAX_STALENESS_MS, sync};
 pub struct Resolved {
     pub tenant: Arc<Tenant>,
     pub key_prefix: String,
+    /// The key's own token budgets (0 = none): daily, monthly.
+    pub key_token_budgets: (u64, u64),
 }
 
 /// Why a presented key does not resolve.
@@ -136,6 +139,7 @@ impl Directory {
         Ok(Resolved {
             tenant,
             key_prefix: record.prefix.clone(),
+            key_token_budgets: (record.daily_token_budget, record.monthly_token_budget),
         })
     }
 

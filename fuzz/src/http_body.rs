@@ -35,6 +35,7 @@ fn tenants() -> &'static [AuthContext] {
                 ..Default::default()
             }),
             key_prefix: "bh_test".into(),
+            key_budgets: Default::default(),
         };
         // A tenant with no per-request limit set (0) and one with a large one.
         vec![t("acme", 0), t("globex", 4096)]

@@ -12,6 +12,49 @@ pub const ROUTER_STALE_AFTER_MS: i64 = 5_000;
 /// How often routers write their heartbeat (the freshness of the slot
 /// shares across replicas, see the router's `cluster.rs`).
 pub const ROUTER_HEARTBEAT_MS: u64 = 250;
+/// JetStream KV bucket with each router replica's usage per tenant and UTC
+/// day (protobuf `DayUsage`, keys from [`usage_key`]).
+pub const USAGE_BUCKET: &str = "bulkhead_usage";
+/// How long usage records are kept (a year and a month: last year's month
+/// can still be billed).
+pub const USAGE_MAX_AGE_DAYS: u64 = 400;
+
+/// The key of router `router`'s usage record of `tenant` on a UTC day:
+/// `m<YYYYMM>.d<DD>.<router>.<tenant>` (both ids are single NATS tokens),
+/// so a month's records are watched with [`usage_month_filter`] and a
+/// replica's NATS user may write `*.*.<router>.*` only.
+pub fn usage_key(year: i32, month: u8, day: u8, router: &str, tenant: &str) -> String {
+    format!("m{year:04}{month:02}.d{day:02}.{router}.{tenant}")
+}
+
+/// The KV key filter of one month's usage records.
+pub fn usage_month_filter(year: i32, month: u8) -> String {
+    format!("m{year:04}{month:02}.>")
+}
+
+/// The parts of a [`usage_key`]: year, month, day, router, tenant (the
+/// numbers as written, not checked to be a date).
+pub fn parse_usage_key(key: &str) -> Option<(i32, u8, u8, &str, &str)> {
+    let mut it = key.split('.');
+    let (m, d, router, tenant) = (it.next()?, it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() || !valid_replica_id(router) || !valid_tenant_id(tenant) {
+        return None;
+    }
+    let m = m
+        .strip_prefix('m')
+        .filter(|m| m.len() == 6 && m.bytes().all(|b| b.is_ascii_digit()))?;
+    let d = d
+        .strip_prefix('d')
+        .filter(|d| d.len() == 2 && d.bytes().all(|b| b.is_ascii_digit()))?;
+    Some((
+        m[..4].parse().ok()?,
+        m[4..].parse().ok()?,
+        d.parse().ok()?,
+        router,
+        tenant,
+    ))
+}
+
 /// JetStream stream that holds audit events.
 pub const AUDIT_STREAM: &str = "BULKHEAD_AUDIT";
 /// Subject prefix of audit events; the full subject is `bulkhead.audit.<tenant>`.

@@ -15,6 +15,8 @@ use crate::error::ApiError;
 pub struct AuthContext {
     pub tenant: Arc<Tenant>,
     pub key_prefix: String,
+    /// The key's own token budgets.
+    pub key_budgets: crate::usage::Budgets,
 }
 
 #[derive(Default)]
@@ -29,6 +31,10 @@ impl Directory {
             Ok(r) => Ok(AuthContext {
                 tenant: r.tenant,
                 key_prefix: r.key_prefix,
+                key_budgets: crate::usage::Budgets {
+                    daily: r.key_token_budgets.0,
+                    monthly: r.key_token_budgets.1,
+                },
             }),
             Err(KeyError::Missing) => Err(ApiError::Unauthenticated(
                 "missing API key: send the header `Authorization: Bearer <key>`".into(),

@@ -33,6 +33,13 @@ pub enum ApiError {
         /// The tenant's buckets, sent as `x-ratelimit-*` headers.
         rate: crate::limits::RateState,
     },
+    /// A token budget of the tenant or of its key is used up until
+    /// `retry_after` (the next UTC midnight or month).
+    #[error("{message}")]
+    BudgetExhausted {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     /// This router cannot take more work now (its queue is full);
     /// retrying after `retry_after` may work.
     #[error("{message} (retry after {} ms)", retry_after.as_millis())]
@@ -68,7 +75,9 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::BudgetExhausted { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -85,6 +94,7 @@ impl ApiError {
             Self::RequestTimeout(_) => ("invalid_request_error", "request_timeout"),
             Self::Unavailable(_) => ("server_error", "unavailable"),
             Self::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
+            Self::BudgetExhausted { .. } => ("insufficient_quota", "insufficient_quota"),
             Self::Overloaded { .. } => ("server_error", "overloaded"),
             Self::Internal(_) => ("server_error", "internal_error"),
         }
@@ -98,7 +108,9 @@ impl ApiError {
             Self::NotFound(_) => tonic::Code::NotFound,
             Self::RequestTimeout(_) => tonic::Code::DeadlineExceeded,
             Self::Unavailable(_) | Self::Overloaded { .. } => tonic::Code::Unavailable,
-            Self::RateLimited { .. } => tonic::Code::ResourceExhausted,
+            Self::RateLimited { .. } | Self::BudgetExhausted { .. } => {
+                tonic::Code::ResourceExhausted
+            }
             Self::Internal(_) => tonic::Code::Internal,
         }
     }
@@ -110,7 +122,10 @@ impl ApiError {
 
     pub fn to_status(&self) -> tonic::Status {
         let mut status = tonic::Status::new(self.grpc_code(), self.to_string());
-        if let Self::RateLimited { retry_after, .. } | Self::Overloaded { retry_after, .. } = self {
+        if let Self::RateLimited { retry_after, .. }
+        | Self::Overloaded { retry_after, .. }
+        | Self::BudgetExhausted { retry_after, .. } = self
+        {
             let ms = tonic::metadata::MetadataValue::from(retry_after.as_millis() as u64);
             status.metadata_mut().insert("grpc-retry-pushback-ms", ms);
         }
@@ -120,7 +135,9 @@ impl ApiError {
     /// Whole seconds for a `Retry-After` header (rounded up, at least 1).
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
-            Self::RateLimited { retry_after, .. } | Self::Overloaded { retry_after, .. } => {
+            Self::RateLimited { retry_after, .. }
+            | Self::Overloaded { retry_after, .. }
+            | Self::BudgetExhausted { retry_after, .. } => {
                 Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
                     .map(|s| s.max(1))
             }
@@ -225,5 +242,29 @@ mod tests {
         );
         assert_eq!(st.metadata().get("grpc-retry-pushback-ms").unwrap(), "1500");
         assert_eq!(e.code_name(), "ResourceExhausted");
+    }
+
+    #[test]
+    fn an_exhausted_budget_is_a_429_until_it_resets() {
+        let e = ApiError::BudgetExhausted {
+            message: "the daily token budget of tenant \"a\" (10 tokens) is used up".into(),
+            retry_after: std::time::Duration::from_millis(3_600_500),
+        };
+        assert_eq!(e.http_status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.body()["error"]["type"], "insufficient_quota");
+        assert_eq!(e.body()["error"]["code"], "insufficient_quota");
+        let resp = e.clone().into_response();
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "3601");
+        let st = e.to_status();
+        assert_eq!(st.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            st.message().contains("daily token budget"),
+            "{}",
+            st.message()
+        );
+        assert_eq!(
+            st.metadata().get("grpc-retry-pushback-ms").unwrap(),
+            "3600500"
+        );
     }
 }

@@ -30,5 +30,7 @@ pub mod replica;
 pub mod serve;
 pub mod slots;
 pub mod spool;
+pub mod usage;
+pub mod usage_sync;
 pub mod validate;
 pub mod workers;

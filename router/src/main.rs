@@ -273,12 +273,20 @@ async fn main() -> anyhow::Result<()> {
         bulkhead_telemetry::metrics::prometheus_client::registry::Registry::default();
     let metrics = Arc::new(RouterMetrics::new(&mut registry, args.metrics_max_tenants));
     let cluster = Arc::new(ClusterView::default());
+    let usage = Arc::new(bulkhead_router::usage_sync::Usage::new(&me.id));
+    // Carries on from this replica's usage records before serving, so a
+    // restart does not reset the budgets it enforces.
+    let usage_sync = bulkhead_router::usage_sync::UsageSync::start(&js, usage.clone())
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("opening the usage records (the control-plane creates their bucket)")?;
     let pipeline = Arc::new(Pipeline::new(
         workers,
         audit,
         ContentHasher::new(secret),
         metrics,
         cluster.clone(),
+        usage,
     ));
     pipeline
         .dispatcher()
@@ -383,6 +391,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     let (h, g) = tokio::join!(http_srv, grpc_srv);
+    usage_sync.stop().await;
     h?;
     g?;
     tracing::info!("router stopped");

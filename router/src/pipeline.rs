@@ -2,7 +2,10 @@
 //! in the fair queue ([`Dispatcher`]) until a worker has a free slot, goes to
 //! that worker over mTLS, tokens stream back as [`Event`]s (each charged to
 //! the tenant's fair-queue counter as it arrives), and one audit event is
-//! published when the request ends, however it ends.
+//! published when the request ends, however it ends. A request whose
+//! tenant or key has used up a token budget is refused before it queues
+//! (`usage_sync::Usage`), and what each served request used is counted
+//! there when it ends.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +24,7 @@ use crate::dispatch::{Dispatcher, Grant, Meter};
 use crate::error::ApiError;
 use crate::limits::{RateState, estimate_prompt_tokens};
 use crate::metrics::RouterMetrics;
+use crate::usage_sync::Usage as UsageBook;
 use crate::validate::{Input, RequestMeta, ValidRequest};
 use crate::workers::{WorkerHandle, WorkerLease, WorkerPool};
 
@@ -55,6 +59,7 @@ pub struct Pipeline {
     audit: AuditPublisher,
     hasher: ContentHasher,
     metrics: Arc<RouterMetrics>,
+    usage: Arc<UsageBook>,
 }
 
 /// What the audit event of a request needs to know about its outcome.
@@ -81,6 +86,7 @@ impl Pipeline {
         hasher: ContentHasher,
         metrics: Arc<RouterMetrics>,
         cluster: Arc<ClusterView>,
+        usage: Arc<UsageBook>,
     ) -> Self {
         let start = std::time::Instant::now();
         Self {
@@ -93,6 +99,7 @@ impl Pipeline {
             audit,
             hasher,
             metrics,
+            usage,
         }
     }
 
@@ -136,7 +143,19 @@ impl Pipeline {
             traceparent: bulkhead_telemetry::propagation::current_traceparent(),
             ..Outcome::default()
         };
-        let started = self.dispatch(&req, &mut outcome).await;
+        let started = match self
+            .usage
+            .check(&req.tenant, &req.key_prefix, req.key_budgets)
+        {
+            Err(e) => {
+                let now = bulkhead_directory::now_ms();
+                Err(ApiError::BudgetExhausted {
+                    message: e.to_string(),
+                    retry_after: Duration::from_millis((e.resets_unix_ms - now).max(0) as u64),
+                })
+            }
+            Ok(()) => self.dispatch(&req, &mut outcome).await,
+        };
         let (worker, mut grant, stream, usage) = match started {
             Ok(s) => s,
             Err(e) => {
@@ -425,6 +444,19 @@ impl Pipeline {
         // The end-user id, never in clear: a hash apart from content's.
         if let Some(u) = &req.user {
             ev.user_hash = self.hasher.hash(&key, format!("user:{u}").as_bytes());
+        }
+        // What a worker served counts toward usage and budgets.
+        if !o.worker.is_empty() {
+            self.usage.record(
+                tenant,
+                &req.key_prefix,
+                crate::usage::Counts {
+                    requests: 1,
+                    prompt_tokens: o.usage.prompt_tokens.into(),
+                    cached_tokens: o.usage.cached_tokens.into(),
+                    completion_tokens: o.usage.completion_tokens.into(),
+                },
+            );
         }
         ev.prompt_tokens = o.usage.prompt_tokens;
         ev.completion_tokens = o.usage.completion_tokens;

@@ -102,6 +102,8 @@ pub struct ValidRequest {
     pub received: Instant,
     pub tenant: Arc<Tenant>,
     pub key_prefix: String,
+    /// The key's own token budgets (the tenant's are in `tenant`).
+    pub key_budgets: crate::usage::Budgets,
     pub model: String,
     pub input: Input,
     pub max_tokens: u32,
@@ -214,6 +216,7 @@ pub fn validate(
         received: meta.received,
         tenant: tenant.clone(),
         key_prefix: auth.key_prefix.clone(),
+        key_budgets: auth.key_budgets,
         model: raw.model,
         input: raw.input,
         max_tokens,

@@ -9,6 +9,9 @@ use anyhow::{Context, Result, ensure};
 use bulkhead_e2e::DevStack;
 use serde_json::Value;
 
+#[path = "cluster/usage.rs"]
+mod usage;
+
 async fn complete(http: &str, model: &str, key: &str) -> Result<u16> {
     Ok(reqwest::Client::new()
         .post(format!("{http}/v1/completions"))

@@ -46,6 +46,9 @@ enum Cmd {
     /// Audit records (through the audit-service).
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Requests and tokens per tenant (and key) by UTC day or hour, as the
+    /// routers counted them (through the control-plane).
+    Usage(bulkhead_cli::usage_cli::UsageArgs),
     // Other engineers' subcommands go below, each backed by its own module.
     /// Start the whole stack on loopback (Ctrl-C stops it).
     Dev(DevArgs),
@@ -75,6 +78,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Tenants(c) => cli::tenants(c, &cli.remote).await,
         Cmd::Keys(c) => cli::keys(c, &cli.remote).await,
         Cmd::Audit(c) => cli::audit(c, &cli.remote).await,
+        Cmd::Usage(a) => bulkhead_cli::usage_cli::run(a, &cli.remote).await,
         Cmd::Dev(a) => dev::run(a).await,
         Cmd::Bench(b) => bulkhead_cli::bench::run(b).await,
         Cmd::Mig(c) => bulkhead_cli::mig_cli::run(c, &cli.remote),

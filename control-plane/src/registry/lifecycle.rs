@@ -35,6 +35,8 @@ pub fn key_info(r: &ApiKeyRecord) -> KeyInfo {
         created_unix_ms: r.created_unix_ms,
         expires_unix_ms: r.expires_unix_ms,
         revoked: r.revoked,
+        daily_token_budget: r.daily_token_budget,
+        monthly_token_budget: r.monthly_token_budget,
     }
 }
 
@@ -87,6 +89,12 @@ pub fn apply_update(mut t: Tenant, r: &UpdateTenantRequest) -> Result<Tenant, Co
     }
     if let Some(v) = r.no_prefix_cache {
         t.no_prefix_cache = v;
+    }
+    if let Some(v) = r.daily_token_budget {
+        t.daily_token_budget = v;
+    }
+    if let Some(v) = r.monthly_token_budget {
+        t.monthly_token_budget = v;
     }
     if let Some(w) = r.weight {
         t.weight = w.max(1);
@@ -299,6 +307,19 @@ impl Registry {
         scope: KeyScope,
         expires_in_days: u32,
     ) -> Result<IssueKeyResponse, ControlError> {
+        self.issue_key_budgeted(tenant_id, scope, expires_in_days, (0, 0))
+            .await
+    }
+
+    /// Issues a key expiring `expires_in_days` from now (0 = never), with
+    /// its own daily and monthly token budgets (0 = none).
+    pub async fn issue_key_budgeted(
+        &self,
+        tenant_id: &str,
+        scope: KeyScope,
+        expires_in_days: u32,
+        (daily_token_budget, monthly_token_budget): (u64, u64),
+    ) -> Result<IssueKeyResponse, ControlError> {
         let now = now_ms();
         let expires_unix_ms = expiry_from_days(expires_in_days, now)?;
         if self.get_tenant(tenant_id).await?.is_none() {
@@ -312,6 +333,8 @@ impl Registry {
             created_unix_ms: now,
             expires_unix_ms,
             revoked: false,
+            daily_token_budget,
+            monthly_token_budget,
         };
         self.keys
             .create(keys::key_hash(&key), record.encode_to_vec().into())
@@ -344,8 +367,10 @@ impl Registry {
             )));
         }
         let scope = KeyScope::try_from(old.scope).unwrap_or(KeyScope::Inference);
+        // The new key keeps the old one's budgets.
+        let budgets = (old.daily_token_budget, old.monthly_token_budget);
         let new = self
-            .issue_key_expiring(&old.tenant_id, scope, expires_in_days)
+            .issue_key_budgeted(&old.tenant_id, scope, expires_in_days, budgets)
             .await?;
         let grace = (grace_seconds > 0).then(|| now_ms() + i64::from(grace_seconds) * 1000);
         self.revoke_hash(&hash, grace).await?;

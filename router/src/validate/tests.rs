@@ -16,6 +16,7 @@ fn auth() -> AuthContext {
             ..Default::default()
         }),
         key_prefix: "bh_abcdef".into(),
+        key_budgets: Default::default(),
     }
 }
 

@@ -160,6 +160,22 @@ pub async fn check(stack: &DevStack) -> Result<()> {
         beats.get("fake").await?.is_none(),
         "a fake replica's heartbeat was stored"
     );
+    // Usage records: its own only (a replica that could rewrite another's
+    // would reset the budgets that replica's spending counts against).
+    let usage = router.js().get_key_value("bulkhead_usage").await?;
+    ensure!(
+        usage
+            .put("m202612.d08.dev-router-0.own-test", "".into())
+            .await
+            .is_ok(),
+        "the router replica cannot write its own usage record"
+    );
+    router
+        .publish_refused(
+            "rewrite another replica's usage record",
+            &format!("$KV.bulkhead_usage.m202612.d08.dev-router-1.{tenant}"),
+        )
+        .await?;
     let kv = router.js().get_key_value("bulkhead_tenants").await?;
     ensure!(
         kv.get(&tenant).await?.is_some(),
@@ -221,6 +237,12 @@ pub async fn check(stack: &DevStack) -> Result<()> {
         .await?;
     audit
         .publish_refused("write a router heartbeat", "$KV.bulkhead_routers.fake")
+        .await?;
+    audit
+        .publish_refused(
+            "write a usage record",
+            &format!("$KV.bulkhead_usage.m202612.d08.dev-router-0.{tenant}"),
+        )
         .await?;
     audit
         .publish_refused(
