@@ -15,6 +15,7 @@ pub mod affinity;
 pub mod audit;
 pub mod cluster;
 pub mod directory;
+pub mod discovery;
 pub mod dispatch;
 pub mod error;
 pub mod fair;

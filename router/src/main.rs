@@ -63,6 +63,9 @@ struct Args {
     /// comma-separate). Each worker's certificate must carry a worker
     /// SPIFFE id, checked in the handshake; `https://host:port#tenant=T`
     /// accepts only tenant T's dedicated worker identity there.
+    /// `dns+https://NAME:PORT` stands for every address NAME resolves to
+    /// (a Kubernetes headless Service's ready pods), each its own worker,
+    /// resolved again every --worker-resolve-ms.
     #[arg(
         long = "worker",
         env = "BULKHEAD_ROUTER_WORKERS",
@@ -70,6 +73,18 @@ struct Args {
         required = true
     )]
     workers: Vec<String>,
+    /// How often `dns+https://` worker names are resolved again, in ms
+    /// (workers joining and leaving are followed at this pace).
+    #[arg(
+        long,
+        env = "BULKHEAD_ROUTER_WORKER_RESOLVE_MS",
+        default_value_t = 5000
+    )]
+    worker_resolve_ms: u64,
+    /// Names resolved from this file (lines `IP NAME…`, as in /etc/hosts;
+    /// read again on every round) before DNS: for the dev stack and tests.
+    #[arg(long, env = "BULKHEAD_ROUTER_HOSTS_FILE")]
+    hosts_file: Option<PathBuf>,
     /// Accept a worker that reports a dedicated (process/mig) pool while it
     /// presents the shared worker certificate. By default such a worker is
     /// kept out of rotation until it presents its tenant's own identity
@@ -262,13 +277,18 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("audit mode: reject (fail closed while NATS is unreachable)");
     }
 
-    let workers = Arc::new(WorkerPool::with_identity_rule(
-        &args.workers,
-        &me.paths,
-        !args.allow_shared_worker_identity_on_dedicated_pools,
-    )?);
+    let workers = Arc::new(
+        WorkerPool::with_identity_rule(
+            &args.workers,
+            &me.paths,
+            !args.allow_shared_worker_identity_on_dedicated_pools,
+        )?
+        .with_hosts_file(args.hosts_file.clone()),
+    );
+    workers.rediscover().await;
     workers.poll_all().await;
     workers.spawn_poller(Duration::from_millis(args.poll_ms.max(50)));
+    workers.spawn_resolver(Duration::from_millis(args.worker_resolve_ms.max(50)));
     let mut registry =
         bulkhead_telemetry::metrics::prometheus_client::registry::Registry::default();
     let metrics = Arc::new(RouterMetrics::new(&mut registry, args.metrics_max_tenants));

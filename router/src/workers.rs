@@ -1,8 +1,12 @@
 //! The router's worker pool: mTLS channels to each worker, a health and
-//! capacity poll, and the choice of a worker for a request.
-use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+//! capacity poll, and the choice of a worker for a request. Workers given
+//! by URL are fixed; a `dns+https://` entry's are found and followed by
+//! `discovery` ([`WorkerPool::rediscover`]). The list only grows (a worker
+//! that leaves is retired, and the same address coming back takes its old
+//! place), so a worker's index — its name in the affinity table — is stable.
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use bulkhead_identity::spiffe::CertPaths;
@@ -12,6 +16,7 @@ use bulkhead_proto::worker::{CapacityRequest, CapacityResponse, ModelInfoRequest
 use tonic::transport::{Channel, Endpoint};
 
 use crate::affinity::{self, AffinityTable, Candidate};
+use crate::discovery::{self, Discovered};
 use crate::dispatch::{Pool, Target};
 
 /// Largest message the router accepts from a worker.
@@ -64,17 +69,57 @@ pub struct WorkerHandle {
     /// `in_flight` when the last capacity report arrived: the part of the
     /// worker's running + waiting count that is this router's own.
     in_flight_at_poll: AtomicU32,
+    /// The `dns+https://` entry it was found by (its index), if any.
+    source: Option<usize>,
+    /// No longer among its name's addresses: out of rotation, unpolled,
+    /// until it is listed again.
+    retired: AtomicBool,
 }
 
 impl WorkerHandle {
+    /// A worker at `url` (channel connected lazily): its SPIFFE id is
+    /// checked in the handshake against `expected` — a worker identity (a
+    /// tenant's, when the entry names the tenant), never another
+    /// component's certificate.
+    fn new(
+        url: &str,
+        expected: ExpectedServer,
+        paths: &CertPaths,
+        require_tenant_id: bool,
+        source: Option<usize>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let connector = ReloadingConnector::expecting(paths.clone(), expected)?;
+        let channel = Endpoint::from_shared(plain_scheme(url))
+            .map_err(|e| anyhow::anyhow!("bad worker URL {url:?}: {e}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .connect_with_connector_lazy(connector.clone());
+        Ok(Arc::new(WorkerHandle {
+            url: url.to_string(),
+            channel,
+            connector,
+            require_tenant_id,
+            refused: Mutex::new(None),
+            state: Mutex::new(WorkerState::default()),
+            in_flight: AtomicU32::new(0),
+            in_flight_at_poll: AtomicU32::new(0),
+            source,
+            retired: AtomicBool::new(false),
+        }))
+    }
+
     pub fn client(&self) -> WorkerClient<Channel> {
         WorkerClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_WORKER_MESSAGE)
             .max_encoding_message_size(MAX_WORKER_MESSAGE)
     }
 
+    /// As the last poll saw it; a retired worker is never healthy.
     pub fn state(&self) -> WorkerState {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if self.retired.load(Ordering::Relaxed) {
+            s.healthy = false;
+        }
+        s
     }
 
     /// The name used in logs and audit events.
@@ -174,16 +219,25 @@ pub fn parse_worker(entry: &str) -> anyhow::Result<(String, ExpectedServer)> {
         },
     };
     anyhow::ensure!(
-        url.starts_with("https://"),
-        "worker URL {url:?} must be https:// (mTLS)"
+        url.starts_with("https://") || url.starts_with(discovery::SCHEME),
+        "worker URL {url:?} must be https:// (mTLS) or {}NAME:PORT (every address NAME resolves to)",
+        discovery::SCHEME
     );
     Ok((url.to_string(), expected))
 }
 
 pub struct WorkerPool {
-    workers: Vec<Arc<WorkerHandle>>,
+    /// Append-only (see the module docs).
+    workers: RwLock<Vec<Arc<WorkerHandle>>>,
     affinity: Mutex<AffinityTable>,
     hasher: std::hash::RandomState,
+    /// For the workers discovery adds.
+    paths: CertPaths,
+    require_tenant_id: bool,
+    discovered: Vec<Discovered>,
+    hosts_file: Option<PathBuf>,
+    /// Per discovered entry, the last resolution error (logged once).
+    resolve_errors: Mutex<Vec<Option<String>>>,
 }
 
 impl WorkerPool {
@@ -204,39 +258,134 @@ impl WorkerPool {
         paths: &CertPaths,
         require_tenant_id: bool,
     ) -> anyhow::Result<Self> {
-        let mut workers = Vec::new();
+        let (mut workers, mut discovered) = (Vec::new(), Vec::new());
         for entry in urls {
             let (url, expected) = parse_worker(entry)?;
-            let url = &url;
-            // The worker's SPIFFE id is checked in the handshake: a worker
-            // identity (a tenant's, when the URL names the tenant), never
-            // another component's certificate.
-            let connector = ReloadingConnector::expecting(paths.clone(), expected)?;
-            let channel = Endpoint::from_shared(plain_scheme(url))
-                .map_err(|e| anyhow::anyhow!("bad worker URL {url:?}: {e}"))?
-                .connect_timeout(Duration::from_secs(2))
-                .connect_with_connector_lazy(connector.clone());
-            workers.push(Arc::new(WorkerHandle {
-                url: url.clone(),
-                channel,
-                connector,
-                require_tenant_id,
-                refused: Mutex::new(None),
-                state: Mutex::new(WorkerState::default()),
-                in_flight: AtomicU32::new(0),
-                in_flight_at_poll: AtomicU32::new(0),
-            }));
+            if url.starts_with(discovery::SCHEME) {
+                discovered.push(discovery::parse(&url, expected, entry)?);
+            } else {
+                workers.push(WorkerHandle::new(
+                    &url,
+                    expected,
+                    paths,
+                    require_tenant_id,
+                    None,
+                )?);
+            }
         }
         Ok(Self {
-            workers,
+            workers: RwLock::new(workers),
             affinity: Mutex::default(),
             hasher: std::hash::RandomState::new(),
+            paths: paths.clone(),
+            require_tenant_id,
+            resolve_errors: Mutex::new(vec![None; discovered.len()]),
+            discovered,
+            hosts_file: None,
         })
     }
 
-    /// Polls every worker once.
+    /// Resolves `dns+https://` names from this hosts file (`IP NAME…`
+    /// lines, read on every round) before DNS.
+    pub fn with_hosts_file(mut self, path: Option<PathBuf>) -> Self {
+        self.hosts_file = path;
+        self
+    }
+
+    fn list(&self) -> RwLockReadGuard<'_, Vec<Arc<WorkerHandle>>> {
+        self.workers.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether any entry is a `dns+https://` name.
+    pub fn discovers(&self) -> bool {
+        !self.discovered.is_empty()
+    }
+
+    /// Resolves every `dns+https://` entry once: addresses new to it become
+    /// workers (or rejoin), its workers no longer listed are retired (their
+    /// requests in flight finish; their affinity entries are dropped). A
+    /// name that does not resolve leaves its workers as they are (a DNS
+    /// outage is not every worker leaving); polls take a dead one out.
+    /// Returns whether a worker joined or rejoined (to be polled now).
+    pub async fn rediscover(&self) -> bool {
+        let mut joined = false;
+        for (di, d) in self.discovered.iter().enumerate() {
+            let resolved = discovery::resolve(d, self.hosts_file.as_deref()).await;
+            {
+                let mut last = self
+                    .resolve_errors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let now = resolved.as_ref().err().cloned();
+                if last[di] != now {
+                    match &now {
+                        Some(why) => {
+                            tracing::warn!(entry = %d.entry, reason = %why, "cannot resolve a worker pool's name; keeping its workers as they were")
+                        }
+                        None => {
+                            tracing::info!(entry = %d.entry, "a worker pool's name resolves again")
+                        }
+                    }
+                    last[di] = now;
+                }
+            }
+            let Ok(urls) = resolved else {
+                continue;
+            };
+            let mut left = vec![];
+            {
+                let mut ws = self.workers.write().unwrap_or_else(|e| e.into_inner());
+                for url in &urls {
+                    match ws.iter().find(|w| w.source == Some(di) && w.url == *url) {
+                        Some(w) => {
+                            if w.retired.swap(false, Ordering::Relaxed) {
+                                tracing::info!(url = %url, entry = %d.entry, "worker rejoined its pool");
+                                joined = true;
+                            }
+                        }
+                        None => match WorkerHandle::new(
+                            url,
+                            d.expected.clone(),
+                            &self.paths,
+                            self.require_tenant_id,
+                            Some(di),
+                        ) {
+                            Ok(w) => {
+                                tracing::info!(url = %url, entry = %d.entry, "worker joined its pool");
+                                ws.push(w);
+                                joined = true;
+                            }
+                            Err(e) => {
+                                tracing::warn!(url = %url, error = %e, "worker address refused")
+                            }
+                        },
+                    }
+                }
+                for (i, w) in ws.iter().enumerate() {
+                    if w.source == Some(di)
+                        && !urls.contains(&w.url)
+                        && !w.retired.swap(true, Ordering::Relaxed)
+                    {
+                        tracing::info!(url = %w.url, entry = %d.entry, "worker left its pool (no longer among its name's addresses)");
+                        left.push(i);
+                    }
+                }
+            }
+            let mut table = self.affinity.lock().unwrap_or_else(|e| e.into_inner());
+            for i in left {
+                table.forget_worker(i);
+            }
+        }
+        joined
+    }
+
+    /// Polls every worker once (not the retired).
     pub async fn poll_all(&self) {
-        for (i, w) in self.workers.iter().enumerate() {
+        let workers: Vec<Arc<WorkerHandle>> = self.list().clone();
+        for (i, w) in workers.iter().enumerate() {
+            if w.retired.load(Ordering::Relaxed) {
+                continue;
+            }
             let r = tokio::time::timeout(Duration::from_secs(2), w.poll()).await;
             let err = match r {
                 Ok(Ok(())) => continue,
@@ -267,6 +416,23 @@ impl WorkerPool {
         });
     }
 
+    /// Keeps resolving the `dns+https://` names in the background (a new
+    /// worker is polled at once, so it serves from the next dispatch on).
+    pub fn spawn_resolver(self: &Arc<Self>, every: Duration) {
+        if !self.discovers() {
+            return;
+        }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if pool.rediscover().await {
+                    pool.poll_all().await;
+                }
+            }
+        });
+    }
+
     /// The request's prefix-block hashes for affinity (see `affinity`).
     pub fn prefix_keys(&self, tenant: &str, input: &crate::validate::Input) -> Vec<u64> {
         affinity::prefix_keys(&self.hasher, tenant, input)
@@ -278,7 +444,7 @@ impl WorkerPool {
         let table = self.affinity.lock().unwrap_or_else(|e| e.into_inner());
         let overlap = table.overlap(&target.tenant, &target.prefix);
         let candidates: Vec<Candidate> = self
-            .workers
+            .list()
             .iter()
             .enumerate()
             .filter(|(_, w)| w.state().admits(target))
@@ -298,13 +464,14 @@ impl WorkerPool {
 
     /// Whether a healthy worker admitting the tenant serves the model.
     pub fn serves(&self, target: &Target) -> bool {
-        self.workers.iter().any(|w| w.state().admits(target))
+        self.list().iter().any(|w| w.state().admits(target))
     }
 
     /// Every worker as the last poll saw it (for the heartbeat).
     pub fn views(&self) -> Vec<bulkhead_proto::control::WorkerView> {
-        self.workers
+        self.list()
             .iter()
+            .filter(|w| !w.retired.load(Ordering::Relaxed))
             .map(|w| {
                 let s = w.state();
                 bulkhead_proto::control::WorkerView {
@@ -329,7 +496,7 @@ impl WorkerPool {
     /// Models served by at least one healthy worker, with their context size.
     pub fn models(&self) -> Vec<(String, u32)> {
         let mut out: Vec<(String, u32)> = Vec::new();
-        for w in &self.workers {
+        for w in self.list().iter() {
             let s = w.state();
             if s.healthy && !out.iter().any(|(m, _)| *m == s.model) {
                 out.push((s.model, s.max_context));
@@ -357,7 +524,7 @@ impl Pool for WorkerPool {
     fn slots(&self, target: &Target) -> (i64, i64) {
         let mut best = 0;
         let mut total = 0;
-        for w in self.workers.iter().filter(|w| w.state().admits(target)) {
+        for w in self.list().iter().filter(|w| w.state().admits(target)) {
             best = best.max(w.free_slots());
             total += i64::from(w.state().capacity.max_seqs);
         }
@@ -370,7 +537,7 @@ impl Pool for WorkerPool {
 
     fn try_acquire(&self, target: &Target) -> Option<WorkerLease> {
         let (i, by_prefix) = self.choose(target)?;
-        let worker = self.workers[i].clone();
+        let worker = self.list()[i].clone();
         self.affinity
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -122,11 +122,102 @@ async fn a_tenants_prefix_returns_to_its_worker_and_no_one_elses() -> Result<()>
             recs.iter().all(|r| r.routing_decision != "prefix-affinity"),
             "an opted-out tenant's prefixes were kept for affinity: {recs:?}"
         );
-        Ok::<(), anyhow::Error>(())
+        pool_members_are_followed(&stack, &first.worker_id).await
     }
     .await;
     if result.is_err() {
         stack.dump_logs();
     }
     result
+}
+
+/// The shared pool is found by name (`dns+https://`, the dev stack's hosts
+/// file standing in for a headless Service's DNS): the worker that holds the
+/// first prompt's prefix leaves the name, so the router sends everything to
+/// the other one, whose repeats then go by prefix affinity too; listed again,
+/// it rejoins and serves.
+async fn pool_members_are_followed(stack: &DevStack, holder: &str) -> Result<()> {
+    let hosts = stack.dir.path().join("stack/run/hosts");
+    let both = std::fs::read_to_string(&hosts)?;
+    ensure!(both.lines().count() == 2, "{both}");
+    let (gone, stays) = if holder == "dev-worker-0" {
+        ("127.0.0.1", "dev-worker-1")
+    } else {
+        ("127.0.0.2", "dev-worker-0")
+    };
+    let rest: String = both
+        .lines()
+        .filter(|l| !l.starts_with(gone))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    replace(&hosts, &rest)?;
+    let prompt = "pack my box with five dozen liquor jugs, then pack another ".repeat(8);
+    let t0 = Instant::now();
+    let served = loop {
+        let id = complete(stack, 0, &prompt).await?;
+        let recs = stack.audit_records(0).await?;
+        if let Some(r) = recs.iter().find(|r| r.request_id == id)
+            && r.worker_id == stays
+        {
+            break r.clone();
+        }
+        ensure!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{holder} never left the pool"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("{holder} left the pool after {:?}", t0.elapsed());
+    for _ in 0..2 {
+        let id = complete(stack, 0, &prompt).await?;
+        let t0 = Instant::now();
+        let r = loop {
+            if let Some(r) = stack
+                .audit_records(0)
+                .await?
+                .into_iter()
+                .find(|r| r.request_id == id)
+            {
+                break r;
+            }
+            ensure!(t0.elapsed() < Duration::from_secs(20), "no record of {id}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        ensure!(
+            r.worker_id == stays && r.routing_decision == "prefix-affinity" && r.cached_tokens > 0,
+            "{r:?} (first on {})",
+            served.worker_id
+        );
+    }
+    // Listed again: it rejoins (status shows both shared workers healthy).
+    replace(&hosts, &both)?;
+    let t0 = Instant::now();
+    loop {
+        let st: serde_json::Value = serde_json::from_str(&stack.cli(&["status", "--json"])?)?;
+        let healthy: Vec<String> = st["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|w| w["healthy"] == true)
+            .map(|w| w["id"].as_str().unwrap_or_default().to_string())
+            .collect();
+        if healthy.iter().any(|w| w == holder) && healthy.iter().any(|w| w == stays) {
+            break;
+        }
+        ensure!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{holder} never rejoined: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("{holder} rejoined after {:?}", t0.elapsed());
+    Ok(())
+}
+
+/// Replaces a file at once (the router reads it on every round).
+fn replace(path: &std::path::Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }

@@ -185,10 +185,13 @@ pub fn namespace(c: &Cluster) -> Value {
     })
 }
 
-/// In-cluster URL of a pool's worker Service.
+/// The router's entry for a pool's workers: its headless Service's name,
+/// which resolves to every ready pod, so each replica of the pool is a
+/// worker of its own to the router (its own channel, slots and affinity;
+/// a ClusterIP would pin each router's HTTP/2 channel to one pod).
 pub fn worker_url(c: &Cluster, pool: &Pool) -> String {
     format!(
-        "https://{}.{}.svc:{}",
+        "dns+https://{}.{}.svc:{}",
         worker_name(&pool.name),
         c.namespace,
         c.workers.grpc_port
@@ -394,12 +397,13 @@ pub fn worker(c: &Cluster, pool: &Pool) -> Vec<(String, Value)> {
         (format!("worker-{}-deployment", pool.name), dep),
         (
             format!("worker-{}-service", pool.name),
+            // Headless: DNS answers with each ready pod (see `worker_url`).
             service(
                 c,
                 &name,
                 "worker",
                 json!([svc_port("grpc", w.grpc_port)]),
-                json!({}),
+                json!({ "clusterIP": "None" }),
             ),
         ),
     ]

@@ -307,8 +307,15 @@ async fn start(
             .await?;
         anyhow::ensure!(st.success(), "`bulkhead-worker gen-model` failed");
     }
+    // The shared pool is found by name, as in Kubernetes (a headless
+    // Service): its workers listen on one port at 127.0.0.1, 127.0.0.2, …
+    // and `run/hosts` gives the name all of them (the router's
+    // --hosts-file, read again on every resolution round).
     let mut workers = vec![];
+    let mut pool_port = 0u16;
     for i in 0..args.workers.max(1) {
+        anyhow::ensure!(i < 250, "at most 250 workers on loopback");
+        let listen = format!("127.0.0.{}:{pool_port}", i + 1);
         let name = if i == 0 {
             "worker".to_string()
         } else {
@@ -319,7 +326,7 @@ async fn start(
         cmd.arg("serve")
             .arg("--model")
             .arg(&model_dir)
-            .args(["--model-name", &args.model_name, "--listen", "127.0.0.1:0"])
+            .args(["--model-name", &args.model_name, "--listen", &listen])
             .args([
                 "--certs-dir",
                 &certs_s,
@@ -334,6 +341,12 @@ async fn start(
         let pid = kids.spawn_expendable(&name, cmd)?;
         let w = kids.wait_ready(&ready).await?;
         let (grpc, metrics) = (ready_addr(&w, "grpc")?, ready_addr(&w, "metrics")?);
+        if pool_port == 0 {
+            pool_port = grpc
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .context("the first worker's port")?;
+        }
         println!("{name:<16} {grpc}");
         workers.push(WorkerInfo {
             id: format!("dev-worker-{i}"),
@@ -406,18 +419,16 @@ async fn start(
     if !secret.exists() {
         write_private(&secret, &hex::encode(rand::random::<[u8; 32]>()))?;
     }
-    // The dedicated pool's URL names its tenant: the router then accepts
-    // only that tenant's worker identity in the handshake.
-    let worker_urls = workers
-        .iter()
-        .map(|w| match &args.dedicated {
-            Some(t) if w.id == format!("dev-worker-{t}") => {
-                format!("https://{}#tenant={t}", w.grpc)
-            }
-            _ => format!("https://{}", w.grpc),
-        })
-        .collect::<Vec<_>>()
-        .join(",");
+    // The shared pool by name; the dedicated pool's URL names its tenant:
+    // the router then accepts only that tenant's worker identity in the
+    // handshake.
+    let hosts = run_dir.join("hosts");
+    let shared = workers.len() - usize::from(args.dedicated.is_some());
+    std::fs::write(&hosts, hosts_file(shared))?;
+    let mut worker_urls = format!("dns+https://{POOL_NAME}:{pool_port}");
+    if let (Some(t), Some(w)) = (&args.dedicated, workers.last()) {
+        worker_urls.push_str(&format!(",https://{}#tenant={t}", w.grpc));
+    }
     let mut routers = vec![];
     for (i, id) in router_ids.into_iter().enumerate() {
         let ready = run_dir.join(format!("{id}.json"));
@@ -430,6 +441,9 @@ async fn start(
         ])
         .args(["--nats-url", &nats_url, "--certs-dir", &certs_s])
         .args(["--worker", &worker_urls, "--router-id", &id])
+        .arg("--hosts-file")
+        .arg(&hosts)
+        .args(["--worker-resolve-ms", "250"])
         .args(["--metrics-listen", "127.0.0.1:0"])
         // Used when BULKHEAD_ROUTER_AUDIT_MODE=spool.
         .arg("--audit-spool-dir")
@@ -547,4 +561,15 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     } else {
         std::env::current_dir()?.join(p)
     })
+}
+
+/// The name the dev stack's shared pool is found by (see [`hosts_file`]).
+pub const POOL_NAME: &str = "bulkhead-workers.dev";
+
+/// The router's hosts file for `n` shared workers (127.0.0.1 ..): tests
+/// rewrite it to make workers leave and join.
+pub fn hosts_file(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("127.0.0.{} {POOL_NAME}\n", i + 1))
+        .collect()
 }
