@@ -126,6 +126,11 @@ pub struct LimitArgs {
     /// (0 = no budget).
     #[arg(long, default_value_t = 0)]
     pub monthly_token_budget: u64,
+    /// Evict and zero this tenant's cached prefix blocks unused this many
+    /// seconds (on top of each worker's --prefix-cache-ttl-s, the shorter
+    /// wins; 0 = the workers' TTL only).
+    #[arg(long, default_value_t = 0)]
+    pub prefix_cache_ttl_s: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -344,6 +349,7 @@ pub async fn tenants(cmd: TenantsCmd, r: &Remote) -> Result<()> {
                     no_prefix_cache: limits.no_prefix_cache,
                     daily_token_budget: limits.daily_token_budget,
                     monthly_token_budget: limits.monthly_token_budget,
+                    prefix_cache_ttl_s: limits.prefix_cache_ttl_s,
                 })
                 .await?;
             if r.json {

@@ -55,6 +55,9 @@ pub struct UpdateTenantArgs {
     /// New token budget per calendar month, UTC (0 = none).
     #[arg(long)]
     pub monthly_token_budget: Option<u64>,
+    /// New prefix-cache TTL of this tenant in seconds (0 = the workers' only).
+    #[arg(long)]
+    pub prefix_cache_ttl_s: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -173,6 +176,7 @@ pub async fn update_tenant(a: UpdateTenantArgs, c: &mut ControlClient, r: &Remot
             no_prefix_cache: a.no_prefix_cache,
             daily_token_budget: a.daily_token_budget,
             monthly_token_budget: a.monthly_token_budget,
+            prefix_cache_ttl_s: a.prefix_cache_ttl_s,
         })
         .await?;
     if r.json {

@@ -63,5 +63,6 @@ pub fn tenant_json(t: &Tenant) -> serde_json::Value {
         "no_prefix_cache": t.no_prefix_cache,
         "daily_token_budget": t.daily_token_budget,
         "monthly_token_budget": t.monthly_token_budget,
+        "prefix_cache_ttl_s": t.prefix_cache_ttl_s,
     })
 }

@@ -162,6 +162,7 @@ impl Registry {
             no_prefix_cache: r.no_prefix_cache,
             daily_token_budget: r.daily_token_budget,
             monthly_token_budget: r.monthly_token_budget,
+            prefix_cache_ttl_s: r.prefix_cache_ttl_s,
         };
         lifecycle::check_quantum(tenant.ttft_quantum_ms)?;
         // `create` fails if the key exists, so two racing creates cannot both win.

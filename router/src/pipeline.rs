@@ -270,6 +270,7 @@ impl Pipeline {
             tenant_uid: req.tenant.uid.clone(),
             tenant_weight: req.tenant.weight,
             no_prefix_cache: req.tenant.no_prefix_cache,
+            prefix_cache_ttl_s: req.tenant.prefix_cache_ttl_s,
             model: req.model.clone(),
             prompt,
             messages,

@@ -122,6 +122,7 @@ async fn a_tenants_prefix_returns_to_its_worker_and_no_one_elses() -> Result<()>
             recs.iter().all(|r| r.routing_decision != "prefix-affinity"),
             "an opted-out tenant's prefixes were kept for affinity: {recs:?}"
         );
+        a_tenants_ttl_expires_its_prefixes(&stack, &model).await?;
         pool_members_are_followed(&stack, &first.worker_id).await
     }
     .await;
@@ -219,5 +220,59 @@ fn replace(path: &std::path::Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// A tenant's own prefix-cache TTL (`--prefix-cache-ttl-s`, shown by
+/// `tenants list`) reaches the workers: its repeat hits the cache at once
+/// and misses once the prefix has been unused for longer.
+async fn a_tenants_ttl_expires_its_prefixes(stack: &DevStack, model: &str) -> Result<()> {
+    stack.cli(&[
+        "tenants",
+        "create",
+        "--id",
+        "brief",
+        "--models",
+        model,
+        "--prefix-cache-ttl-s",
+        "1",
+    ])?;
+    let listed: serde_json::Value =
+        serde_json::from_str(&stack.cli(&["tenants", "list", "--json"])?)?;
+    ensure!(
+        listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["id"] == "brief" && t["prefix_cache_ttl_s"] == 1),
+        "{listed}"
+    );
+    let (key, admin) = stack.issue_keys("brief")?;
+    let t0 = Instant::now();
+    while complete_as(stack, &key, "warm up").await.is_err() {
+        ensure!(t0.elapsed() < Duration::from_secs(10), "key never usable");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let prompt = "a brief tenant's prompt, cached for one second and no longer ".repeat(6);
+    let cached = |id: String| {
+        let admin = admin.clone();
+        async move {
+            let t0 = Instant::now();
+            loop {
+                let recs = stack.audit_records_for("brief", &admin).await?;
+                if let Some(r) = recs.iter().find(|r| r.request_id == id) {
+                    return Ok::<_, anyhow::Error>(r.cached_tokens);
+                }
+                ensure!(t0.elapsed() < Duration::from_secs(20), "no record of {id}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    complete_as(stack, &key, &prompt).await?;
+    let hit = cached(complete_as(stack, &key, &prompt).await?).await?;
+    ensure!(hit > 0, "the repeat within the TTL did not hit the cache");
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let after = cached(complete_as(stack, &key, &prompt).await?).await?;
+    ensure!(after == 0, "{after} cached tokens after the tenant's TTL");
     Ok(())
 }

@@ -104,8 +104,13 @@ pub struct GenerateRequest {
     /// Generate past end-of-sequence tokens (benchmarks: a fixed length).
     pub ignore_eos: bool,
     /// The tenant's blocks are neither reused from nor left in the prefix
-    /// cache (`Tenant.no_prefix_cache`).
+    /// cache (`Tenant.no_prefix_cache`), and are zeroed as soon as they are
+    /// released.
     pub no_prefix_cache: bool,
+    /// The tenant's own prefix-cache TTL (`Tenant.prefix_cache_ttl_s`),
+    /// when it has one: its cached blocks unused that long are evicted and
+    /// zeroed (the worker's `--prefix-cache-ttl-s` applies as well).
+    pub prefix_cache_ttl: Option<std::time::Duration>,
     /// The tenant's fair-share weight as its router sent it (0 is read as
     /// 1): requests waiting here are admitted in weighted-fair order.
     pub weight: u32,
@@ -165,6 +170,7 @@ struct Shared {
     guard_violations: u64,
     preemptions: u64,
     cache_hit_blocks: u64,
+    scrubbed_blocks: u64,
 }
 
 /// Handle to the engine thread.
@@ -210,6 +216,9 @@ struct Engine {
     shared: Arc<Mutex<Shared>>,
     observer: Option<StepObserver>,
     expiry: expiry::Expiry,
+    /// Tenants' own prefix-cache TTLs (by tenant key), from their latest
+    /// request.
+    tenant_ttls: std::collections::HashMap<String, std::time::Duration>,
 }
 
 fn finished(req: &GenerateRequest, reason: FinishReason, completion: u32, error: Option<String>) {
@@ -238,10 +247,15 @@ impl Engine {
     fn run(mut self) {
         tracing::debug!("engine started");
         loop {
-            if let Some(ttl) = self.cfg.prefix_cache_ttl {
+            let ttls = expiry::Ttls {
+                worker: self.cfg.prefix_cache_ttl,
+                tenants: &self.tenant_ttls,
+            };
+            let idle_wait = ttls.idle_wait();
+            if idle_wait.is_some() {
                 let gone = self
                     .expiry
-                    .run(&mut self.pool, ttl, std::time::Instant::now());
+                    .run(&mut self.pool, &ttls, std::time::Instant::now());
                 if gone > 0 {
                     tracing::debug!(blocks = gone, "expired cached prefix blocks");
                     self.publish();
@@ -251,9 +265,9 @@ impl Engine {
                 self.fair.forget_all();
                 // Idle: block until a command arrives (with a TTL, waking
                 // in time to expire cached prefixes).
-                let cmd = match self.cfg.prefix_cache_ttl {
+                let cmd = match idle_wait {
                     None => self.rx.recv().map_err(|_| true),
-                    Some(ttl) => match self.rx.recv_timeout(expiry::Expiry::idle_wait(ttl)) {
+                    Some(wait) => match self.rx.recv_timeout(wait) {
                         Ok(c) => Ok(c),
                         Err(stdmpsc::RecvTimeoutError::Timeout) => continue,
                         Err(stdmpsc::RecvTimeoutError::Disconnected) => Err(true),
@@ -344,6 +358,11 @@ impl Engine {
                         )),
                     );
                 } else {
+                    // The tenant's own TTL, as its latest request says.
+                    match r.prefix_cache_ttl {
+                        Some(ttl) => self.tenant_ttls.insert(r.tenant.to_string(), ttl),
+                        None => self.tenant_ttls.remove(&*r.tenant),
+                    };
                     let active: Vec<&TenantId> = (self.running.iter().map(|s| &s.req.tenant))
                         .chain(self.waiting.iter().map(|p| &p.req().tenant))
                         .collect();
@@ -386,10 +405,21 @@ impl Engine {
             s.guard_violations = self.pool.guard_violations();
             s.preemptions = self.preemptions;
             s.cache_hit_blocks = self.pool.cache_hit_blocks();
+            s.scrubbed_blocks = self.pool.scrubbed_blocks();
             s.timing = StepTiming {
                 scrub: self.pool.scrub_time(),
                 ..self.timing
             };
+        }
+    }
+
+    /// Releases a sequence's blocks: zeroed at once for a tenant without
+    /// prefix cache. Returns how many it did not hold.
+    fn release(&mut self, tenant: &TenantId, no_prefix_cache: bool, blocks: &[BlockId]) -> usize {
+        if no_prefix_cache {
+            self.pool.free_scrubbed(tenant, blocks)
+        } else {
+            self.pool.free(tenant, blocks)
         }
     }
 
@@ -402,7 +432,7 @@ impl Engine {
             }
             if let Some((reason, error)) = self.running[i].done.clone() {
                 let s = self.running.swap_remove(i);
-                let skipped = self.pool.free(&s.req.tenant, &s.blocks);
+                let skipped = self.release(&s.req.tenant, s.req.no_prefix_cache, &s.blocks);
                 if skipped > 0 {
                     tracing::error!(request_id = %s.req.request_id, skipped, "sequence held blocks it did not own");
                 }

@@ -304,7 +304,8 @@ impl KvPool {
     pub fn guard_violations(&self) -> u64 {
         self.guard_violations
     }
-    /// How many blocks were zeroed because they changed owner.
+    /// How many blocks were zeroed: handed to another owner, released by a
+    /// tenant without prefix cache, or expired.
     pub fn scrubbed_blocks(&self) -> u64 {
         self.scrubbed_blocks
     }
@@ -487,6 +488,16 @@ impl KvPool {
     /// prefix cache, free otherwise. Blocks not in use by `tenant` are left
     /// untouched; their count is returned.
     pub fn free(&mut self, tenant: &TenantId, blocks: &[BlockId]) -> usize {
+        self.free_inner(tenant, blocks, false)
+    }
+
+    /// [`Self::free`], zeroing every block that becomes free at once (a
+    /// tenant whose prompts must not stay in memory: `no_prefix_cache`).
+    pub fn free_scrubbed(&mut self, tenant: &TenantId, blocks: &[BlockId]) -> usize {
+        self.free_inner(tenant, blocks, true)
+    }
+
+    fn free_inner(&mut self, tenant: &TenantId, blocks: &[BlockId], scrub: bool) -> usize {
         let mut skipped = 0;
         for &b in blocks {
             let Some(m) = self.meta.get_mut(b as usize) else {
@@ -512,11 +523,27 @@ impl KvPool {
                 });
             } else {
                 m.owner = None;
+                if scrub {
+                    self.scrub_now(b);
+                }
                 self.free.push(b);
                 self.with_tenant(tenant, |t| t.in_use -= 1);
             }
         }
         skipped
+    }
+
+    /// Zeroes a block that is leaving its owner now (not at its next
+    /// allocation), counted as a scrub; it then has no last owner, so it is
+    /// not zeroed again when it is handed out.
+    fn scrub_now(&mut self, b: BlockId) {
+        let t = std::time::Instant::now();
+        self.zero_block(b);
+        self.scrub_time += t.elapsed();
+        self.scrubbed_blocks += 1;
+        if let Some(m) = self.meta.get_mut(b as usize) {
+            m.last_owner = None;
+        }
     }
 
     /// The ownership guard: every block of `table` must be in use and owned

@@ -323,6 +323,8 @@ impl Worker for WorkerService {
                 logprobs: req.logprobs.then_some(req.top_logprobs),
                 ignore_eos: false,
                 no_prefix_cache: req.no_prefix_cache,
+                prefix_cache_ttl: (req.prefix_cache_ttl_s > 0)
+                    .then(|| std::time::Duration::from_secs(req.prefix_cache_ttl_s.into())),
                 weight: req.tenant_weight,
                 events: tx,
             })

@@ -46,6 +46,7 @@ fn request(
         logprobs: None,
         ignore_eos: false,
         no_prefix_cache: false,
+        prefix_cache_ttl: None,
         weight: 1,
         events: tx,
     };
@@ -273,6 +274,35 @@ fn cached_prefixes_expire_after_the_ttl() {
     assert_eq!(run("t3"), 0, "a cached prefix outlived its TTL");
 }
 
+/// A tenant's own TTL (`Tenant.prefix_cache_ttl_s`) expires only its
+/// cached prefixes, on a worker with no TTL of its own: another tenant's
+/// repeat still hits the cache.
+#[test]
+fn a_tenants_own_ttl_expires_only_its_prefixes() {
+    let (_d, m) = load();
+    let engine = EngineHandle::start(m.clone(), cfg(64), None).unwrap();
+    let ttl = std::time::Duration::from_millis(300);
+    let prompt = "A prompt that two tenants both send, with different TTLs.";
+    let run = |id: &str, tenant: &str| {
+        let (mut r, rx) = request(&m, id, tenant, prompt, 2, SamplingParams::default());
+        r.prefix_cache_ttl = (tenant == "brief").then_some(ttl);
+        engine.submit(r).unwrap();
+        collect_cached(rx).2
+    };
+    assert_eq!((run("b1", "brief"), run("k1", "keeps")), (0, 0));
+    assert!(run("b2", "brief") > 0, "a repeat within the TTL hits");
+    std::thread::sleep(4 * ttl);
+    assert_eq!(
+        run("b3", "brief"),
+        0,
+        "a cached prefix outlived its tenant's TTL"
+    );
+    assert!(
+        run("k2", "keeps") > 0,
+        "another tenant's prefix was expired"
+    );
+}
+
 /// A tenant that opted out of the prefix cache (`no_prefix_cache`) never
 /// hits it and leaves nothing in it; the same prompt of a tenant that did
 /// not opt out is cached as usual.
@@ -292,6 +322,12 @@ fn a_tenant_without_prefix_cache_leaves_nothing_cached() {
     assert_eq!((c1, c2), (0, 0), "an opted-out tenant hit the cache");
     assert_eq!(o1, o2, "the output does not depend on caching");
     assert_eq!(engine.cache_hit_blocks(), 0);
+    // Its blocks were zeroed as each request ended (one tenant only: no
+    // change of owner would have zeroed them).
+    assert!(
+        engine.scrubbed_blocks() > 0,
+        "released blocks were not zeroed"
+    );
     // Nothing of it was left cached: had it been, turning the cache back on
     // would hit at once.
     let (_, _, c3) = run("o3", "bank", false);

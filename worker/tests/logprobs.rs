@@ -41,6 +41,7 @@ fn run(
             logprobs: k,
             ignore_eos: false,
             no_prefix_cache: false,
+            prefix_cache_ttl: None,
             weight: 1,
             events: tx,
         })

@@ -96,6 +96,9 @@ pub fn apply_update(mut t: Tenant, r: &UpdateTenantRequest) -> Result<Tenant, Co
     if let Some(v) = r.monthly_token_budget {
         t.monthly_token_budget = v;
     }
+    if let Some(v) = r.prefix_cache_ttl_s {
+        t.prefix_cache_ttl_s = v;
+    }
     if let Some(w) = r.weight {
         t.weight = w.max(1);
     }

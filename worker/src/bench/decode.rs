@@ -180,6 +180,7 @@ impl Bench {
                     logprobs: None,
                     ignore_eos: true,
                     no_prefix_cache: false,
+                    prefix_cache_ttl: None,
                     weight: 1,
                     events: tx,
                 }

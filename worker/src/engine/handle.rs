@@ -31,6 +31,7 @@ impl EngineHandle {
             shared: shared.clone(),
             observer,
             expiry: Default::default(),
+            tenant_ttls: Default::default(),
         };
         engine.publish();
         let thread = std::thread::Builder::new()
@@ -103,6 +104,12 @@ impl EngineHandle {
 
     pub fn cache_hit_blocks(&self) -> u64 {
         self.shared.lock().map(|s| s.cache_hit_blocks).unwrap_or(0)
+    }
+
+    /// How many KV blocks were zeroed (changing owner, or released by a
+    /// tenant without prefix cache, or expired).
+    pub fn scrubbed_blocks(&self) -> u64 {
+        self.shared.lock().map(|s| s.scrubbed_blocks).unwrap_or(0)
     }
 
     /// Cancels every request and stops the thread (idempotent).

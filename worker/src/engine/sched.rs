@@ -211,9 +211,13 @@ impl Engine {
     /// Releases a sequence's blocks; it is requeued after this step.
     fn preempt(&mut self, i: usize) {
         self.preemptions += 1;
+        let blocks = std::mem::take(&mut self.running[i].blocks);
+        let (tenant, no_cache) = {
+            let r = &self.running[i].req;
+            (r.tenant.clone(), r.no_prefix_cache)
+        };
+        self.release(&tenant, no_cache, &blocks);
         let s = &mut self.running[i];
-        let blocks = std::mem::take(&mut s.blocks);
-        self.pool.free(&s.req.tenant, &blocks);
         s.computed = 0;
         s.registered = 0;
         s.preempted = true;

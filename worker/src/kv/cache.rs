@@ -93,10 +93,27 @@ impl KvPool {
                 break;
             }
             self.uncache(b);
+            self.scrub_now(b);
             self.free.push(b);
             done += 1;
         }
         done
+    }
+
+    /// Evicts `tenant`'s cached blocks stamped up to `stamp` (its own
+    /// prefix-cache TTL) and zeroes them; returns how many.
+    pub fn evict_cached_of_up_to(&mut self, tenant: &str, stamp: u64) -> usize {
+        let blocks: Vec<BlockId> = self
+            .tenants
+            .get(tenant)
+            .map(|t| t.cached.range(..=stamp).map(|(_, &b)| b).collect())
+            .unwrap_or_default();
+        for &b in &blocks {
+            self.uncache(b);
+            self.scrub_now(b);
+            self.free.push(b);
+        }
+        blocks.len()
     }
 
     /// Evicts up to `n` cached blocks (global LRU) to the free list.

@@ -359,3 +359,47 @@ fn fork_shares_only_blocks_in_use_by_the_same_tenant() {
     let _ = b;
     p.audit().unwrap();
 }
+
+#[test]
+fn released_or_expired_blocks_of_a_tenant_can_be_zeroed_at_once() {
+    let mut p = KvPool::new(shape(8));
+    let (a, b) = (t("a"), t("b"));
+    // Released by a tenant without prefix cache: zeroed now, not at the
+    // next owner's allocation.
+    let blocks = p.allocate(&a, 2).unwrap();
+    fill(&mut p, blocks[0], 3.0);
+    fill(&mut p, blocks[1], 3.0);
+    assert_eq!(p.free_scrubbed(&a, &blocks), 0);
+    assert!(blocks.iter().all(|&x| p.block_is_zero(x)));
+    assert_eq!(p.scrubbed_blocks(), 2);
+    // Handed out again (even to another tenant) they are not zeroed twice.
+    let again = p.allocate(&b, 2).unwrap();
+    assert_eq!(p.scrubbed_blocks(), 2);
+    p.free(&b, &again);
+    // A tenant's own TTL evicts only its cached blocks, zeroed.
+    let toks: Vec<u32> = (0..8).collect();
+    let (ha, hb) = (hashes("a", &toks), hashes("b", &toks));
+    let xa = p.allocate(&a, 1).unwrap();
+    let xb = p.allocate(&b, 1).unwrap();
+    fill(&mut p, xa[0], 1.0);
+    fill(&mut p, xb[0], 2.0);
+    assert!(p.register("a", xa[0], ha[0]) && p.register("b", xb[0], hb[0]));
+    p.free(&a, &xa);
+    p.free(&b, &xb);
+    assert_eq!(p.evict_cached_of_up_to("a", u64::MAX), 1);
+    assert!(p.block_is_zero(xa[0]));
+    assert_eq!(p.cached_by("a"), 0);
+    assert_eq!(p.cached_by("b"), 1);
+    assert!(
+        !p.block_is_zero(xb[0]),
+        "another tenant's cache was touched"
+    );
+    // Up to a stamp only: a later cached block stays.
+    let mark = p.lru_clock();
+    let ya = p.allocate(&a, 1).unwrap();
+    assert!(p.register("a", ya[0], ha[1]));
+    p.free(&a, &ya);
+    assert_eq!(p.evict_cached_of_up_to("a", mark), 0);
+    assert_eq!(p.cached_by("a"), 1);
+    p.audit().unwrap();
+}
