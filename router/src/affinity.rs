@@ -21,6 +21,26 @@ use std::hash::{BuildHasher, Hasher};
 
 use crate::validate::Input;
 
+/// How a request's worker was chosen (the audit event's
+/// `routing_decision`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoutingDecision {
+    /// It holds some of the tenant's prefix blocks.
+    PrefixAffinity,
+    /// No worker held any: the least loaded with a free slot.
+    LeastLoaded,
+}
+
+impl RoutingDecision {
+    /// As audit events record it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PrefixAffinity => "prefix-affinity",
+            Self::LeastLoaded => "least-loaded",
+        }
+    }
+}
+
 /// Bytes of request text per prefix block.
 pub const BLOCK_BYTES: usize = 64;
 /// Blocks of a request considered (64 × 64 bytes = the first 4 KiB).

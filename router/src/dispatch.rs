@@ -41,8 +41,9 @@ const RETRY_EVERY: Duration = Duration::from_millis(50);
 pub struct Target {
     pub model: String,
     pub tenant: String,
-    /// `bulkhead.common.v1.Isolation` of the tenant.
-    pub isolation: i32,
+    /// The tenant's isolation tier (`None`: a value this router does not
+    /// know, which no worker admits).
+    pub isolation: Option<bulkhead_proto::common::Isolation>,
     /// Chained prefix-block hashes of the request (`affinity`); may be empty.
     pub prefix: Arc<[u64]>,
 }
@@ -352,7 +353,7 @@ impl<P: Pool> Actor<P> {
         let target = Target {
             model: e.model.clone(),
             tenant: e.tenant.id.clone(),
-            isolation: e.tenant.isolation,
+            isolation: bulkhead_proto::common::Isolation::try_from(e.tenant.isolation).ok(),
             prefix: e.prefix.clone(),
         };
         if !self.pool.serves(&target) {

@@ -67,7 +67,7 @@ pub struct Pipeline {
 struct Outcome {
     worker: String,
     /// How the worker was chosen.
-    decision: &'static str,
+    decision: Option<crate::affinity::RoutingDecision>,
     usage: Usage,
     ttft: Option<Duration>,
     response: String,
@@ -259,7 +259,7 @@ impl Pipeline {
             request.id = %req.request_id, model = %req.model, worker = tracing::field::Empty);
         let worker = grant.lease.worker.clone();
         outcome.worker = worker.name();
-        outcome.decision = grant.lease.decision;
+        outcome.decision = Some(grant.lease.decision);
         let (prompt, messages) = match &req.input {
             Input::Prompt(p) => (p.clone(), vec![]),
             Input::Chat(ms) => (String::new(), ms.clone()),
@@ -464,7 +464,7 @@ impl Pipeline {
         ev.cached_tokens = o.usage.cached_tokens;
         ev.ttft_us = o.ttft.map(|d| d.as_micros() as u64).unwrap_or(0);
         ev.worker_id = o.worker;
-        ev.routing_decision = o.decision.into();
+        ev.routing_decision = o.decision.map_or("", |d| d.as_str()).into();
         ev.finish_reason = o
             .finish
             .map(|f| f.as_str_name().to_string())

@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use bulkhead_identity::spiffe::CertPaths;
 use bulkhead_identity::tls::{ExpectedServer, ReloadingConnector, plain_scheme};
+use bulkhead_proto::common::Isolation;
 use bulkhead_proto::worker::worker_client::WorkerClient;
 use bulkhead_proto::worker::{CapacityRequest, CapacityResponse, ModelInfoRequest};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::affinity::{self, AffinityTable, Candidate};
+use crate::affinity::{self, AffinityTable, Candidate, RoutingDecision};
 use crate::discovery::{self, Discovered};
 use crate::dispatch::{Pool, Target};
 
@@ -30,8 +31,9 @@ pub struct WorkerState {
     pub max_context: u32,
     pub capacity: CapacityResponse,
     pub pool: String,
-    /// `bulkhead.common.v1.Isolation` of the worker's pool.
-    pub isolation: i32,
+    /// The isolation tier of the worker's pool (`None`: a value this router
+    /// does not know; such a worker admits nobody).
+    pub isolation: Option<Isolation>,
     pub admitted_tenants: Vec<String>,
     pub device: String,
 }
@@ -41,13 +43,14 @@ impl WorkerState {
     /// pool that admits its tenant — shared-tier tenants go only to shared
     /// workers; any other tier only to a worker of that tier listing them.
     pub fn admits(&self, t: &Target) -> bool {
-        let shared = bulkhead_proto::common::Isolation::Shared as i32;
+        let (Some(mine), Some(theirs)) = (self.isolation, t.isolation) else {
+            return false;
+        };
         self.healthy
             && self.model == t.model
-            && if t.isolation == shared {
-                self.isolation == shared
-            } else {
-                self.isolation == t.isolation && self.admitted_tenants.contains(&t.tenant)
+            && match theirs {
+                Isolation::Shared => mine == Isolation::Shared,
+                tier => mine == tier && self.admitted_tenants.contains(&t.tenant),
             }
     }
 }
@@ -159,7 +162,7 @@ impl WorkerHandle {
     async fn poll(&self) -> Result<(), tonic::Status> {
         let mut c = self.client();
         let info = c.model_info(ModelInfoRequest {}).await?.into_inner();
-        let shared = info.isolation == bulkhead_proto::common::Isolation::Shared as i32;
+        let shared = info.isolation == Isolation::Shared as i32;
         let id = self.connector.peer_id();
         if let Err(why) = bulkhead_identity::spiffe::check_worker_identity(
             id.as_ref(),
@@ -188,7 +191,7 @@ impl WorkerHandle {
             max_context: info.max_context,
             capacity: cap,
             pool: info.pool,
-            isolation: info.isolation,
+            isolation: Isolation::try_from(info.isolation).ok(),
             admitted_tenants: info.admitted_tenants,
             device: info.device,
         };
@@ -480,7 +483,8 @@ impl WorkerPool {
                     healthy: s.healthy,
                     model: s.model,
                     pool: s.pool,
-                    isolation: s.isolation,
+                    // An unknown tier shows as the strictest.
+                    isolation: s.isolation.unwrap_or(Isolation::Dedicated) as i32,
                     device: s.device,
                     running: s.capacity.running,
                     waiting: s.capacity.waiting,
@@ -510,7 +514,7 @@ impl WorkerPool {
 pub struct WorkerLease {
     pub worker: Arc<WorkerHandle>,
     /// How the worker was chosen (for the audit event).
-    pub decision: &'static str,
+    pub decision: RoutingDecision,
     _in_flight: InFlight,
 }
 
@@ -546,9 +550,9 @@ impl Pool for WorkerPool {
         Some(WorkerLease {
             worker,
             decision: if by_prefix {
-                "prefix-affinity"
+                RoutingDecision::PrefixAffinity
             } else {
-                "least-loaded"
+                RoutingDecision::LeastLoaded
             },
             _in_flight: in_flight,
         })
@@ -558,13 +562,12 @@ impl Pool for WorkerPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bulkhead_proto::common::Isolation;
 
     fn worker(isolation: Isolation, admitted: &[&str]) -> WorkerState {
         WorkerState {
             healthy: true,
             model: "m".into(),
-            isolation: isolation as i32,
+            isolation: Some(isolation),
             admitted_tenants: admitted.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }
@@ -574,7 +577,7 @@ mod tests {
         Target {
             model: "m".into(),
             tenant: tenant.into(),
-            isolation: isolation as i32,
+            isolation: Some(isolation),
             prefix: Arc::from([]),
         }
     }
@@ -596,6 +599,14 @@ mod tests {
         let mut down = vip.clone();
         down.healthy = false;
         assert!(!down.admits(&target("vip", Isolation::Process)));
+        // A tier this router does not know (a newer worker or a damaged
+        // record): nobody, either way.
+        let mut odd = shared.clone();
+        odd.isolation = None;
+        assert!(!odd.admits(&target("acme", Isolation::Shared)));
+        let mut unknown = target("acme", Isolation::Shared);
+        unknown.isolation = None;
+        assert!(!shared.admits(&unknown));
         let mut other_model = target("vip", Isolation::Process);
         other_model.model = "x".into();
         assert!(!vip.admits(&other_model));
