@@ -70,7 +70,10 @@ impl AccessDirectory {
 
 /// Loads both buckets into `dir`, then keeps it current in the background
 /// (a revoked key stops working here as soon as the watch delivers it).
-pub async fn sync(js: &jetstream::Context, dir: Arc<AccessDirectory>) -> Result<(), String> {
+pub async fn sync(
+    js: &jetstream::Context,
+    dir: Arc<AccessDirectory>,
+) -> Result<(), bulkhead_directory::NatsError> {
     bulkhead_directory::sync(js, dir.inner.clone()).await
 }
 

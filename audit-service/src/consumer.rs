@@ -23,6 +23,9 @@ pub const BATCH: usize = 500;
 pub enum ConsumerError {
     #[error("NATS JetStream: {0}")]
     Nats(String),
+    /// The audit stream or its consumer could not be set up.
+    #[error("setting up the audit stream")]
+    Setup(#[from] bulkhead_directory::NatsError),
     /// A storage failure stops the consumer: the batch stays unacknowledged
     /// and is redelivered after a restart, which also cuts any torn frame.
     #[error("storing audit events: {0}")]
@@ -40,9 +43,7 @@ fn nats(e: impl std::fmt::Display) -> ConsumerError {
 pub async fn ensure_stream(
     js: &jetstream::Context,
 ) -> Result<jetstream::stream::Stream, ConsumerError> {
-    bulkhead_directory::ensure_audit_stream(js)
-        .await
-        .map_err(ConsumerError::Nats)
+    Ok(bulkhead_directory::ensure_audit_stream(js).await?)
 }
 
 /// Gets or creates the audit-service's durable pull consumer.

@@ -26,8 +26,12 @@ pub const COMPONENT: &str = "audit";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot connect to NATS at {url}: {reason}")]
-    Nats { url: String, reason: String },
+    #[error("NATS at {url}")]
+    Nats {
+        url: String,
+        #[source]
+        source: bulkhead_directory::NatsError,
+    },
     #[error("opening the audit store: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -108,18 +112,18 @@ pub async fn serve_with_ready(
     let store = Arc::new(Mutex::new(store));
     let nats = bulkhead_directory::connect_nats(&opts.nats_url, &opts.certs_dir, COMPONENT)
         .await
-        .map_err(|reason| ServeError::Nats {
+        .map_err(|source| ServeError::Nats {
             url: opts.nats_url.clone(),
-            reason,
+            source,
         })?;
     let js = async_nats::jetstream::new(nats);
     consumer::ensure_consumer(&js).await?;
     let access = Arc::new(AccessDirectory::default());
     access::sync(&js, access.clone())
         .await
-        .map_err(|reason| ServeError::Nats {
+        .map_err(|source| ServeError::Nats {
             url: opts.nats_url.clone(),
-            reason,
+            source,
         })?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -89,10 +89,10 @@ impl Registry {
             keys: bucket(js, names::API_KEYS_BUCKET).await?,
             routers: bulkhead_directory::routers_bucket(js)
                 .await
-                .map_err(ControlError::Unavailable)?,
+                .map_err(|e| ControlError::Unavailable(e.chain()))?,
             usage: bulkhead_directory::usage::usage_bucket(js, true)
                 .await
-                .map_err(ControlError::Unavailable)?,
+                .map_err(|e| ControlError::Unavailable(e.chain()))?,
         })
     }
 

@@ -20,8 +20,12 @@ pub const COMPONENT: &str = "control";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot connect to NATS at {url}: {reason}")]
-    Nats { url: String, reason: String },
+    #[error("NATS at {url}")]
+    Nats {
+        url: String,
+        #[source]
+        source: bulkhead_directory::NatsError,
+    },
     #[error(transparent)]
     Registry(#[from] ControlError),
     #[error("TLS set-up: {0}")]
@@ -48,9 +52,9 @@ pub async fn open_registry(
 ) -> Result<Registry, ServeError> {
     let nats = bulkhead_directory::connect_nats(nats_url, certs_dir, COMPONENT)
         .await
-        .map_err(|reason| ServeError::Nats {
+        .map_err(|source| ServeError::Nats {
             url: nats_url.to_string(),
-            reason,
+            source,
         })?;
     let js = async_nats::jetstream::new(nats);
     let registry = Registry::open(&js).await?;
@@ -59,9 +63,9 @@ pub async fn open_registry(
     // consumer up, not create them.
     bulkhead_directory::ensure_audit_stream(&js)
         .await
-        .map_err(|reason| ServeError::Nats {
+        .map_err(|source| ServeError::Nats {
             url: nats_url.to_string(),
-            reason,
+            source,
         })?;
     Ok(registry)
 }

@@ -54,14 +54,29 @@ pub fn audit_consumer_config() -> pull::Config {
 
 /// Gets or creates the audit stream and the audit-service's consumer. A
 /// stream an older version created without retention limits is updated.
-pub async fn ensure_audit_stream(js: &jetstream::Context) -> Result<stream::Stream, String> {
-    let err = |e: &dyn std::fmt::Display| format!("audit stream {}: {e}", names::AUDIT_STREAM);
+pub async fn ensure_audit_stream(
+    js: &jetstream::Context,
+) -> Result<stream::Stream, crate::NatsError> {
+    fn err<E: std::error::Error + Send + Sync + 'static>(
+        step: &'static str,
+    ) -> impl FnOnce(E) -> crate::NatsError {
+        move |e| crate::NatsError::AuditStream {
+            stream: names::AUDIT_STREAM.to_string(),
+            step,
+            source: Box::new(e),
+        }
+    }
     let want = audit_stream_config();
     let mut s = js
         .get_or_create_stream(want.clone())
         .await
-        .map_err(|e| err(&e))?;
-    let have = s.info().await.map_err(|e| err(&e))?.config.clone();
+        .map_err(err("getting or creating"))?;
+    let have = s
+        .info()
+        .await
+        .map_err(err("reading its settings"))?
+        .config
+        .clone();
     // (A byte cap is what an earlier version set; unlimited reads as -1.)
     if have.retention != want.retention
         || have.max_messages != want.max_messages
@@ -81,6 +96,6 @@ pub async fn ensure_audit_stream(js: &jetstream::Context) -> Result<stream::Stre
     }
     s.get_or_create_consumer(AUDIT_CONSUMER, audit_consumer_config())
         .await
-        .map_err(|e| err(&e))?;
+        .map_err(err("getting or creating its consumer"))?;
     Ok(s)
 }

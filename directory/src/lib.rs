@@ -17,6 +17,8 @@ use bulkhead_proto::control::{ApiKeyRecord, KeyScope, Tenant};
 use bulkhead_proto::{keys, names};
 
 mod audit_stream;
+mod error;
+pub use error::NatsError;
 mod nats;
 pub mod usage;
 mod watch;
@@ -240,7 +242,7 @@ impl Directory {
 }
 
 /// Opens (or creates, with the control-plane's settings) a KV bucket.
-async fn bucket(js: &jetstream::Context, name: &str) -> Result<kv::Store, String> {
+async fn bucket(js: &jetstream::Context, name: &str) -> Result<kv::Store, NatsError> {
     if let Ok(store) = js.get_key_value(name).await {
         return Ok(store);
     }
@@ -251,12 +253,12 @@ async fn bucket(js: &jetstream::Context, name: &str) -> Result<kv::Store, String
         ..Default::default()
     })
     .await
-    .map_err(|e| format!("KV bucket {name}: {e}"))
+    .map_err(|e| NatsError::bucket(name, "creating", e))
 }
 
 /// Opens (or creates) the `bulkhead_routers` bucket of router heartbeats:
 /// in memory, one value per router, values older than a minute dropped.
-pub async fn routers_bucket(js: &jetstream::Context) -> Result<kv::Store, String> {
+pub async fn routers_bucket(js: &jetstream::Context) -> Result<kv::Store, NatsError> {
     let name = names::ROUTERS_BUCKET;
     if let Ok(store) = js.get_key_value(name).await {
         return Ok(store);
@@ -269,7 +271,7 @@ pub async fn routers_bucket(js: &jetstream::Context) -> Result<kv::Store, String
         ..Default::default()
     })
     .await
-    .map_err(|e| format!("KV bucket {name}: {e}"))
+    .map_err(|e| NatsError::bucket(name, "creating", e))
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@
 //! can read another's replies.
 use std::path::Path;
 
+use crate::NatsError;
+
 /// The inbox prefix of `component`'s replies.
 pub fn inbox_prefix(component: &str) -> String {
     format!("_INBOX_{component}")
@@ -24,7 +26,7 @@ pub async fn connect_nats(
     url: &str,
     certs_dir: &Path,
     component: &str,
-) -> Result<async_nats::Client, String> {
+) -> Result<async_nats::Client, NatsError> {
     let paths = bulkhead_identity::spiffe::CertPaths::new(certs_dir, component);
     connect_nats_as(url, &paths, component).await
 }
@@ -36,15 +38,15 @@ pub async fn connect_nats_as(
     url: &str,
     paths: &bulkhead_identity::spiffe::CertPaths,
     user: &str,
-) -> Result<async_nats::Client, String> {
+) -> Result<async_nats::Client, NatsError> {
     let mut opts = async_nats::ConnectOptions::new().custom_inbox_prefix(inbox_prefix(user));
     if url.starts_with("tls://") {
         for p in [&paths.ca, &paths.cert, &paths.key] {
             if !p.exists() {
-                return Err(format!(
-                    "NATS at {url} needs TLS, but {} is missing",
-                    p.display(),
-                ));
+                return Err(NatsError::MissingTlsFile {
+                    url: url.to_string(),
+                    missing: p.display().to_string(),
+                });
             }
         }
         // The server must be the cluster's NATS: its certificate chains to
@@ -52,11 +54,15 @@ pub async fn connect_nats_as(
         // name and SPIFFE id (whatever address the URL names).
         let expected = bulkhead_identity::tls::ExpectedServer::Component("nats".into());
         let mut tls = bulkhead_identity::tls::client_config_expecting(paths, Some(&expected))
-            .map_err(|e| format!("TLS for NATS at {url}: {e}"))?;
+            .map_err(|e| NatsError::Tls {
+                url: url.to_string(),
+                source: e.into(),
+            })?;
         tls.alpn_protocols.clear();
         opts = opts.require_tls(true).tls_client_config(tls);
     }
-    opts.connect(url)
-        .await
-        .map_err(|e| format!("connecting to NATS at {url}: {e}"))
+    opts.connect(url).await.map_err(|e| NatsError::Connect {
+        url: url.to_string(),
+        source: e.into(),
+    })
 }

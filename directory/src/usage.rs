@@ -102,11 +102,14 @@ pub fn parse_key(k: &str) -> Option<(Day, &str, &str)> {
 
 /// Opens the usage bucket; `create`: creating it when missing (the
 /// control-plane does; routers may only open it).
-pub async fn usage_bucket(js: &jetstream::Context, create: bool) -> Result<kv::Store, String> {
+pub async fn usage_bucket(
+    js: &jetstream::Context,
+    create: bool,
+) -> Result<kv::Store, crate::NatsError> {
     let name = names::USAGE_BUCKET;
     match js.get_key_value(name).await {
         Ok(s) => return Ok(s),
-        Err(e) if !create => return Err(format!("KV bucket {name}: {e}")),
+        Err(e) if !create => return Err(crate::NatsError::bucket(name, "opening", e)),
         Err(_) => {}
     }
     js.create_key_value(kv::Config {
@@ -117,7 +120,7 @@ pub async fn usage_bucket(js: &jetstream::Context, create: bool) -> Result<kv::S
         ..Default::default()
     })
     .await
-    .map_err(|e| format!("KV bucket {name}: {e}"))
+    .map_err(|e| crate::NatsError::bucket(name, "creating", e))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use async_nats::jetstream::kv::{self, Operation};
 use bulkhead_proto::names;
 use futures::StreamExt;
 
-use crate::{Directory, bucket, now_ms};
+use crate::{Directory, NatsError, bucket, now_ms};
 
 /// How long the directory is trusted while NATS is unreachable.
 pub const DEFAULT_MAX_STALENESS_MS: i64 = 30_000;
@@ -26,7 +26,7 @@ const RESTART_AFTER: Duration = Duration::from_secs(1);
 /// Loads both buckets into `dir`, then keeps it current in the background
 /// (a revoked key stops working as soon as the watch delivers the change),
 /// and follows the NATS connection's state into it.
-pub async fn sync(js: &jetstream::Context, dir: Arc<Directory>) -> Result<(), String> {
+pub async fn sync(js: &jetstream::Context, dir: Arc<Directory>) -> Result<(), NatsError> {
     for (name, is_tenants) in [
         (names::TENANTS_BUCKET, true),
         (names::API_KEYS_BUCKET, false),
@@ -42,15 +42,25 @@ pub async fn sync(js: &jetstream::Context, dir: Arc<Directory>) -> Result<(), St
 /// Subscribes, then loads every key (a change in between is seen by both,
 /// and applying the same value twice is harmless); drops what the bucket no
 /// longer holds. Returns the watch to follow.
-async fn load(store: &kv::Store, dir: &Directory, is_tenants: bool) -> Result<kv::Watch, String> {
+async fn load(
+    store: &kv::Store,
+    dir: &Directory,
+    is_tenants: bool,
+) -> Result<kv::Watch, NatsError> {
     let name = &store.name;
-    let err = |e: &dyn std::fmt::Display| format!("KV bucket {name}: {e}");
-    let watch = store.watch_all().await.map_err(|e| err(&e))?;
-    let mut keys = store.keys().await.map_err(|e| err(&e))?;
+    let watch = store
+        .watch_all()
+        .await
+        .map_err(|e| NatsError::bucket(name, "watching", e))?;
+    let listing = |e: crate::error::Source| NatsError::bucket(name, "listing keys", e);
+    let mut keys = store.keys().await.map_err(|e| listing(e.into()))?;
     let mut present = HashSet::new();
     while let Some(key) = keys.next().await {
-        let key = key.map_err(|e| err(&e))?;
-        let value = store.get(&key).await.map_err(|e| err(&e))?;
+        let key = key.map_err(|e| listing(e.into()))?;
+        let value = store
+            .get(&key)
+            .await
+            .map_err(|e| NatsError::bucket(name, "reading", e))?;
         apply(dir, is_tenants, &key, value.as_deref());
         present.insert(key);
     }

@@ -76,9 +76,7 @@ impl AuditPublisher {
     /// events published before it first starts are kept) when missing.
     pub async fn new(client: async_nats::Client) -> anyhow::Result<Self> {
         let js = jetstream::new(client.clone());
-        bulkhead_directory::ensure_audit_stream(&js)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        bulkhead_directory::ensure_audit_stream(&js).await?;
         Ok(Self {
             js,
             client,

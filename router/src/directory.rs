@@ -73,9 +73,7 @@ impl Directory {
 
 /// Loads both buckets into `dir`, then keeps it current in the background.
 pub async fn sync(js: &jetstream::Context, dir: Arc<Directory>) -> anyhow::Result<()> {
-    bulkhead_directory::sync(js, dir.inner.clone())
-        .await
-        .map_err(anyhow::Error::msg)
+    Ok(bulkhead_directory::sync(js, dir.inner.clone()).await?)
 }
 
 #[cfg(test)]

@@ -249,9 +249,8 @@ async fn main() -> anyhow::Result<()> {
     if !me.own_identity {
         tracing::warn!(cert = %me.paths.cert.display(), "serving with the shared router identity: fine with a NATS without TLS (tests), refused by a TLS NATS; issue each replica its own (bulkhead certs issue --component router --replica <id>)");
     }
-    let nats = bulkhead_directory::connect_nats_as(&args.nats_url, &me.paths, &me.nats_user())
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let nats =
+        bulkhead_directory::connect_nats_as(&args.nats_url, &me.paths, &me.nats_user()).await?;
     let js = async_nats::jetstream::new(nats.clone());
     let dir = Arc::new(Directory::default());
     dir.set_max_staleness_ms(i64::from(args.directory_max_staleness_s) * 1000);
@@ -298,7 +297,6 @@ async fn main() -> anyhow::Result<()> {
     // restart does not reset the budgets it enforces.
     let usage_sync = bulkhead_router::usage_sync::UsageSync::start(&js, usage.clone())
         .await
-        .map_err(anyhow::Error::msg)
         .context("opening the usage records (the control-plane creates their bucket)")?;
     let pipeline = Arc::new(Pipeline::new(
         workers,
@@ -391,7 +389,6 @@ async fn main() -> anyhow::Result<()> {
         cluster,
     )
     .await
-    .map_err(anyhow::Error::msg)
     .context("joining the router replicas")?;
     tracing::info!(http = %http_addr, grpc = %grpc_addr, metrics = ?metrics_addr, router.id = %router_id, "router serving");
     if let Some(path) = &args.ready_file {

@@ -51,14 +51,17 @@ impl Membership {
         me: Identity,
         pipeline: Arc<Pipeline>,
         view: Arc<ClusterView>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, bulkhead_directory::NatsError> {
         let store = bulkhead_directory::routers_bucket(js).await?;
         let id = me.router_id.clone();
         let peers = Arc::new(Mutex::new(Peers::new(me.router_id.clone())));
-        let mut watch = store
-            .watch_with_history(">")
-            .await
-            .map_err(|e| format!("watching router heartbeats: {e}"))?;
+        let mut watch = store.watch_with_history(">").await.map_err(|e| {
+            bulkhead_directory::NatsError::bucket(
+                bulkhead_proto::names::ROUTERS_BUCKET,
+                "watching",
+                e,
+            )
+        })?;
         {
             let (peers, pipeline, view) = (peers.clone(), pipeline.clone(), view.clone());
             tokio::spawn(async move {

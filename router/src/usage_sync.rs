@@ -12,6 +12,7 @@ use bulkhead_proto::control::{DayUsage, Tenant};
 use bulkhead_proto::names;
 use futures::StreamExt;
 
+use bulkhead_directory::NatsError;
 use bulkhead_directory::usage::Day;
 
 use crate::usage::{Budgets, Counts, Exhausted, UsageBook};
@@ -58,7 +59,7 @@ impl Usage {
 
 /// Opens the usage bucket (the control-plane creates it; a router may
 /// only read and write its own records).
-async fn bucket(js: &jetstream::Context) -> Result<kv::Store, String> {
+async fn bucket(js: &jetstream::Context) -> Result<kv::Store, NatsError> {
     // Created here only where NATS allows it (tests without TLS).
     bulkhead_directory::usage::usage_bucket(js, true).await
 }
@@ -73,7 +74,7 @@ pub struct UsageSync {
 impl UsageSync {
     /// Carries on from this replica's records of this month (a restart
     /// keeps counting from them), then starts the watch and the writer.
-    pub async fn start(js: &jetstream::Context, usage: Arc<Usage>) -> Result<Self, String> {
+    pub async fn start(js: &jetstream::Context, usage: Arc<Usage>) -> Result<Self, NatsError> {
         let store = bucket(js).await?;
         seed(&store, &usage).await?;
         let watch = {
@@ -141,15 +142,15 @@ async fn flush(store: &kv::Store, usage: &Usage) -> Result<(), String> {
 }
 
 /// This replica's records of the current month, merged into its book.
-async fn seed(store: &kv::Store, usage: &Usage) -> Result<(), String> {
+async fn seed(store: &kv::Store, usage: &Usage) -> Result<(), NatsError> {
     let (today, _) = Day::at(now_ms());
-    let mut keys = store
-        .keys()
-        .await
-        .map_err(|e| format!("listing usage records: {e}"))?;
+    let listing = |e: Box<dyn std::error::Error + Send + Sync>| {
+        NatsError::bucket(names::USAGE_BUCKET, "listing this replica's records", e)
+    };
+    let mut keys = store.keys().await.map_err(|e| listing(e.into()))?;
     let mut mine = vec![];
     while let Some(k) = keys.next().await {
-        let k = k.map_err(|e| format!("listing usage records: {e}"))?;
+        let k = k.map_err(|e| listing(e.into()))?;
         if usage.book().is_own_of_month(&k, today) {
             mine.push(k);
         }
@@ -158,7 +159,7 @@ async fn seed(store: &kv::Store, usage: &Usage) -> Result<(), String> {
         let v = store
             .get(&k)
             .await
-            .map_err(|e| format!("reading usage record {k}: {e}"))?;
+            .map_err(|e| NatsError::bucket(names::USAGE_BUCKET, "reading a record", e))?;
         if let Some(v) = v.and_then(|b| DayUsage::decode(b).ok()) {
             usage.book().apply(&k, Some(&v), true);
         }
