@@ -72,9 +72,13 @@ fn kv_write(b: &str) -> Vec<String> {
     vec![format!("$KV.{b}.>")]
 }
 
-/// Creating bucket `b` (the control-plane only).
+/// Creating bucket `b` and updating its settings (the control-plane only:
+/// it forbids rollups on the buckets routers write).
 fn kv_create(b: &str) -> Vec<String> {
-    vec![format!("$JS.API.STREAM.CREATE.KV_{b}")]
+    vec![
+        format!("$JS.API.STREAM.CREATE.KV_{b}"),
+        format!("$JS.API.STREAM.UPDATE.KV_{b}"),
+    ]
 }
 
 /// Looking up the audit stream and its consumer (whoever publishes or

@@ -82,9 +82,10 @@ fn new_key() -> String {
 }
 
 impl Registry {
-    /// Opens the buckets, creating them when missing.
+    /// Opens the buckets, creating them when missing; the buckets router
+    /// replicas write allow no rollups (`forbid_rollup`).
     pub async fn open(js: &jetstream::Context) -> Result<Self, ControlError> {
-        Ok(Self {
+        let registry = Self {
             tenants: bucket(js, names::TENANTS_BUCKET).await?,
             keys: bucket(js, names::API_KEYS_BUCKET).await?,
             routers: bulkhead_directory::routers_bucket(js)
@@ -93,7 +94,13 @@ impl Registry {
             usage: bulkhead_directory::usage::usage_bucket(js, true)
                 .await
                 .map_err(|e| ControlError::Unavailable(e.chain()))?,
-        })
+        };
+        for b in [names::ROUTERS_BUCKET, names::USAGE_BUCKET] {
+            bulkhead_directory::forbid_rollup(js, b)
+                .await
+                .map_err(|e| ControlError::Unavailable(e.chain()))?;
+        }
+        Ok(registry)
     }
 
     /// The routers whose heartbeat is younger than `stale_after_ms` at

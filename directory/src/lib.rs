@@ -256,6 +256,34 @@ async fn bucket(js: &jetstream::Context, name: &str) -> Result<kv::Store, NatsEr
     .map_err(|e| NatsError::bucket(name, "creating", e))
 }
 
+/// Forbids `Nats-Rollup` headers on a bucket's stream. With rollups
+/// allowed, whoever may write one key could purge every other (a router
+/// replica wiping the others' heartbeats or usage records with `Nats-Rollup:
+/// all` on its own key). The control-plane applies it to the buckets routers
+/// write; KV reads, writes and deletes do not need rollups.
+pub async fn forbid_rollup(js: &jetstream::Context, bucket: &str) -> Result<(), NatsError> {
+    let name = format!("KV_{bucket}");
+    let mut s = js
+        .get_stream(&name)
+        .await
+        .map_err(|e| NatsError::bucket(bucket, "reading its stream", e))?;
+    let config = s
+        .info()
+        .await
+        .map_err(|e| NatsError::bucket(bucket, "reading its stream", e))?
+        .config
+        .clone();
+    if config.allow_rollup {
+        js.update_stream(jetstream::stream::Config {
+            allow_rollup: false,
+            ..config
+        })
+        .await
+        .map_err(|e| NatsError::bucket(bucket, "forbidding rollups", e))?;
+    }
+    Ok(())
+}
+
 /// Opens (or creates) the `bulkhead_routers` bucket of router heartbeats:
 /// in memory, one value per router, values older than a minute dropped.
 pub async fn routers_bucket(js: &jetstream::Context) -> Result<kv::Store, NatsError> {

@@ -173,6 +173,12 @@ impl UsageBook {
         }
     }
 
+    /// Marks every record this replica holds as changed (the last write at
+    /// shutdown: a write the aborted writer took but never made is not lost).
+    pub fn mark_all_dirty(&mut self) {
+        self.dirty.extend(self.own.keys().cloned());
+    }
+
     /// Whether `key` is one of this replica's records of `today`'s month.
     pub fn is_own_of_month(&self, key: &str, today: Day) -> bool {
         matches!(parse_key(key), Some((d, r, _)) if r == self.me && d.same_month(&today))

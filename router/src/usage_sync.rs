@@ -111,11 +111,13 @@ impl UsageSync {
         })
     }
 
-    /// Writes what is left at a clean shutdown.
+    /// Writes every record at a clean shutdown (the aborted writer may
+    /// have taken some it never wrote).
     pub async fn stop(self) {
         for t in &self.tasks {
             t.abort();
         }
+        self.usage.book().mark_all_dirty();
         if let Err(err) = flush(&self.store, &self.usage).await {
             tracing::warn!(%err, "the last usage records were not written");
         }

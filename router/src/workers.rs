@@ -370,6 +370,8 @@ impl WorkerPool {
                         && !w.retired.swap(true, Ordering::Relaxed)
                     {
                         tracing::info!(url = %w.url, entry = %d.entry, "worker left its pool (no longer among its name's addresses)");
+                        // Back only after a poll sees it again.
+                        w.state.lock().unwrap_or_else(|e| e.into_inner()).healthy = false;
                         left.push(i);
                     }
                 }
@@ -395,8 +397,13 @@ impl WorkerPool {
                 Ok(Err(status)) => status.message().to_string(),
                 Err(_) => "timed out".to_string(),
             };
-            let mut s = w.state.lock().unwrap_or_else(|e| e.into_inner());
-            if s.healthy {
+            // The state lock is released before the affinity lock is taken
+            // (`choose` takes them in the other order).
+            let was_healthy = std::mem::replace(
+                &mut w.state.lock().unwrap_or_else(|e| e.into_inner()).healthy,
+                false,
+            );
+            if was_healthy {
                 tracing::warn!(url = %w.url, error = %err, "worker left rotation");
                 // Its prefix cache will be gone when it comes back.
                 self.affinity
@@ -404,7 +411,6 @@ impl WorkerPool {
                     .unwrap_or_else(|e| e.into_inner())
                     .forget_worker(i);
             }
-            s.healthy = false;
         }
     }
 

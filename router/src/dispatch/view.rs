@@ -1,6 +1,8 @@
 //! The dispatcher's state as others see it: the slot view its dispatch
 //! decisions use (this replica's tenants plus its peers'), and the loads its
 //! heartbeat reports.
+use std::collections::HashSet;
+
 use super::*;
 
 impl<P: Pool> Actor<P> {
@@ -21,11 +23,19 @@ impl<P: Pool> Actor<P> {
                 e.queued_models.insert(model.clone());
             }
         }
+        // Counters only of tenants queued here: a tenant queued only on a
+        // peer is judged by the phase on every replica (`slots`), not by a
+        // stale counter here and the phase there.
+        let here: HashSet<&String> = self.queued.values().map(|(t, _, _)| t).collect();
         for (t, e) in view.tenants.iter_mut() {
             if let Some(w) = self.weights.get(t) {
                 e.weight = *w;
             }
-            e.counter = self.queue.counter(t);
+            e.counter = if here.contains(t) {
+                self.queue.counter(t)
+            } else {
+                None
+            };
         }
         let unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

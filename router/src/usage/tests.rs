@@ -93,6 +93,9 @@ fn what_one_replica_writes_another_counts() {
     assert_eq!((v.hours[0].hour, v.hours[0].requests), (10, 2));
     assert_eq!(v.hours[0].cached_tokens, 30);
     assert!(r0.take_dirty(DEC8_10H).is_empty(), "written once");
+    // At shutdown every record is written again.
+    r0.mark_all_dirty();
+    assert_eq!(r0.take_dirty(DEC8_10H), written);
     r1.apply(key, Some(v), false);
     assert_eq!(r1.used("acme", None, DEC8_10H), (100, 100));
     let budget = Budgets {

@@ -170,6 +170,31 @@ pub async fn check(stack: &DevStack) -> Result<()> {
             .is_ok(),
         "the router replica cannot write its own usage record"
     );
+    // Nor purge every record (or heartbeat) with a rollup on its own key:
+    // the buckets routers write allow no rollups.
+    for (bucket, key) in [
+        ("bulkhead_usage", "m202612.d08.dev-router-0.own-test"),
+        ("bulkhead_routers", "dev-router-0"),
+    ] {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Rollup", "all");
+        let acked = match router
+            .js()
+            .publish_with_headers(format!("$KV.{bucket}.{key}"), h, "".into())
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match acked {
+            Ok(()) => bail!("a router rolled up {bucket}"),
+            Err(e) => println!("refused: router.dev-router-0 roll up {bucket}: {e}"),
+        }
+    }
+    ensure!(
+        beats.get("dev-router-1").await?.is_some(),
+        "the other replica's heartbeat is gone"
+    );
     router
         .publish_refused(
             "rewrite another replica's usage record",
