@@ -70,10 +70,10 @@ pub fn rows(days: &[DayUsage], by: By, per_key: bool) -> BTreeMap<RowKey, Row> {
                 per_key.then(|| h.key_prefix.clone()),
             );
             let r = out.entry(k).or_default();
-            r.requests += h.requests;
-            r.prompt_tokens += h.prompt_tokens;
-            r.cached_tokens += h.cached_tokens;
-            r.completion_tokens += h.completion_tokens;
+            r.requests = r.requests.saturating_add(h.requests);
+            r.prompt_tokens = r.prompt_tokens.saturating_add(h.prompt_tokens);
+            r.cached_tokens = r.cached_tokens.saturating_add(h.cached_tokens);
+            r.completion_tokens = r.completion_tokens.saturating_add(h.completion_tokens);
         }
     }
     out
@@ -90,7 +90,7 @@ fn cells((t, d, h, k): &RowKey, r: &Row) -> [String; 9] {
         r.prompt_tokens.to_string(),
         r.cached_tokens.to_string(),
         r.completion_tokens.to_string(),
-        (r.prompt_tokens + r.completion_tokens).to_string(),
+        (r.prompt_tokens.saturating_add(r.completion_tokens)).to_string(),
     ]
 }
 
@@ -106,7 +106,7 @@ pub fn render(rows: &BTreeMap<RowKey, Row>, format: Format) -> String {
                         "tenant": t, "day": d, "requests": r.requests,
                         "prompt_tokens": r.prompt_tokens, "cached_tokens": r.cached_tokens,
                         "completion_tokens": r.completion_tokens,
-                        "total_tokens": r.prompt_tokens + r.completion_tokens,
+                        "total_tokens": r.prompt_tokens.saturating_add(r.completion_tokens),
                     });
                     if let Some(h) = h {
                         v["hour"] = (*h).into();

@@ -76,11 +76,17 @@ impl Registry {
             let Some((day, _, t)) = parse_key(&k) else {
                 continue;
             };
-            let v = DayUsage::decode(bytes).map_err(|e| {
-                ControlError::Unavailable(format!("usage record {k} is undecodable: {e}"))
-            })?;
+            // A record that does not decode, or an hour out of range, is
+            // skipped and logged: one bad record does not hide the rest.
+            let v = match DayUsage::decode(bytes) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(key = %k, error = %e, "undecodable usage record skipped");
+                    continue;
+                }
+            };
             let hours = merged.entry((t.to_string(), day)).or_default();
-            for h in v.hours {
+            for h in v.hours.into_iter().filter(|h| h.hour < 24) {
                 let c = hours
                     .entry((h.hour, h.key_prefix.clone()))
                     .or_insert_with(|| UsageCounts {
