@@ -43,6 +43,7 @@ use std::sync::Arc;
 mod audit;
 mod cache;
 pub mod prefix;
+mod scrub;
 pub use prefix::{BlockHash, PrefixSecret, TenantSalt};
 
 /// A tenant id (validated by the server before it reaches the pool).
@@ -466,17 +467,14 @@ impl KvPool {
             out.push(b);
         }
         for &b in &out {
+            let prev = self.meta[b as usize].last_owner.as_ref();
+            if prev.is_some_and(|prev| prev != tenant) {
+                self.scrub_now(b);
+            }
             let m = &mut self.meta[b as usize];
-            let scrub = m.last_owner.as_ref().is_some_and(|prev| prev != tenant);
             m.owner = Some(tenant.clone());
             m.last_owner = Some(tenant.clone());
             m.refs = 1;
-            if scrub {
-                let t = std::time::Instant::now();
-                self.zero_block(b);
-                self.scrub_time += t.elapsed();
-                self.scrubbed_blocks += 1;
-            }
         }
         let got = out.len();
         self.with_tenant(tenant, |t| t.in_use += got);
@@ -533,19 +531,6 @@ impl KvPool {
         skipped
     }
 
-    /// Zeroes a block that is leaving its owner now (not at its next
-    /// allocation), counted as a scrub; it then has no last owner, so it is
-    /// not zeroed again when it is handed out.
-    fn scrub_now(&mut self, b: BlockId) {
-        let t = std::time::Instant::now();
-        self.zero_block(b);
-        self.scrub_time += t.elapsed();
-        self.scrubbed_blocks += 1;
-        if let Some(m) = self.meta.get_mut(b as usize) {
-            m.last_owner = None;
-        }
-    }
-
     /// The ownership guard: every block of `table` must be in use and owned
     /// by `tenant`.
     pub fn check_table(&mut self, tenant: &str, table: &[BlockId]) -> Result<(), KvError> {
@@ -563,19 +548,6 @@ impl KvPool {
             }
         }
         Ok(())
-    }
-
-    fn zero_block(&mut self, b: BlockId) {
-        if !self.host_storage {
-            self.to_scrub.push(b);
-            return;
-        }
-        let len = self.shape.block_len();
-        let start = b as usize * len;
-        for layer in 0..self.shape.num_layers {
-            self.k[layer][start..start + len].fill(0.0);
-            self.v[layer][start..start + len].fill(0.0);
-        }
     }
 
     fn slot_range(&self, block: BlockId, offset: usize) -> std::ops::Range<usize> {
